@@ -1,0 +1,30 @@
+"""hf_cascade: Cascade Speculative Drafting (Chen et al., arXiv 2312.11462) for Hugging Face transformers.
+
+Faster `model.generate()` with exactly the target's output: a list of smaller assistant models and the Max-Gram
+statistical drafter draft in a vertical and horizontal cascade; the target reviews every draft exactly.
+"""
+
+from .candidate_generator import CascadeCandidateGenerator, MaxGramCandidateGenerator
+from .config import CascadeConfig, MaxGramConfig, default_k_matrix
+from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
+from .max_gram import BigramTable, MaxGramIndex
+from .stats import CascadeStats, LevelStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BigramTable",
+    "CascadeCandidateGenerator",
+    "CascadeConfig",
+    "CascadeDecoderOnlyOutput",
+    "CascadeEncoderDecoderOutput",
+    "CascadeStats",
+    "LevelStats",
+    "MaxGramCandidateGenerator",
+    "MaxGramConfig",
+    "MaxGramIndex",
+    "default_k_matrix",
+    "disable",
+    "enable",
+    "generate",
+]

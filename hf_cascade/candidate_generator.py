@@ -1,0 +1,212 @@
+"""The cascade's drafting side behind transformers' `CandidateGenerator` contract."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.generation.candidate_generator import CandidateGenerator
+from transformers.generation.logits_process import LogitsProcessorList
+
+from .cascade import CascadeDrafter
+from .config import CascadeConfig, MaxGramConfig
+from .max_gram import BigramTable, MaxGramIndex
+from .runner import ModelRunner
+from .stats import LevelStats
+
+__all__ = ["CascadeCandidateGenerator", "MaxGramCandidateGenerator", "eos_token_ids"]
+
+
+def eos_token_ids(generation_config: GenerationConfig) -> set[int]:
+    """The EOS token ids of a (prepared) generation config, as a set."""
+    eos = getattr(generation_config, "_eos_token_tensor", None)
+    if eos is None:
+        eos = generation_config.eos_token_id
+    if eos is None:
+        return set()
+    if isinstance(eos, torch.Tensor):
+        return set(eos.flatten().tolist())
+    return {eos} if isinstance(eos, int) else set(eos)
+
+
+def _bigram(table: BigramTable | str | None, vocab_size: int | None) -> BigramTable | None:
+    if table is None or isinstance(table, BigramTable):
+        bigram = table
+    else:
+        bigram = BigramTable.load(table)
+    if bigram is not None and vocab_size is not None and bigram.vocab_size != vocab_size:
+        raise ValueError(
+            f"The Max-Gram bigram table covers {bigram.vocab_size} tokens but the target's vocabulary has "
+            f"{vocab_size}; build the table for this vocabulary (BigramTable.from_model or from_corpus)."
+        )
+    return bigram
+
+
+class CascadeCandidateGenerator(CandidateGenerator):
+    """Levels 1..n of CS Drafting as a transformers `CandidateGenerator`.
+
+    `get_candidates` returns the draft the target reviews (the horizontal cascade of `k_matrix[0]`, each segment built
+    by a vertical sub-cascade) and, when sampling, the logits of the distributions the draft tokens were drawn from
+    (`log q`, `-inf` where `q = 0`), so any verifier following transformers' contract stays exact. The committed
+    sequence is read from `input_ids` on each call, so `update_candidate_strategy` has nothing to do.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt (decoder ids for encoder-decoders).
+        assistant_models (`Sequence[PreTrainedModel]`): neural drafters, largest first.
+        cascade_config (`CascadeConfig`, *optional*): k-matrix, lenience and Max-Gram settings.
+        generation_config (`GenerationConfig`): gives `do_sample`, `max_length` and the EOS tokens.
+        logits_processor (`LogitsProcessorList`, *optional*): the target's processors, applied to drafters' logits too.
+        vocab_size (`int`): size of the target's logits.
+        inputs_tensor (`torch.LongTensor` of shape `(1, source_length)`, *optional*): encoder input of encoder-decoders;
+            also searched by Max-Gram.
+        encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): its mask.
+        bigram_table (`BigramTable` or `str`, *optional*): overrides `cascade_config.max_gram.bigram_table`.
+    """
+
+    def __init__(
+        self,
+        input_ids: torch.LongTensor,
+        assistant_models: Sequence[PreTrainedModel],
+        cascade_config: CascadeConfig | None,
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        vocab_size: int,
+        inputs_tensor: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        bigram_table: BigramTable | str | None = None,
+    ):
+        config = cascade_config if cascade_config is not None else CascadeConfig()
+        self.max_length = generation_config.max_length
+        self.stats = [LevelStats(f"assistant_{i}", "assistant") for i in range(len(assistant_models))]
+        runners = [
+            self._runner(model, stats, inputs_tensor, encoder_attention_mask)
+            for model, stats in zip(assistant_models, self.stats, strict=True)
+        ]
+        index = None
+        if config.use_max_gram:
+            self.stats.append(LevelStats("max_gram", "max_gram"))
+            corpus = [inputs_tensor[0].tolist()] if inputs_tensor is not None else []
+            index = MaxGramIndex(config.max_gram.max_ngram_size, config.max_gram.min_ngram_size, corpus)
+            index.extend(input_ids[0].tolist())
+            bigram_table = bigram_table if bigram_table is not None else config.max_gram.bigram_table
+        self.drafter = CascadeDrafter(
+            prompt_ids=input_ids[0].tolist(),
+            runners=runners,
+            k_matrix=config.resolved_k_matrix(len(assistant_models)),
+            lenience=config.lenience,
+            do_sample=bool(generation_config.do_sample),
+            logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
+            eos_token_ids=eos_token_ids(generation_config),
+            vocab_size=vocab_size,
+            device=input_ids.device,
+            max_gram=index,
+            bigram=_bigram(bigram_table, vocab_size) if index is not None else None,
+            stats=self.stats,
+        )
+
+    @staticmethod
+    @torch.no_grad()
+    def _runner(
+        model: PreTrainedModel,
+        stats: LevelStats,
+        inputs_tensor: torch.Tensor | None,
+        encoder_attention_mask: torch.Tensor | None,
+    ) -> ModelRunner:
+        if not model.config.is_encoder_decoder:
+            return ModelRunner(model, stats)
+        # Each encoder-decoder drafter encodes the source once, with its own encoder.
+        mask = encoder_attention_mask.to(model.device) if encoder_attention_mask is not None else None
+        encoder_outputs = model.get_encoder()(
+            input_ids=inputs_tensor.to(model.device), attention_mask=mask, return_dict=True
+        )
+        return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask)
+
+    def get_candidates(
+        self, input_ids: torch.LongTensor, **kwargs: Any
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
+        """Draft a continuation of `input_ids`.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the committed sequence.
+
+        Returns:
+            `(candidate_ids, candidate_logits)`: `torch.LongTensor` of shape `(1, sequence_length + k)` and, when
+            sampling, `torch.FloatTensor` of shape `(1, k, vocab_size)` (`log q`); `None` when greedy or `k == 0`.
+        """
+        committed = self.drafter.committed
+        if input_ids.shape[1] < committed:
+            raise ValueError(
+                f"input_ids has {input_ids.shape[1]} tokens but {committed} were already committed; a "
+                "CascadeCandidateGenerator lives for one generate call, create a new one per call."
+            )
+        if input_ids.shape[1] > committed:
+            self.drafter.advance(input_ids[0, committed:].tolist())
+        tokens, q = self.drafter.draft(self.max_length - 1)
+        if not tokens:
+            return input_ids, None
+        draft = torch.tensor([tokens], dtype=input_ids.dtype, device=input_ids.device)
+        logits = q.log()[None] if q is not None else None
+        return torch.cat([input_ids, draft], dim=1), logits
+
+    def update_candidate_strategy(self, input_ids: torch.LongTensor, scores: torch.Tensor, num_matches: int) -> None:
+        """Nothing to do: `get_candidates` reads the committed sequence from its `input_ids`."""
+
+
+class MaxGramCandidateGenerator(CascadeCandidateGenerator):
+    """Max-Gram on its own: a drop-in alternative to transformers' `PromptLookupCandidateGenerator`.
+
+    Proposes the continuation of the longest earlier match (up to `max_ngram_size` tokens, most recent occurrence,
+    searched through an incremental index), continues the copy when it runs out, falls back to a bigram table, never
+    proposes past EOS, past `max_length - 1`, or a token a hard logits constraint forbids.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt.
+        eos_token_id (`int`, `list[int]` or `torch.Tensor`, *optional*): end-of-sequence token(s).
+        num_output_tokens (`int`, *optional*, defaults to 10): tokens per proposal.
+        max_ngram_size (`int`, *optional*, defaults to 8): longest suffix matched.
+        min_ngram_size (`int`, *optional*, defaults to 1): shortest suffix matched.
+        max_length (`int`, *optional*, defaults to 20): total length limit (prompt included).
+        logits_processor (`LogitsProcessorList`, *optional*): used to vet proposals against hard constraints.
+        vocab_size (`int`, *optional*): vocabulary size; needed with `logits_processor`, `do_sample` or a bigram table.
+        bigram_table (`BigramTable` or `str`, *optional*): fallback table or the path of one.
+        do_sample (`bool`, *optional*, defaults to `False`): return one-hot candidate logits for speculative sampling.
+        encoder_input_ids (`torch.LongTensor` of shape `(1, source_length)`, *optional*): also searched (T5-style).
+    """
+
+    def __init__(
+        self,
+        input_ids: torch.LongTensor,
+        eos_token_id: int | list[int] | torch.Tensor | None = None,
+        num_output_tokens: int = 10,
+        max_ngram_size: int = 8,
+        min_ngram_size: int = 1,
+        max_length: int = 20,
+        logits_processor: LogitsProcessorList | None = None,
+        vocab_size: int | None = None,
+        bigram_table: BigramTable | str | None = None,
+        do_sample: bool = False,
+        encoder_input_ids: torch.Tensor | None = None,
+    ):
+        needs_vocab = do_sample or bigram_table is not None or bool(logits_processor)
+        if vocab_size is None and needs_vocab:
+            raise ValueError(
+                "MaxGramCandidateGenerator needs vocab_size when do_sample, logits_processor or bigram_table is "
+                "given; pass vocab_size=model.config.get_text_config().vocab_size."
+            )
+        max_gram = MaxGramConfig(max_ngram_size, min_ngram_size, num_output_tokens)
+        config = CascadeConfig(k_matrix=[[num_output_tokens]], use_max_gram=True, max_gram=max_gram)
+        if isinstance(eos_token_id, torch.Tensor):
+            eos_token_id = eos_token_id.flatten().tolist()
+        generation_config = GenerationConfig(eos_token_id=eos_token_id, max_length=max_length, do_sample=do_sample)
+        super().__init__(
+            input_ids,
+            assistant_models=[],
+            cascade_config=config,
+            generation_config=generation_config,
+            logits_processor=logits_processor,
+            vocab_size=vocab_size if vocab_size is not None else 0,
+            inputs_tensor=encoder_input_ids,
+            bigram_table=bigram_table,
+        )

@@ -1,0 +1,262 @@
+"""Configuration of a CS Drafting cascade: the k-matrix, lenience and Max-Gram settings."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["CONFIG_NAME", "CascadeConfig", "MaxGramConfig", "default_k_matrix"]
+
+CONFIG_NAME = "cascade_config.json"
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+
+
+@dataclass
+class MaxGramConfig:
+    """Settings of Max-Gram (MaG), the statistical drafter at the bottom of the cascade.
+
+    Max-Gram finds the longest suffix of the current sequence (prompt and generated text) that occurred earlier, and
+    proposes the tokens that followed its most recent occurrence. When nothing matches, it falls back to a bigram
+    next-token table if one is given.
+
+    Args:
+        max_ngram_size (`int`, *optional*, defaults to 8):
+            Longest suffix (in tokens) that is matched against the earlier text.
+        min_ngram_size (`int`, *optional*, defaults to 1):
+            Shortest suffix that still counts as a match.
+        num_pred_tokens (`int`, *optional*, defaults to 10):
+            Tokens per proposal when Max-Gram is used on its own (`MaxGramCandidateGenerator`). Inside a cascade the
+            `k_matrix` decides how many tokens Max-Gram adds.
+        bigram_table (`str`, *optional*):
+            Path to a bigram table saved with `BigramTable.save` (safetensors). `None` disables the fallback.
+    """
+
+    max_ngram_size: int = 8
+    min_ngram_size: int = 1
+    num_pred_tokens: int = 10
+    bigram_table: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError`/`TypeError` naming the field when a setting is invalid."""
+        _check_int("MaxGramConfig.max_ngram_size", self.max_ngram_size, 1)
+        _check_int("MaxGramConfig.min_ngram_size", self.min_ngram_size, 1)
+        _check_int("MaxGramConfig.num_pred_tokens", self.num_pred_tokens, 1)
+        if self.min_ngram_size > self.max_ngram_size:
+            raise ValueError(
+                f"MaxGramConfig.min_ngram_size ({self.min_ngram_size}) must not exceed max_ngram_size "
+                f"({self.max_ngram_size}); lower min_ngram_size or raise max_ngram_size."
+            )
+        if self.bigram_table is not None and not isinstance(self.bigram_table, (str, os.PathLike)):
+            raise TypeError(
+                "MaxGramConfig.bigram_table must be a path to a safetensors file saved with BigramTable.save, or None; "
+                f"got {type(self.bigram_table).__name__}."
+            )
+        if self.bigram_table is not None:
+            self.bigram_table = os.fspath(self.bigram_table)
+
+
+def default_k_matrix(num_assistants: int, use_max_gram: bool) -> list[list[int]]:
+    """The k-matrix used when `CascadeConfig.k_matrix` is `None`.
+
+    Rule (entries are per-drafter increments, row = reviewing level, column = drafter):
+
+    - Max-Gram only (`num_assistants == 0`): `[[6]]`, six copied tokens per target review.
+    - Each neural drafter adds 4 tokens at the level directly above it (diagonal entries `K[r][r] = 4`). It builds
+      them by reviewing the levels below, so no neural model decodes alone.
+    - Max-Gram, when on, adds 6 tokens at the level of the smallest neural drafter (its only reviewer) and 2 more
+      unreviewed tokens at every level above, the horizontal cascade's cheap tail.
+    - Other neural columns are 0: a deeper neural drafter reaches the target only through the levels between.
+
+    Example: one assistant with Max-Gram gives `[[4, 2], [0, 6]]`; two assistants give
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 6]]`. See `docs/k_matrix.md` for the measurements behind these numbers.
+
+    Args:
+        num_assistants (`int`): number of neural assistant models.
+        use_max_gram (`bool`): whether Max-Gram is the last drafter.
+
+    Returns:
+        `list[list[int]]` of shape `(n, n)` with `n = num_assistants + use_max_gram`.
+    """
+    n = num_assistants + int(use_max_gram)
+    if n == 0:
+        raise ValueError(
+            "A cascade needs at least one drafter: pass assistant_models=[...] or set CascadeConfig.use_max_gram=True."
+        )
+    if num_assistants == 0:
+        return [[6]]
+    k = [[0] * n for _ in range(n)]
+    for r in range(num_assistants):
+        k[r][r] = 4
+        if use_max_gram:
+            k[r][n - 1] = 2
+    if use_max_gram:
+        k[n - 1][n - 1] = 6
+    return k
+
+
+@dataclass
+class CascadeConfig:
+    """Configuration of Cascade Speculative Drafting (Chen et al., arXiv 2312.11462).
+
+    Drafters are ordered largest first: the `assistant_models` passed to `generate`, then Max-Gram when
+    `use_max_gram` is on. Level 0 is reviewed by the target, level `r > 0` by drafter `r - 1`.
+
+    Args:
+        k_matrix (`list[list[int]]` of shape `(n, n)`, *optional*):
+            Upper-triangular matrix with one row and one column per drafter (`n = len(assistant_models) +
+            use_max_gram`). Entry `[r][c]` (`c >= r`) is how many tokens drafter `c` adds to the draft reviewed at
+            level `r`; drafter `c` produces them with the sub-cascade `k_matrix[c+1:, c+1:]` below it (vertical
+            cascade), and earlier columns fill earlier draft positions (horizontal cascade). Entries are
+            per-drafter increments, not the paper's cumulative lengths. `None` uses `default_k_matrix`.
+        lenience (`float`, *optional*, defaults to 1.0):
+            Loosens reviews where a drafter reviews a smaller drafter (never the target's review, which is exact).
+            Greedy: a draft token `x` is accepted when `lenience * p(x) >= max(p)`. Sampling: accepted with
+            probability `min(1, lenience * p(x) / q(x))`. `1.0` makes every review exact.
+        use_max_gram (`bool`, *optional*, defaults to `True`):
+            Put Max-Gram at the bottom of the cascade, so the smallest neural drafter reviews Max-Gram drafts
+            instead of decoding token by token.
+        max_gram (`MaxGramConfig` or `dict`, *optional*):
+            Max-Gram settings.
+    """
+
+    k_matrix: list[list[int]] | None = None
+    lenience: float = 1.0
+    use_max_gram: bool = True
+    max_gram: MaxGramConfig = field(default_factory=MaxGramConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_gram, dict):
+            self.max_gram = MaxGramConfig(**self.max_gram)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise `ValueError`/`TypeError` naming the field when the configuration is invalid."""
+        if isinstance(self.lenience, bool) or not isinstance(self.lenience, (int, float)):
+            raise TypeError(f"CascadeConfig.lenience must be a float >= 1, got {self.lenience!r}.")
+        if not math.isfinite(self.lenience) or self.lenience < 1:
+            raise ValueError(
+                f"CascadeConfig.lenience must be a finite number >= 1 (1 means exact reviews), got {self.lenience}."
+            )
+        self.lenience = float(self.lenience)
+        if not isinstance(self.use_max_gram, bool):
+            raise TypeError(f"CascadeConfig.use_max_gram must be a bool, got {self.use_max_gram!r}.")
+        if not isinstance(self.max_gram, MaxGramConfig):
+            raise TypeError(
+                f"CascadeConfig.max_gram must be a MaxGramConfig or a dict, got {type(self.max_gram).__name__}."
+            )
+        if self.k_matrix is not None:
+            self.k_matrix = _validated_k_matrix(self.k_matrix)
+
+    def resolved_k_matrix(self, num_assistants: int) -> list[list[int]]:
+        """The k-matrix for a cascade with `num_assistants` neural drafters, checked against that number.
+
+        Args:
+            num_assistants (`int`): number of neural assistant models passed to `generate`.
+
+        Returns:
+            `list[list[int]]` of shape `(n, n)`, `n = num_assistants + use_max_gram`.
+        """
+        n = num_assistants + int(self.use_max_gram)
+        if self.k_matrix is None:
+            return default_k_matrix(num_assistants, self.use_max_gram)
+        if len(self.k_matrix) != n:
+            drafters = f"{num_assistants} assistant model(s)" + (" + Max-Gram" if self.use_max_gram else "")
+            raise ValueError(
+                f"CascadeConfig.k_matrix is {len(self.k_matrix)}x{len(self.k_matrix)} but the cascade has {n} "
+                f"drafter(s) ({drafters}); give one row and one column per drafter, or k_matrix=None for the default."
+            )
+        return [list(row) for row in self.k_matrix]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; `CascadeConfig.from_dict(config.to_dict()) == config`."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any]) -> CascadeConfig:
+        """Build a config from `to_dict()` output. Unknown keys raise `ValueError` (a typo must not be ignored)."""
+        if not isinstance(config_dict, dict):
+            raise TypeError(f"CascadeConfig.from_dict expects a dict, got {type(config_dict).__name__}.")
+        known = {"k_matrix", "lenience", "use_max_gram", "max_gram"}
+        unknown = sorted(set(config_dict) - known)
+        if unknown:
+            raise ValueError(f"Unknown CascadeConfig field(s) {unknown}; known fields are {sorted(known)}.")
+        return cls(**config_dict)
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `cascade_config.json` into `save_directory` (created if missing) and return the file path."""
+        if os.path.isfile(save_directory):
+            raise ValueError(f"save_directory ({save_directory}) is a file; pass a directory.")
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json_string())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, pretrained: str | os.PathLike, **hub_kwargs: Any) -> CascadeConfig:
+        """Load `cascade_config.json` from a local directory, a JSON file, or a Hub repository id.
+
+        Args:
+            pretrained (`str` or `os.PathLike`):
+                A directory containing `cascade_config.json`, the path of such a file, or a Hub repo id
+                (downloaded with `huggingface_hub.hf_hub_download`; `HF_HUB_OFFLINE=1` makes that fail loudly).
+            hub_kwargs: passed to `hf_hub_download` (`revision`, `token`, `cache_dir`, ...).
+        """
+        path = os.fspath(pretrained)
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+            if not os.path.isfile(path):
+                raise OSError(
+                    f"No {CONFIG_NAME} in directory {pretrained}; save one with CascadeConfig.save_pretrained."
+                )
+        elif not os.path.isfile(path):
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(repo_id=path, filename=CONFIG_NAME, **hub_kwargs)
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+
+def _validated_k_matrix(k_matrix: Any) -> list[list[int]]:
+    if not isinstance(k_matrix, (list, tuple)) or not all(isinstance(row, (list, tuple)) for row in k_matrix):
+        raise TypeError(f"CascadeConfig.k_matrix must be a list of lists of ints, got {k_matrix!r}.")
+    n = len(k_matrix)
+    if n == 0:
+        raise ValueError("CascadeConfig.k_matrix is empty; give one row and one column per drafter, or None.")
+    for r, row in enumerate(k_matrix):
+        if len(row) != n:
+            raise ValueError(
+                f"CascadeConfig.k_matrix must be square: it has {n} rows but row {r} has {len(row)} entries "
+                f"({list(row)}). Give one row and one column per drafter."
+            )
+        for c, value in enumerate(row):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"CascadeConfig.k_matrix[{r}][{c}] must be an int, got {value!r}.")
+            if value < 0:
+                raise ValueError(f"CascadeConfig.k_matrix[{r}][{c}] is {value}; token counts must be >= 0.")
+            if c < r and value != 0:
+                raise ValueError(
+                    f"CascadeConfig.k_matrix must be upper-triangular: entry [{r}][{c}] is {value}, but level {r} "
+                    f"is reviewed by drafter {r - 1} and can only hold drafts of smaller drafters (columns >= {r})."
+                )
+        if sum(row) == 0:
+            raise ValueError(
+                f"CascadeConfig.k_matrix row {r} is all zeros, so level {r} would never draft; give at least one "
+                "positive entry per row."
+            )
+    return [list(map(int, row)) for row in k_matrix]

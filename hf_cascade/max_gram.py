@@ -1,0 +1,223 @@
+"""Max-Gram (MaG): the statistical drafter at the bottom of the cascade.
+
+Max-Gram proposes the continuation of the longest earlier occurrence of the current suffix. The index is
+incremental: every n-gram (n in `[min_ngram_size, max_ngram_size]`) that has a following token is stored once, in a
+dict from the n-gram to its most recent occurrence. Adding a token costs `O(max_ngram_size)` dict writes and a lookup
+costs at most `max_ngram_size` dict reads, independent of the sequence length (the reference code rescans the whole
+sequence on every call).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import torch
+
+__all__ = ["BigramTable", "MaxGramIndex"]
+
+
+class MaxGramIndex:
+    """Incremental n-gram index over a read-only corpus plus the live sequence.
+
+    Documents are token lists. The live document (the sequence being generated) is the last one and grows with
+    `extend`; earlier documents (for example the encoder input of an encoder-decoder model) are fixed. A later
+    occurrence of an n-gram replaces an earlier one, so lookups return the most recent occurrence, which in
+    generated text is usually the most useful one.
+
+    Args:
+        max_ngram_size (`int`): longest suffix matched.
+        min_ngram_size (`int`, *optional*, defaults to 1): shortest suffix that counts as a match.
+        corpus (`Iterable[Sequence[int]]`, *optional*): fixed documents indexed before the live one.
+    """
+
+    def __init__(self, max_ngram_size: int, min_ngram_size: int = 1, corpus: Iterable[Sequence[int]] = ()):
+        self.max_ngram_size = max_ngram_size
+        self.min_ngram_size = min_ngram_size
+        self._docs: list[list[int]] = []
+        # n-gram -> (document index, position of the token that followed it)
+        self._table: dict[tuple[int, ...], tuple[int, int]] = {}
+        for doc in corpus:
+            self._docs.append([])
+            self._index_tail(list(doc))
+        self._docs.append([])
+
+    @property
+    def live(self) -> list[int]:
+        """The live document (read-only view by convention)."""
+        return self._docs[-1]
+
+    def extend(self, tokens: Sequence[int]) -> None:
+        """Append `tokens` to the live document and index the n-grams that now have a continuation."""
+        self._index_tail(tokens)
+
+    def _index_tail(self, tokens: Sequence[int]) -> None:
+        doc_id = len(self._docs) - 1
+        doc = self._docs[doc_id]
+        lo, hi = self.min_ngram_size, self.max_ngram_size
+        for tok in tokens:
+            j = len(doc)  # `tok` will sit at position j: every n-gram ending at j - 1 now has a continuation
+            for n in range(lo, min(hi, j) + 1):
+                self._table[tuple(doc[j - n : j])] = (doc_id, j)
+            doc.append(tok)
+
+    def lookup(self, context: Sequence[int]) -> tuple[list[int], int, int] | None:
+        """Find the longest suffix of `context` seen before.
+
+        Args:
+            context (`Sequence[int]`): the current sequence (only its last `max_ngram_size` tokens are read).
+
+        Returns:
+            `(document, start, n)`: the continuation is `document[start:]` and the match was `n` tokens long; or
+            `None` when no suffix of at least `min_ngram_size` tokens occurred before.
+        """
+        tail = tuple(context[-self.max_ngram_size :])
+        for n in range(len(tail), self.min_ngram_size - 1, -1):
+            hit = self._table.get(tail[len(tail) - n :])
+            if hit is not None:
+                return self._docs[hit[0]], hit[1], n
+        return None
+
+    def propose(
+        self, context: Sequence[int], num_tokens: int, bigram: BigramTable | None = None
+    ) -> tuple[list[int], list[bool]]:
+        """Propose up to `num_tokens` continuation tokens for `context`.
+
+        Copies the continuation of the longest match; when the copy runs out, looks up again with the proposal
+        appended (so repeating patterns extend); when nothing matches, uses the bigram table if given.
+
+        Args:
+            context (`Sequence[int]`): the current sequence.
+            num_tokens (`int`): the most tokens to propose.
+            bigram (`BigramTable`, *optional*): fallback next-token table.
+
+        Returns:
+            `(tokens, from_bigram)`: the proposal and, per token, whether it came from the bigram fallback.
+        """
+        out: list[int] = []
+        from_bigram: list[bool] = []
+        tail = list(context[-self.max_ngram_size :])
+        while len(out) < num_tokens:
+            hit = self.lookup(tail)
+            if hit is not None:
+                doc, start, _ = hit
+                piece = doc[start : start + num_tokens - len(out)]
+                flags = [False] * len(piece)
+            else:
+                nxt = bigram.next_token(tail[-1]) if (bigram is not None and tail) else None
+                if nxt is None:
+                    break
+                piece, flags = [nxt], [True]
+            if not piece:
+                break
+            out.extend(piece)
+            from_bigram.extend(flags)
+            tail = (tail + piece)[-self.max_ngram_size :]
+        return out, from_bigram
+
+
+class BigramTable:
+    """A next-token table: `next_token(t)` is the most likely token after `t`, or `None` when unknown.
+
+    Build it from a model's own greedy choice after each single token (`from_model`) or from token counts in a
+    corpus (`from_corpus`); store it with `save`/`load` as safetensors.
+
+    Args:
+        table (`torch.LongTensor` of shape `(vocab_size,)`): next token per token id, `-1` for "no proposal".
+    """
+
+    def __init__(self, table: torch.Tensor):
+        if not isinstance(table, torch.Tensor) or table.dim() != 1 or table.dtype not in (torch.int32, torch.int64):
+            raise TypeError(
+                "BigramTable expects a 1-D integer tensor of shape (vocab_size,) with -1 for 'no proposal'."
+            )
+        vocab = table.numel()
+        if bool(((table < -1) | (table >= vocab)).any()):
+            raise ValueError(f"BigramTable entries must be -1 or token ids in [0, {vocab}); got out-of-range values.")
+        self.table = table.to(torch.int64).cpu()
+        self._list = self.table.tolist()  # Python list: O(1) scalar reads without tensor overhead
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._list)
+
+    def next_token(self, token: int) -> int | None:
+        if 0 <= token < len(self._list):
+            nxt = self._list[token]
+            return nxt if nxt >= 0 else None
+        return None
+
+    @classmethod
+    def from_corpus(cls, sequences: Iterable[Sequence[int]], vocab_size: int) -> BigramTable:
+        """Most frequent successor of each token in `sequences` (ties: the smallest token id).
+
+        Args:
+            sequences (`Iterable[Sequence[int]]`): token id lists.
+            vocab_size (`int`): size of the table.
+        """
+        firsts, seconds = [], []
+        for seq in sequences:
+            seq = list(seq)
+            firsts.extend(seq[:-1])
+            seconds.extend(seq[1:])
+        table = torch.full((vocab_size,), -1, dtype=torch.int64)
+        if not firsts:
+            return cls(table)
+        a, b = torch.tensor(firsts, dtype=torch.int64), torch.tensor(seconds, dtype=torch.int64)
+        if bool(((a < 0) | (a >= vocab_size) | (b < 0) | (b >= vocab_size)).any()):
+            raise ValueError(f"BigramTable.from_corpus: token ids must lie in [0, {vocab_size}).")
+        pairs, counts = torch.unique(a * vocab_size + b, return_counts=True)  # sorted by (first, second)
+        first, second = pairs // vocab_size, pairs % vocab_size
+        # Stable sort by count (descending), then by first token: the first row of each group is its argmax,
+        # with ties going to the smaller second token because `torch.unique` sorted it first.
+        order = torch.sort(-counts, stable=True).indices
+        order = order[torch.sort(first[order], stable=True).indices]
+        first, second = first[order], second[order]
+        is_head = torch.ones_like(first, dtype=torch.bool)
+        is_head[1:] = first[1:] != first[:-1]
+        table[first[is_head]] = second[is_head]
+        return cls(table)
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, model: torch.nn.Module, batch_size: int = 256, bos_token_id: int | None = None) -> BigramTable:
+        """Greedy next token of `model` after each single token (prefixed by `bos_token_id` when given).
+
+        Costs `vocab_size / batch_size` forward passes over 1-2 tokens each: run it once and `save` the result.
+
+        Args:
+            model (`PreTrainedModel`): a decoder-only language model.
+            batch_size (`int`, *optional*, defaults to 256): tokens per forward pass.
+            bos_token_id (`int`, *optional*): prefix token; defaults to `model.config.bos_token_id`.
+        """
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError("BigramTable.from_model needs a decoder-only model; use from_corpus for encoder-decoders.")
+        vocab = model.config.get_text_config().vocab_size
+        bos = model.config.bos_token_id if bos_token_id is None else bos_token_id
+        device = next(model.parameters()).device
+        rows = []
+        for lo in range(0, vocab, batch_size):
+            toks = torch.arange(lo, min(lo + batch_size, vocab), device=device)[:, None]
+            if bos is not None:
+                toks = torch.cat([torch.full_like(toks, bos), toks], dim=1)
+            logits = model(input_ids=toks, use_cache=False).logits[:, -1, :vocab]
+            rows.append(logits.argmax(-1).cpu())
+        return cls(torch.cat(rows))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Save as safetensors (key `next_token`)."""
+        from safetensors.torch import save_file
+
+        save_file({"next_token": self.table}, os.fspath(path), metadata={"format": "hf_cascade.bigram_table"})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> BigramTable:
+        """Load a table written by `save`."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(os.fspath(path))
+        if "next_token" not in tensors:
+            raise ValueError(
+                f"{path} is not a hf_cascade bigram table (no 'next_token' tensor); build one with save()."
+            )
+        return cls(tensors["next_token"])

@@ -1,0 +1,100 @@
+"""Per-call statistics: one record per model of the cascade (target, each assistant, Max-Gram)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["CascadeStats", "LevelStats"]
+
+
+@dataclass
+class LevelStats:
+    """What one model of the cascade did during a `generate` call.
+
+    Args:
+        name (`str`): `"target"`, `"assistant_0"`, `"assistant_1"`, ... (largest first) or `"max_gram"`.
+        kind (`str`): `"target"`, `"assistant"` or `"max_gram"`.
+        drafted (`int`): draft tokens this drafter contributed to reviews (by whichever model reviewed them).
+        accepted (`int`): of `drafted`, how many the reviewer accepted. Excludes the reviewer's own correction or
+            bonus token, so `accepted <= drafted`.
+        forward_passes (`int`): forward passes of this model (0 for Max-Gram).
+        forward_tokens (`int`): tokens fed through those forward passes (prompt included).
+        forward_time_s (`float`): wall time inside those forward passes. On CUDA this is launch time unless the
+            caller synchronises; the acceptance check after each pass synchronises anyway.
+        propose_calls (`int`): Max-Gram proposals made.
+        propose_time_s (`float`): wall time spent making them.
+    """
+
+    name: str
+    kind: str
+    drafted: int = 0
+    accepted: int = 0
+    forward_passes: int = 0
+    forward_tokens: int = 0
+    forward_time_s: float = 0.0
+    propose_calls: int = 0
+    propose_time_s: float = 0.0
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """`accepted / drafted`, or `None` when nothing was drafted."""
+        return self.accepted / self.drafted if self.drafted else None
+
+
+@dataclass
+class CascadeStats:
+    """Statistics of one cascade `generate` call, returned as `output.cascade_stats` with
+    `return_dict_in_generate=True`.
+
+    Args:
+        levels (`list[LevelStats]`): the target first, then the assistants largest first, then Max-Gram.
+        new_tokens (`int`): tokens generated (returned after the prompt).
+        wall_time_s (`float`): wall time of the whole call.
+    """
+
+    levels: list[LevelStats] = field(default_factory=list)
+    new_tokens: int = 0
+    wall_time_s: float = 0.0
+
+    @property
+    def target(self) -> LevelStats:
+        return self.levels[0]
+
+    @property
+    def tokens_per_target_forward(self) -> float | None:
+        """New tokens per target forward pass; counts the target's correction/bonus token (plain decoding: 1.0)."""
+        passes = self.target.forward_passes
+        return self.new_tokens / passes if passes else None
+
+    @property
+    def forward_time_s(self) -> float:
+        """Wall time spent in forward passes of all models."""
+        return sum(level.forward_time_s for level in self.levels)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokens_per_target_forward"] = self.tokens_per_target_forward
+        for level_dict, level in zip(d["levels"], self.levels, strict=True):
+            level_dict["acceptance_rate"] = level.acceptance_rate
+        return d
+
+    def summary(self) -> str:
+        """A plain-text table, one row per model."""
+        rows = [
+            f"{'model':<14}{'drafted':>9}{'accepted':>10}{'rate':>7}{'forwards':>10}{'fwd tokens':>12}{'time s':>9}"
+        ]
+        for s in self.levels:
+            rate = f"{s.acceptance_rate:.2f}" if s.acceptance_rate is not None else "-"
+            secs = s.forward_time_s + s.propose_time_s
+            rows.append(
+                f"{s.name:<14}{s.drafted:>9}{s.accepted:>10}{rate:>7}{s.forward_passes:>10}"
+                f"{s.forward_tokens:>12}{secs:>9.3f}"
+            )
+        tpf = self.tokens_per_target_forward
+        rows.append(
+            f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s; {tpf:.2f} tokens per target forward"
+            if tpf is not None
+            else f"{self.new_tokens} new tokens"
+        )
+        return "\n".join(rows)

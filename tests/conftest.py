@@ -1,0 +1,139 @@
+"""Shared fixtures: tiny random models built from configs. Nothing is downloaded (HF_HUB_OFFLINE=1)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
+)
+
+VOCAB = 96
+
+
+def llama_config(**overrides) -> LlamaConfig:
+    kwargs = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=None,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def build(model_cls, config, seed: int, dtype=torch.float64, logit_scale: float = 1.0):
+    """A tiny random model in eval mode; `logit_scale` sharpens its next-token distributions."""
+    torch.manual_seed(seed)
+    model = model_cls(config).eval().to(dtype)
+    if logit_scale != 1.0:
+        with torch.no_grad():
+            model.get_output_embeddings().weight.mul_(logit_scale)
+    return model
+
+
+def perturbed(model, noise: float, seed: int):
+    """A copy of `model` with Gaussian noise (relative to each tensor's std) on every weight: agrees partly."""
+    clone = type(model)(model.config).eval().to(model.dtype)
+    clone.load_state_dict(model.state_dict())
+    if noise:
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in clone.parameters():
+                scale = p.detach().float().std() if p.numel() > 1 else torch.tensor(1.0)
+                p.add_((torch.randn(p.shape, generator=gen) * noise * scale).to(p.dtype))
+    return clone
+
+
+class RolledLlama(LlamaForCausalLM):
+    """A drafter whose argmax is always the target's argmax + 1 (mod vocab): every draft token is rejected."""
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out.logits = out.logits.roll(1, dims=-1)
+        return out
+
+
+def rolled_copy(model):
+    clone = RolledLlama(model.config).eval().to(model.dtype)
+    clone.load_state_dict(model.state_dict())
+    return clone
+
+
+@pytest.fixture(scope="session")
+def llama():
+    return build(LlamaForCausalLM, llama_config(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def llama_drafters(llama):
+    """(exact copy, perturbed copy, always-rejecting copy) of the Llama target."""
+    return perturbed(llama, 0.0, 1), perturbed(llama, 0.3, 2), rolled_copy(llama)
+
+
+@pytest.fixture(scope="session")
+def gpt2():
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=0, eos_token_id=1
+    )
+    return build(GPT2LMHeadModel, config, seed=3)
+
+
+@pytest.fixture(scope="session")
+def qwen2():
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        bos_token_id=0,
+        eos_token_id=1,
+    )
+    return build(Qwen2ForCausalLM, config, seed=4)
+
+
+@pytest.fixture(scope="session")
+def t5():
+    config = T5Config(
+        vocab_size=VOCAB,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+        relative_attention_num_buckets=8,
+    )
+    return build(T5ForConditionalGeneration, config, seed=5)
+
+
+@pytest.fixture
+def prompt():
+    """A prompt with a repeated phrase, so Max-Gram has something to copy."""
+    torch.manual_seed(7)
+    phrase = torch.randint(2, VOCAB, (6,))
+    return torch.cat([torch.randint(2, VOCAB, (5,)), phrase, torch.randint(2, VOCAB, (4,)), phrase])[None]

@@ -1,0 +1,112 @@
+"""The sampled output follows the target's exact distribution, whatever the drafts and the lenience inside.
+
+The target's distribution over the next 3 tokens is enumerated exactly (tiny vocabulary, with the same logits
+processors), then compared with cascade samples by a chi-square test. The same test must reject samples drawn from a
+drafter's distribution, so it has the power to catch a sampler that leaks drafter probabilities.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+import hf_cascade
+
+from conftest import build, llama_config, perturbed
+
+V = 6
+NEW = 3
+SAMPLES = 1500
+SAMPLING = dict(do_sample=True, temperature=0.9, top_k=5)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    config = llama_config(vocab_size=V, eos_token_id=None, bos_token_id=None)
+    target = build(LlamaForCausalLM, config, seed=11, logit_scale=60.0)
+    return target, perturbed(target, 0.8, 12), perturbed(target, 1.5, 13)
+
+
+PROMPT = torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2]])
+
+
+def exact_distribution(model) -> torch.Tensor:
+    """P(x1, x2, x3 | PROMPT) under `model` with the SAMPLING processors, as a flat tensor over V**NEW outcomes."""
+    joint = torch.zeros(V**NEW, dtype=torch.float64)
+    cache: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def next_probs(prefix: tuple[int, ...]) -> torch.Tensor:
+        if prefix not in cache:
+            ids = torch.cat([PROMPT, torch.tensor([prefix], dtype=torch.long).view(1, -1)], dim=1)
+            out = model.generate(
+                ids, max_new_tokens=1, output_scores=True, return_dict_in_generate=True, pad_token_id=0, **SAMPLING
+            )
+            cache[prefix] = torch.softmax(out.scores[0][0].double(), dim=-1)
+        return cache[prefix]
+
+    for i, outcome in enumerate(itertools.product(range(V), repeat=NEW)):
+        p = 1.0
+        for t in range(NEW):
+            p *= float(next_probs(outcome[:t])[outcome[t]])
+        joint[i] = p
+    return joint
+
+
+def chi_square_p_value(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Pearson chi-square goodness of fit, merging outcomes with expected count < 5 into one cell."""
+    n = counts.sum()
+    expected = probs * n
+    small = expected < 5
+    obs = torch.cat([counts[~small], counts[small].sum().view(1)])
+    exp = torch.cat([expected[~small], expected[small].sum().view(1)])
+    keep = exp > 0
+    obs, exp = obs[keep], exp[keep]
+    if bool((obs[exp == 0] > 0).any()):
+        return 0.0
+    stat = ((obs - exp) ** 2 / exp).sum()
+    dof = obs.numel() - 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0), stat / 2.0))
+
+
+def outcome_index(tokens: list[int]) -> int:
+    index = 0
+    for t in tokens:
+        index = index * V + t
+    return index
+
+
+@pytest.mark.parametrize(
+    "n_assistants, lenience",
+    [(0, 1.0), (2, 3.0)],
+    ids=["target+max_gram", "two_assistants+max_gram+lenience3"],
+)
+def test_cascade_samples_follow_target_distribution(tiny, n_assistants, lenience):
+    target, d1, d2 = tiny
+    p = exact_distribution(target)
+    q1 = exact_distribution(d1)
+    assert 0.5 * (p - q1).abs().sum() > 0.2, "the drafter must differ clearly from the target for this test to bite"
+
+    torch.manual_seed(0)
+    config = hf_cascade.CascadeConfig(
+        k_matrix=[[2, 0, 1], [0, 2, 1], [0, 0, 2]] if n_assistants == 2 else [[3]], lenience=lenience
+    )
+    counts = torch.zeros(V**NEW, dtype=torch.float64)
+    for _ in range(SAMPLES):
+        out = target.generate(
+            PROMPT,
+            max_new_tokens=NEW,
+            custom_generate=hf_cascade.generate,
+            assistant_models=[d1, d2][:n_assistants],
+            cascade_config=config,
+            pad_token_id=0,
+            **SAMPLING,
+        )
+        counts[outcome_index(out[0, PROMPT.shape[1] :].tolist())] += 1
+    assert chi_square_p_value(counts, p) > 1e-3
+
+    # Power: the same test rejects samples drawn from the largest drafter instead of the target.
+    drafter_counts = torch.bincount(torch.multinomial(q1, SAMPLES, replacement=True), minlength=V**NEW).double()
+    assert chi_square_p_value(drafter_counts, p) < 1e-6
