@@ -69,15 +69,7 @@ def check_generation(
     input_ids: torch.Tensor, generation_config: GenerationConfig, model_kwargs: dict[str, Any], is_encoder_decoder: bool
 ) -> None:
     """Reject generation settings the cascade does not support (yet) instead of returning something else."""
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
-        raise ValueError(
-            f"hf_cascade generates one sequence at a time (batch size 1); got input_ids of shape "
-            f"{tuple(input_ids.shape)}. Call generate once per prompt."
-        )
-    if input_ids.shape[1] == 0:
-        raise ValueError(
-            "hf_cascade needs at least one input token; pass input_ids (inputs_embeds alone are not supported)."
-        )
+    # Beams and return sequences first: generate() has already expanded input_ids to that many rows.
     if generation_config.num_beams is not None and generation_config.num_beams > 1:
         raise ValueError(
             f"Beam search (num_beams={generation_config.num_beams}) is not supported by the cascade; use num_beams=1 "
@@ -87,6 +79,15 @@ def check_generation(
         raise ValueError(
             f"num_return_sequences={generation_config.num_return_sequences} is not supported by the cascade; "
             "call generate several times with num_return_sequences=1."
+        )
+    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+        raise ValueError(
+            f"hf_cascade generates one sequence at a time (batch size 1); got input_ids of shape "
+            f"{tuple(input_ids.shape)}. Call generate once per prompt."
+        )
+    if input_ids.shape[1] == 0:
+        raise ValueError(
+            "hf_cascade needs at least one input token; pass input_ids (inputs_embeds alone are not supported)."
         )
     if generation_config.prompt_lookup_num_tokens is not None:
         raise ValueError(

@@ -134,10 +134,18 @@ class CascadeConfig:
     k_matrix: list[list[int]] | None = None
     lenience: float = 1.0
     use_max_gram: bool = True
-    max_gram: MaxGramConfig = field(default_factory=MaxGramConfig)
+    max_gram: MaxGramConfig | dict | None = field(default_factory=MaxGramConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_gram, dict):
+        if self.max_gram is None:
+            self.max_gram = MaxGramConfig()
+        elif isinstance(self.max_gram, dict):
+            known = set(MaxGramConfig.__dataclass_fields__)
+            unknown = sorted(set(self.max_gram) - known)
+            if unknown:
+                raise ValueError(
+                    f"Unknown CascadeConfig.max_gram field(s) {unknown}; known fields are {sorted(known)}."
+                )
             self.max_gram = MaxGramConfig(**self.max_gram)
         self.validate()
 
@@ -225,6 +233,10 @@ class CascadeConfig:
                     f"No {CONFIG_NAME} in directory {pretrained}; save one with CascadeConfig.save_pretrained."
                 )
         elif not os.path.isfile(path):
+            if os.path.isabs(path) or path.startswith(".") or path.count("/") > 1 or path.endswith(".json"):
+                raise OSError(
+                    f"{pretrained} does not exist: pass a directory with {CONFIG_NAME}, that file, or a Hub id."
+                )
             from huggingface_hub import hf_hub_download
 
             path = hf_hub_download(repo_id=path, filename=CONFIG_NAME, **hub_kwargs)

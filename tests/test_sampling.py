@@ -14,6 +14,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 import hf_cascade
+from hf_cascade.verification import sampling_review
 
 from conftest import build, llama_config, perturbed
 
@@ -26,7 +27,7 @@ SAMPLING = dict(do_sample=True, temperature=0.9, top_k=5)
 @pytest.fixture(scope="module")
 def tiny():
     config = llama_config(vocab_size=V, eos_token_id=None, bos_token_id=None)
-    target = build(LlamaForCausalLM, config, seed=11, logit_scale=60.0)
+    target = build(LlamaForCausalLM, config, seed=11, logit_scale=20.0)
     return target, perturbed(target, 0.8, 12), perturbed(target, 1.5, 13)
 
 
@@ -78,21 +79,27 @@ def outcome_index(tokens: list[int]) -> int:
     return index
 
 
-@pytest.mark.parametrize(
-    "n_assistants, lenience",
-    [(0, 1.0), (2, 3.0)],
-    ids=["target+max_gram", "two_assistants+max_gram+lenience3"],
-)
-def test_cascade_samples_follow_target_distribution(tiny, n_assistants, lenience):
+CASES = {
+    # Target reviews Max-Gram's one-hot drafts directly.
+    "target+max_gram": (0, 1.0, [[3]]),
+    # A very lenient drafter over Max-Gram: what it emits is far from its own p, so handing p (instead of the
+    # distribution it really emitted) to the target would bias the output. This case catches that bug.
+    "assistant+max_gram+lenience10": (1, 10.0, [[2, 1], [0, 3]]),
+    # Two neural levels and Max-Gram, horizontal and vertical cascade.
+    "two_assistants+max_gram+lenience3": (2, 3.0, [[2, 0, 1], [0, 2, 1], [0, 0, 2]]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_cascade_samples_follow_target_distribution(tiny, case):
+    n_assistants, lenience, k_matrix = CASES[case]
     target, d1, d2 = tiny
     p = exact_distribution(target)
     q1 = exact_distribution(d1)
     assert 0.5 * (p - q1).abs().sum() > 0.2, "the drafter must differ clearly from the target for this test to bite"
 
     torch.manual_seed(0)
-    config = hf_cascade.CascadeConfig(
-        k_matrix=[[2, 0, 1], [0, 2, 1], [0, 0, 2]] if n_assistants == 2 else [[3]], lenience=lenience
-    )
+    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, lenience=lenience)
     counts = torch.zeros(V**NEW, dtype=torch.float64)
     for _ in range(SAMPLES):
         out = target.generate(
@@ -110,3 +117,31 @@ def test_cascade_samples_follow_target_distribution(tiny, n_assistants, lenience
     # Power: the same test rejects samples drawn from the largest drafter instead of the target.
     drafter_counts = torch.bincount(torch.multinomial(q1, SAMPLES, replacement=True), minlength=V**NEW).double()
     assert chi_square_p_value(drafter_counts, p) < 1e-6
+
+
+@pytest.mark.parametrize("lenience", [1.0, 2.5, 10.0])
+@pytest.mark.parametrize("one_hot", [False, True], ids=["neural_q", "max_gram_q"])
+def test_lenient_review_emits_the_distribution_it_declares(lenience, one_hot):
+    """Draw x ~ q, review it: the emitted token must follow the `emitted_q` the review hands to the next level."""
+    gen = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(2, V, generator=gen) * 2, dim=-1)
+    q = torch.zeros(1, V)
+    if one_hot:
+        q[0, int(torch.argmin(p[0]))] = 1.0  # a deterministic draft the reviewer dislikes
+    else:
+        q[0] = torch.softmax(torch.randn(V, generator=gen) * 2, dim=-1)
+    torch.manual_seed(4)
+    counts = torch.zeros(V, dtype=torch.float64)
+    declared = None
+    for _ in range(4000):
+        x = torch.multinomial(q[0], 1)
+        n, nxt, emitted = sampling_review(p, x, q, lenience, need_emitted_q=True)
+        counts[int(x) if n == 1 else nxt] += 1
+        declared = emitted[0].double() if declared is None else declared
+        torch.testing.assert_close(emitted[0].double(), declared)  # the same for every draw: a marginal
+    torch.testing.assert_close(declared.sum(), torch.tensor(1.0, dtype=torch.float64))
+    if lenience == 1.0:
+        torch.testing.assert_close(declared, p[0].double())  # an exact review emits exactly p
+    assert chi_square_p_value(counts, declared) > 1e-3
+    if lenience > 1.0:
+        assert chi_square_p_value(counts, p[0].double()) < 1e-6  # and a lenient one measurably does not emit p

@@ -1,0 +1,271 @@
+"""CascadeConfig / MaxGramConfig: defaults, the default k-matrix, (de)serialisation and k-matrix resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+import hf_cascade
+from hf_cascade import CascadeConfig, MaxGramConfig, default_k_matrix
+from hf_cascade.config import CONFIG_NAME
+
+# ---------------------------------------------------------------------------------------------------- defaults
+
+
+def test_max_gram_config_defaults():
+    mg = MaxGramConfig()
+    assert (mg.max_ngram_size, mg.min_ngram_size, mg.num_pred_tokens, mg.bigram_table) == (8, 1, 10, None)
+
+
+def test_cascade_config_defaults():
+    config = CascadeConfig()
+    assert config.k_matrix is None
+    assert config.lenience == 1.0 and isinstance(config.lenience, float)
+    assert config.use_max_gram is True
+    assert config.max_gram == MaxGramConfig()
+
+
+def test_default_instances_do_not_share_max_gram():
+    a, b = CascadeConfig(), CascadeConfig()
+    assert a.max_gram is not b.max_gram
+
+
+def test_int_lenience_is_stored_as_float():
+    config = CascadeConfig(lenience=3)
+    assert config.lenience == 3.0 and isinstance(config.lenience, float)
+
+
+def test_k_matrix_tuples_are_normalised_to_lists():
+    config = CascadeConfig(k_matrix=((4, 2), (0, 6)))
+    assert config.k_matrix == [[4, 2], [0, 6]]
+    assert all(type(row) is list for row in config.k_matrix)
+
+
+def test_bigram_table_pathlike_is_stored_as_str(tmp_path):
+    mg = MaxGramConfig(bigram_table=tmp_path / "table.safetensors")
+    assert mg.bigram_table == os.fspath(tmp_path / "table.safetensors")
+    assert isinstance(mg.bigram_table, str)
+
+
+# ---------------------------------------------------------------------------------------------------- default_k_matrix
+
+
+@pytest.mark.parametrize(
+    "num_assistants, use_max_gram, expected",
+    [
+        (0, True, [[6]]),
+        (1, True, [[4, 2], [0, 6]]),
+        (2, True, [[4, 0, 2], [0, 4, 2], [0, 0, 6]]),
+        (3, True, [[4, 0, 0, 2], [0, 4, 0, 2], [0, 0, 4, 2], [0, 0, 0, 6]]),
+        (1, False, [[4]]),
+        (2, False, [[4, 0], [0, 4]]),
+        (3, False, [[4, 0, 0], [0, 4, 0], [0, 0, 4]]),
+    ],
+)
+def test_default_k_matrix(num_assistants, use_max_gram, expected):
+    assert default_k_matrix(num_assistants, use_max_gram) == expected
+    assert hf_cascade.default_k_matrix is default_k_matrix
+    # The default is itself a valid k-matrix.
+    assert CascadeConfig(k_matrix=expected, use_max_gram=use_max_gram).k_matrix == expected
+
+
+def test_default_k_matrix_without_any_drafter_raises():
+    with pytest.raises(ValueError, match="at least one drafter"):
+        default_k_matrix(0, False)
+
+
+def test_default_k_matrix_returns_fresh_lists():
+    a = default_k_matrix(1, True)
+    a[0][0] = 99
+    assert default_k_matrix(1, True) == [[4, 2], [0, 6]]
+
+
+# ---------------------------------------------------------------------------------------------------- resolved_k_matrix
+
+
+def test_resolved_k_matrix_default():
+    assert CascadeConfig().resolved_k_matrix(2) == [[4, 0, 2], [0, 4, 2], [0, 0, 6]]
+    assert CascadeConfig(use_max_gram=False).resolved_k_matrix(2) == [[4, 0], [0, 4]]
+
+
+def test_resolved_k_matrix_explicit_fits():
+    k = [[3, 1], [0, 5]]
+    config = CascadeConfig(k_matrix=k)
+    resolved = config.resolved_k_matrix(1)
+    assert resolved == k
+    resolved[0][0] = 99  # a copy: the config is untouched
+    assert config.k_matrix == k
+
+
+@pytest.mark.parametrize("num_assistants", [0, 2, 3])
+def test_resolved_k_matrix_checks_size(num_assistants):
+    config = CascadeConfig(k_matrix=[[3, 1], [0, 5]])  # fits 1 assistant + Max-Gram only
+    with pytest.raises(ValueError, match=r"k_matrix is 2x2 but the cascade has \d drafter"):
+        config.resolved_k_matrix(num_assistants)
+
+
+def test_resolved_k_matrix_counts_max_gram():
+    k = [[3, 1], [0, 5]]
+    assert CascadeConfig(k_matrix=k, use_max_gram=False).resolved_k_matrix(2) == k
+    with pytest.raises(ValueError, match=r"2 assistant model\(s\) \+ Max-Gram"):
+        CascadeConfig(k_matrix=k, use_max_gram=True).resolved_k_matrix(2)
+
+
+def test_resolved_k_matrix_without_drafter_raises():
+    with pytest.raises(ValueError, match="at least one drafter"):
+        CascadeConfig(use_max_gram=False).resolved_k_matrix(0)
+
+
+# ---------------------------------------------------------------------------------------------------- dict round trip
+
+
+def _custom_config(bigram_table=None) -> CascadeConfig:
+    return CascadeConfig(
+        k_matrix=[[2, 0, 1], [0, 3, 1], [0, 0, 5]],
+        lenience=2.5,
+        use_max_gram=True,
+        max_gram=MaxGramConfig(max_ngram_size=5, min_ngram_size=2, num_pred_tokens=7, bigram_table=bigram_table),
+    )
+
+
+def test_to_dict_is_plain_json():
+    d = _custom_config("table.safetensors").to_dict()
+    assert d == {
+        "k_matrix": [[2, 0, 1], [0, 3, 1], [0, 0, 5]],
+        "lenience": 2.5,
+        "use_max_gram": True,
+        "max_gram": {
+            "max_ngram_size": 5,
+            "min_ngram_size": 2,
+            "num_pred_tokens": 7,
+            "bigram_table": "table.safetensors",
+        },
+    }
+    assert json.loads(json.dumps(d)) == d
+
+
+@pytest.mark.parametrize("config", [CascadeConfig(), _custom_config(), _custom_config("t.safetensors")])
+def test_dict_round_trip(config):
+    restored = CascadeConfig.from_dict(config.to_dict())
+    assert restored == config
+    assert isinstance(restored.max_gram, MaxGramConfig)
+
+
+def test_from_dict_nested_max_gram_dict():
+    config = CascadeConfig.from_dict({"lenience": 2, "max_gram": {"max_ngram_size": 4, "num_pred_tokens": 3}})
+    assert isinstance(config.max_gram, MaxGramConfig)
+    assert config.max_gram == MaxGramConfig(max_ngram_size=4, min_ngram_size=1, num_pred_tokens=3)
+    assert config.lenience == 2.0 and config.k_matrix is None and config.use_max_gram is True
+
+
+def test_from_dict_partial_uses_defaults():
+    assert CascadeConfig.from_dict({}) == CascadeConfig()
+    assert CascadeConfig.from_dict({"use_max_gram": False}) == CascadeConfig(use_max_gram=False)
+
+
+def test_constructor_accepts_max_gram_dict():
+    assert CascadeConfig(max_gram={"min_ngram_size": 2}).max_gram == MaxGramConfig(min_ngram_size=2)
+
+
+def test_to_json_string_round_trip():
+    config = _custom_config()
+    text = config.to_json_string()
+    assert text.endswith("\n")
+    assert CascadeConfig.from_dict(json.loads(text)) == config
+
+
+# ---------------------------------------------------------------------------------------------------- save / load
+
+
+def test_save_pretrained_round_trip_directory(tmp_path):
+    config = _custom_config("bigram.safetensors")
+    path = config.save_pretrained(tmp_path)
+    assert os.path.basename(path) == CONFIG_NAME == "cascade_config.json"
+    assert os.path.isfile(tmp_path / "cascade_config.json")
+    assert sorted(os.listdir(tmp_path)) == ["cascade_config.json"]
+    assert CascadeConfig.from_pretrained(tmp_path) == config
+    assert CascadeConfig.from_pretrained(str(tmp_path)) == config
+
+
+def test_save_pretrained_round_trip_file_path(tmp_path):
+    config = _custom_config()
+    path = config.save_pretrained(tmp_path)
+    assert CascadeConfig.from_pretrained(path) == config
+    assert CascadeConfig.from_pretrained(tmp_path / "cascade_config.json") == config
+
+
+def test_save_pretrained_creates_missing_directories(tmp_path):
+    target = tmp_path / "a" / "b"
+    path = CascadeConfig(lenience=4).save_pretrained(target)
+    assert path == os.path.join(target, "cascade_config.json")
+    assert CascadeConfig.from_pretrained(target) == CascadeConfig(lenience=4)
+
+
+def test_save_pretrained_overwrites(tmp_path):
+    CascadeConfig(lenience=4).save_pretrained(tmp_path)
+    CascadeConfig(lenience=2).save_pretrained(tmp_path)
+    assert CascadeConfig.from_pretrained(tmp_path).lenience == 2.0
+
+
+def test_saved_file_is_readable_json(tmp_path):
+    CascadeConfig(k_matrix=[[3]]).save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "cascade_config.json").read_text(encoding="utf-8"))
+    assert data["k_matrix"] == [[3]]
+    assert set(data) == {"k_matrix", "lenience", "use_max_gram", "max_gram"}
+
+
+def test_save_pretrained_into_a_file_raises(tmp_path):
+    file = tmp_path / "not_a_dir"
+    file.write_text("x")
+    with pytest.raises(ValueError, match="is a file; pass a directory"):
+        CascadeConfig().save_pretrained(file)
+
+
+def test_from_pretrained_validates_the_file(tmp_path):
+    (tmp_path / "cascade_config.json").write_text(json.dumps({"k_matrix": [[1, 2], [3, 4]]}))
+    with pytest.raises(ValueError, match="upper-triangular"):
+        CascadeConfig.from_pretrained(tmp_path)
+    (tmp_path / "cascade_config.json").write_text(json.dumps({"lenince": 2}))
+    with pytest.raises(ValueError, match="Unknown CascadeConfig field"):
+        CascadeConfig.from_pretrained(tmp_path)
+
+
+def test_from_pretrained_directory_without_config_raises_oserror(tmp_path):
+    with pytest.raises(OSError, match="No cascade_config.json in directory"):
+        CascadeConfig.from_pretrained(tmp_path)
+
+
+@pytest.fixture
+def hub_offline(monkeypatch, tmp_path):
+    """Force huggingface_hub offline (whatever was imported first) and run from an empty directory."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # so a relative name cannot resolve to a local path
+    return tmp_path
+
+
+def test_from_pretrained_missing_relative_directory_raises_oserror(hub_offline):
+    """A missing *relative* path is looked up on the Hub; offline that fails with an OSError."""
+    with pytest.raises(OSError):
+        CascadeConfig.from_pretrained("missing_config_dir", cache_dir=str(hub_offline / "cache"))
+
+
+def test_from_pretrained_missing_absolute_directory_raises_oserror(tmp_path):
+    with pytest.raises(OSError, match="does not exist"):
+        CascadeConfig.from_pretrained(tmp_path / "does_not_exist")
+
+
+def test_from_pretrained_unknown_hub_id_offline_raises_fast(hub_offline):
+    t0 = time.perf_counter()
+    with pytest.raises(Exception):  # noqa: B017  (whatever huggingface_hub raises offline)
+        CascadeConfig.from_pretrained("hf-cascade-tests/no-such-repo-7f3a", cache_dir=str(hub_offline / "cache"))
+    assert time.perf_counter() - t0 < 10, "offline Hub lookup must fail fast, not wait on the network"
+
+
+def test_max_gram_none_means_defaults():
+    assert CascadeConfig(max_gram=None).max_gram == MaxGramConfig()

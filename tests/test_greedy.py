@@ -1,0 +1,236 @@
+"""Greedy output is identical, token for token, to the target's own greedy `generate`.
+
+Drafters that always accept (exact copies), always reject (rolled copies) and agree partly (perturbed copies), with
+0, 1 and 2 neural drafters, Max-Gram on and off, default and custom k-matrices and several lenience values.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import StoppingCriteria
+
+import hf_cascade
+
+from conftest import perturbed, rolled_copy
+
+NEW = 40
+
+
+def cascade(target, ids, assistants, **kwargs):
+    return target.generate(
+        ids, do_sample=False, custom_generate=hf_cascade.generate, assistant_models=assistants, **kwargs
+    )
+
+
+def plain(target, ids, **kwargs):
+    return target.generate(ids, do_sample=False, **kwargs)
+
+
+DRAFTER_SETS = {
+    "none": [],
+    "exact": ["exact"],
+    "partial": ["partial"],
+    "reject": ["reject"],
+    "exact+partial": ["exact", "partial"],
+    "partial+reject": ["partial", "reject"],
+}
+
+
+@pytest.mark.parametrize("drafters", list(DRAFTER_SETS))
+@pytest.mark.parametrize("use_max_gram", [True, False])
+@pytest.mark.parametrize("lenience", [1.0, 3.0])
+def test_llama_greedy_identical(llama, llama_drafters, prompt, drafters, use_max_gram, lenience):
+    if not DRAFTER_SETS[drafters] and not use_max_gram:
+        pytest.skip("no drafter at all is an error, tested in test_errors.py")
+    by_name = dict(zip(["exact", "partial", "reject"], llama_drafters, strict=True))
+    assistants = [by_name[name] for name in DRAFTER_SETS[drafters]]
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=lenience)
+    out = cascade(llama, prompt, assistants, cascade_config=config, max_new_tokens=NEW)
+    assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW))
+
+
+@pytest.mark.parametrize(
+    "k_matrix",
+    [[[1, 1, 1], [0, 1, 1], [0, 0, 1]], [[5, 0, 10], [0, 3, 4], [0, 0, 9]], [[0, 2, 0], [0, 0, 3], [0, 0, 2]]],
+    ids=["ones", "reference_like", "skip_levels"],
+)
+def test_custom_k_matrices(llama, llama_drafters, prompt, k_matrix):
+    exact, partial, _ = llama_drafters
+    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, lenience=2.0)
+    out = cascade(llama, prompt, [partial, exact], cascade_config=config, max_new_tokens=NEW)
+    assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW))
+
+
+def test_stats_exact_drafter_accepts_everything(llama, llama_drafters, prompt):
+    exact, _, _ = llama_drafters
+    config = hf_cascade.CascadeConfig(use_max_gram=False, k_matrix=[[5]])
+    out = cascade(llama, prompt, [exact], cascade_config=config, max_new_tokens=NEW, return_dict_in_generate=True)
+    stats = out.cascade_stats
+    target, assistant = stats.levels
+    assert (target.name, assistant.name) == ("target", "assistant_0")
+    assert stats.new_tokens == out.sequences.shape[1] - prompt.shape[1] == NEW
+    assert assistant.drafted > 0 and assistant.accepted == assistant.drafted
+    # Five accepted draft tokens plus the bonus token per target forward (the last round may be cut by max length).
+    assert target.forward_passes == -(-NEW // 6)
+    assert stats.tokens_per_target_forward == pytest.approx(NEW / target.forward_passes)
+    assert assistant.forward_passes == assistant.drafted  # it decodes alone: one pass per token, no Max-Gram
+
+
+def test_stats_rejecting_drafter_accepts_nothing_at_target(llama, llama_drafters, prompt):
+    _, _, reject = llama_drafters
+    config = hf_cascade.CascadeConfig(use_max_gram=False, k_matrix=[[3]])
+    out = cascade(llama, prompt, [reject], cascade_config=config, max_new_tokens=20, return_dict_in_generate=True)
+    target, assistant = out.cascade_stats.levels
+    assert assistant.accepted == 0 and assistant.drafted > 0
+    assert target.forward_passes == 20  # one token per target forward: the cascade degrades to plain decoding
+    assert out.cascade_stats.to_dict()["levels"][1]["acceptance_rate"] == 0.0
+
+
+def test_max_gram_feeds_the_smallest_drafter(llama, llama_drafters, prompt):
+    exact, _, _ = llama_drafters
+    out = cascade(llama, prompt, [exact], max_new_tokens=NEW, return_dict_in_generate=True)
+    target, assistant, max_gram = out.cascade_stats.levels
+    assert max_gram.name == "max_gram" and max_gram.propose_calls > 0 and max_gram.drafted > 0
+    # The assistant never decodes alone: it only reviews Max-Gram drafts, so it needs fewer passes than tokens.
+    assert assistant.forward_passes < assistant.drafted + max_gram.accepted
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 2, 7, 33])
+def test_max_new_tokens_exact(llama, llama_drafters, prompt, max_new_tokens):
+    _, partial, _ = llama_drafters
+    out = cascade(llama, prompt, [partial], max_new_tokens=max_new_tokens)
+    assert out.shape[1] == prompt.shape[1] + max_new_tokens
+    assert torch.equal(out, plain(llama, prompt, max_new_tokens=max_new_tokens))
+
+
+def test_max_length_exact(llama, prompt):
+    out = cascade(llama, prompt, [], max_length=prompt.shape[1] + 9)
+    assert torch.equal(out, plain(llama, prompt, max_length=prompt.shape[1] + 9))
+
+
+def _eos_from_reference(llama, prompt):
+    ref = plain(llama, prompt, max_new_tokens=NEW)[0, prompt.shape[1] :].tolist()
+    # A token that first appears mid-way through the greedy output plays EOS.
+    for i, tok in enumerate(ref[5:], start=5):
+        if tok not in ref[:i]:
+            return tok
+    pytest.skip("the greedy continuation has no fresh token to use as EOS")
+
+
+@pytest.mark.parametrize("drafters", [[], ["exact"], ["partial", "exact"]])
+def test_stops_at_eos_and_nothing_after(llama, llama_drafters, prompt, drafters):
+    eos = _eos_from_reference(llama, prompt)
+    by_name = {"exact": llama_drafters[0], "partial": llama_drafters[1]}
+    out = cascade(llama, prompt, [by_name[d] for d in drafters], max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
+    ref = plain(llama, prompt, max_new_tokens=NEW, eos_token_id=eos, pad_token_id=0)
+    assert torch.equal(out, ref)
+    assert out[0, -1].item() == eos and (out[0, prompt.shape[1] :] == eos).sum() == 1
+
+
+class StopAfterToken(StoppingCriteria):
+    def __init__(self, token: int):
+        self.token = token
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return input_ids[:, -1] == self.token
+
+
+def test_user_stopping_criteria_cut_mid_draft(llama, llama_drafters, prompt):
+    ref_full = plain(llama, prompt, max_new_tokens=NEW)[0, prompt.shape[1] :].tolist()
+    stop_token = ref_full[12]
+    criteria = [StopAfterToken(stop_token)]
+    out = cascade(llama, prompt, [llama_drafters[0]], max_new_tokens=NEW, stopping_criteria=criteria)
+    ref = plain(llama, prompt, max_new_tokens=NEW, stopping_criteria=criteria)
+    assert torch.equal(out, ref) and out.shape[1] < prompt.shape[1] + NEW
+
+
+@pytest.mark.parametrize(
+    "processing",
+    [dict(repetition_penalty=1.3), dict(no_repeat_ngram_size=2), dict(min_new_tokens=10, eos_token_id=5)],
+    ids=["repetition_penalty", "no_repeat_ngram", "min_new_tokens"],
+)
+def test_logits_processors_honoured(llama, llama_drafters, prompt, processing):
+    out = cascade(llama, prompt, [llama_drafters[1]], max_new_tokens=NEW, pad_token_id=0, **processing)
+    assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW, pad_token_id=0, **processing))
+
+
+def test_output_scores_and_logits_match_plain(llama, llama_drafters, prompt):
+    kwargs = dict(max_new_tokens=12, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    out = cascade(llama, prompt, [llama_drafters[1]], **kwargs)
+    ref = plain(llama, prompt, **kwargs)
+    assert torch.equal(out.sequences, ref.sequences)
+    assert len(out.scores) == len(ref.scores) == len(out.logits) == 12
+    for mine, theirs in zip(out.scores + out.logits, ref.scores + ref.logits, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_drafter_in_another_dtype(llama, prompt):
+    drafter = perturbed(llama, 0.3, 5).to(torch.float32)
+    out = cascade(llama, prompt, [drafter], max_new_tokens=NEW)
+    assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW))
+
+
+def test_fp32_target(llama, prompt):
+    target = perturbed(llama, 0.0, 0).to(torch.float32)
+    with torch.no_grad():
+        target.get_output_embeddings().weight.mul_(20)  # wide logit gaps: no near-ties for fp32 rounding to flip
+    drafter = perturbed(target, 0.3, 9)
+    out = cascade(target, prompt, [drafter], max_new_tokens=NEW)
+    assert torch.equal(out, plain(target, prompt, max_new_tokens=NEW))
+
+
+@pytest.mark.parametrize("model_name", ["gpt2", "qwen2"])
+@pytest.mark.parametrize("drafters", [[], ["partial"], ["exact", "reject"]])
+def test_other_decoder_architectures(request, prompt, model_name, drafters):
+    target = request.getfixturevalue(model_name)
+    pool = {"exact": perturbed(target, 0.0, 1), "partial": perturbed(target, 0.3, 2)}
+    if "reject" in drafters:
+        pool["reject"] = perturbed(target, 2.0, 3)  # a heavily perturbed copy: almost always wrong
+    out = cascade(target, prompt, [pool[d] for d in drafters], max_new_tokens=NEW, cascade_config={"lenience": 2.0})
+    assert torch.equal(out, plain(target, prompt, max_new_tokens=NEW))
+
+
+@pytest.mark.parametrize("drafters", [[], ["partial"], ["exact", "partial"]])
+@pytest.mark.parametrize("use_max_gram", [True, False])
+def test_encoder_decoder_t5(t5, prompt, drafters, use_max_gram):
+    if not drafters and not use_max_gram:
+        pytest.skip("no drafter")
+    pool = {"exact": perturbed(t5, 0.0, 1), "partial": perturbed(t5, 0.3, 2)}
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=2.0)
+    out = t5.generate(
+        prompt,
+        do_sample=False,
+        max_new_tokens=30,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[pool[d] for d in drafters],
+        cascade_config=config,
+    )
+    assert torch.equal(out, t5.generate(prompt, do_sample=False, max_new_tokens=30))
+
+
+def test_t5_max_gram_copies_from_the_encoder_input(t5):
+    # A source that the decoder tends to repeat: Max-Gram must search the encoder input too.
+    source = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12] * 3])
+    out = t5.generate(
+        source, do_sample=False, max_new_tokens=20, custom_generate=hf_cascade.generate, return_dict_in_generate=True
+    )
+    assert torch.equal(out.sequences, t5.generate(source, do_sample=False, max_new_tokens=20))
+
+
+def test_reject_drafter_is_really_always_wrong(llama, prompt):
+    rolled = rolled_copy(llama)
+    ref = plain(llama, prompt, max_new_tokens=10)
+    drafted = plain(rolled, prompt, max_new_tokens=1)
+    assert drafted[0, -1] != ref[0, prompt.shape[1]]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_greedy_identical_on_gpu(llama, llama_drafters, prompt):
+    target = perturbed(llama, 0.0, 0).cuda()
+    drafters = [perturbed(llama, 0.3, 2).cuda()]
+    ids = prompt.cuda()
+    out = cascade(target, ids, drafters, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert out.sequences.device.type == "cuda"
+    assert torch.equal(out.sequences, plain(target, ids, max_new_tokens=NEW))
+    assert out.cache.layers[0].keys.device.type == "cuda"
