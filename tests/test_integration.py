@@ -1,0 +1,174 @@
+"""`enable`/`disable`, streaming, and statistics on the output: how users call the cascade."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
+from transformers.generation.streamers import BaseStreamer
+
+import hf_cascade
+
+from conftest import VOCAB
+
+NEW = 24
+
+
+class Recorder(BaseStreamer):
+    """Records every `put` (as token lists) and whether `end` was called."""
+
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value):
+        self.puts.append(value.flatten().tolist())
+
+    def end(self):
+        self.ended = True
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w2"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w2", eos_token="w1", bos_token="w0")
+
+
+def test_enable_routes_only_cascade_calls(llama, llama_drafters, prompt):
+    plain = llama.generate(prompt, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
+    model = hf_cascade.enable(llama)
+    try:
+        assert model is llama and hf_cascade.enable(llama) is llama  # idempotent
+        untouched = llama.generate(prompt, max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True)
+        assert type(untouched) is type(plain) and not hasattr(untouched, "cascade_stats")
+        assert torch.equal(untouched.sequences, plain.sequences)
+        out = llama.generate(
+            prompt,
+            assistant_models=[llama_drafters[1]],
+            max_new_tokens=NEW,
+            do_sample=False,
+            return_dict_in_generate=True,
+        )
+        assert isinstance(out, hf_cascade.CascadeDecoderOnlyOutput)
+        assert torch.equal(out.sequences, plain.sequences)
+        # cascade_config alone (no assistants) means target + Max-Gram.
+        mag = llama.generate(prompt, cascade_config=hf_cascade.CascadeConfig(), max_new_tokens=NEW, do_sample=False)
+        assert torch.equal(mag, plain.sequences)
+    finally:
+        hf_cascade.disable(llama)
+    assert "generate" not in vars(llama)
+    hf_cascade.disable(llama)  # a no-op the second time
+
+
+def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafters, prompt):
+    recorder = Recorder()
+    out = llama.generate(
+        prompt,
+        max_new_tokens=NEW,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[llama_drafters[0]],
+        cascade_streamer=recorder,
+    )
+    assert recorder.puts[0] == prompt[0].tolist()
+    streamed = [t for chunk in recorder.puts[1:] for t in chunk]
+    assert streamed == out[0, prompt.shape[1] :].tolist()
+    assert len(recorder.puts) - 1 < NEW  # several tokens per put: streamed as the target accepts them
+    assert recorder.ended
+
+
+def test_text_iterator_streamer_through_enable(llama, llama_drafters, prompt, tokenizer):
+    hf_cascade.enable(llama)
+    try:
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=60)
+        result = {}
+
+        def run():
+            result["out"] = llama.generate(
+                prompt, assistant_models=[llama_drafters[1]], max_new_tokens=NEW, do_sample=False, streamer=streamer
+            )
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        text = "".join(streamer)  # would block forever if end() were never called
+        thread.join()
+    finally:
+        hf_cascade.disable(llama)
+    expected = tokenizer.decode(result["out"][0, prompt.shape[1] :])
+    assert text.split() == expected.split()
+
+
+def test_cascade_stats_shape(llama, llama_drafters, prompt):
+    out = llama.generate(
+        prompt,
+        max_new_tokens=NEW,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        assistant_models=list(llama_drafters[:2]),
+        return_dict_in_generate=True,
+    )
+    stats = out.cascade_stats
+    assert [level.name for level in stats.levels] == ["target", "assistant_0", "assistant_1", "max_gram"]
+    assert [level.kind for level in stats.levels] == ["target", "assistant", "assistant", "max_gram"]
+    assert stats.new_tokens == NEW and stats.wall_time_s > 0
+    assert all(level.accepted <= level.drafted for level in stats.levels)
+    assert stats.levels[3].forward_passes == 0 and stats.levels[3].propose_calls > 0
+    d = stats.to_dict()
+    assert d["tokens_per_target_forward"] == pytest.approx(stats.tokens_per_target_forward)
+    assert "assistant_1" in stats.summary()
+    # The returned cache is the target's own transformers cache, covering all but the last token.
+    assert out.cache.get_seq_length() == out.sequences.shape[1] - 1
+
+
+def test_cascade_config_as_dict_and_from_saved_dir(llama, prompt, tmp_path):
+    config = hf_cascade.CascadeConfig(k_matrix=[[3]], max_gram={"max_ngram_size": 4})
+    config.save_pretrained(tmp_path)
+    loaded = hf_cascade.CascadeConfig.from_pretrained(tmp_path)
+    outs = [
+        llama.generate(
+            prompt, max_new_tokens=NEW, do_sample=False, custom_generate=hf_cascade.generate, cascade_config=c
+        )
+        for c in (loaded, loaded.to_dict())
+    ]
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], llama.generate(prompt, max_new_tokens=NEW, do_sample=False))
+
+
+def test_bigram_table_fallback_used_and_lossless(llama, prompt, tmp_path):
+    table = hf_cascade.BigramTable.from_model(llama, batch_size=64)
+    path = tmp_path / "bigram.safetensors"
+    table.save(path)
+    config = hf_cascade.CascadeConfig(k_matrix=[[4]], max_gram={"bigram_table": str(path), "min_ngram_size": 3})
+    out = llama.generate(
+        prompt,
+        max_new_tokens=NEW,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        cascade_config=config,
+        return_dict_in_generate=True,
+    )
+    assert torch.equal(out.sequences, llama.generate(prompt, max_new_tokens=NEW, do_sample=False))
+    max_gram = out.cascade_stats.levels[-1]
+    # With a model-built table and a random-weight model, the fallback drafts the model's own first choice often.
+    assert max_gram.drafted > 0 and max_gram.accepted > 0
+
+
+def test_sampling_is_reproducible_with_a_seed(llama, llama_drafters, prompt):
+    kwargs = dict(
+        max_new_tokens=NEW,
+        do_sample=True,
+        top_p=0.9,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[llama_drafters[1]],
+        cascade_config={"lenience": 2.0},
+    )
+    torch.manual_seed(123)
+    first = llama.generate(prompt, **kwargs)
+    torch.manual_seed(123)
+    second = llama.generate(prompt, **kwargs)
+    assert torch.equal(first, second) and first.shape[1] == prompt.shape[1] + NEW
