@@ -104,6 +104,8 @@ class CascadeCandidateGenerator(CandidateGenerator):
             max_gram=index,
             bigram=_bigram(bigram_table, vocab_size) if index is not None else None,
             stats=self.stats,
+            adaptive_max_gram=config.max_gram.adaptive_length,
+            token_cost=config.max_gram.token_cost,
         )
 
     @staticmethod
@@ -173,6 +175,9 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
         bigram_table (`BigramTable` or `str`, *optional*): fallback table or the path of one.
         do_sample (`bool`, *optional*, defaults to `False`): return one-hot candidate logits for speculative sampling.
         encoder_input_ids (`torch.LongTensor` of shape `(1, source_length)`, *optional*): also searched (T5-style).
+        adaptive_length (`bool`, *optional*, defaults to `False`): cut proposals by their tracked acceptance (see
+            `MaxGramConfig.adaptive_length`); off by default so it behaves like prompt lookup's fixed length.
+        token_cost (`float`, *optional*, defaults to 0.1): see `MaxGramConfig.token_cost`.
     """
 
     def __init__(
@@ -188,6 +193,8 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
         bigram_table: BigramTable | str | None = None,
         do_sample: bool = False,
         encoder_input_ids: torch.Tensor | None = None,
+        adaptive_length: bool = False,
+        token_cost: float = 0.1,
     ):
         needs_vocab = do_sample or bigram_table is not None or bool(logits_processor)
         if vocab_size is None and needs_vocab:
@@ -195,7 +202,9 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
                 "MaxGramCandidateGenerator needs vocab_size when do_sample, logits_processor or bigram_table is "
                 "given; pass vocab_size=model.config.get_text_config().vocab_size."
             )
-        max_gram = MaxGramConfig(max_ngram_size, min_ngram_size, num_output_tokens)
+        max_gram = MaxGramConfig(
+            max_ngram_size, min_ngram_size, num_output_tokens, adaptive_length=adaptive_length, token_cost=token_cost
+        )
         config = CascadeConfig(k_matrix=[[num_output_tokens]], use_max_gram=True, max_gram=max_gram)
         if isinstance(eos_token_id, torch.Tensor):
             eos_token_id = eos_token_id.flatten().tolist()

@@ -35,6 +35,7 @@ from transformers.generation.logits_process import (
     SuppressTokensLogitsProcessor,
 )
 
+from .adaptive import AcceptanceTracker, draft_length, match_bucket
 from .max_gram import BigramTable, MaxGramIndex
 from .runner import ModelRunner
 from .stats import LevelStats
@@ -78,6 +79,9 @@ class CascadeDrafter:
         max_gram (`MaxGramIndex`, *optional*): Max-Gram index, the last drafter when given.
         bigram (`BigramTable`, *optional*): Max-Gram's fallback table.
         stats (`list[LevelStats]`): one record per drafter (assistants, then Max-Gram).
+        adaptive_max_gram (`bool`, *optional*): cut Max-Gram proposals by their tracked acceptance
+            (`hf_cascade.adaptive`).
+        token_cost (`float`, *optional*): verification cost of one more draft token, as a fraction of a forward.
     """
 
     def __init__(
@@ -94,11 +98,14 @@ class CascadeDrafter:
         max_gram: MaxGramIndex | None,
         bigram: BigramTable | None,
         stats: list[LevelStats],
+        adaptive_max_gram: bool = False,
+        token_cost: float = 0.1,
     ):
         self.ids: list[int] = list(prompt_ids)
         self.committed = len(self.ids)
         self._q: list[torch.Tensor | None] = []  # per draft position: distribution it was drawn from (None: one-hot)
         self._owner: list[int] = []  # per draft position: index of the drafter that produced it
+        self._tag: list[tuple[int, int] | None] = []  # per Max-Gram draft position: (level, match bucket)
         self.runners = runners
         self.k = k_matrix
         self.lenience = lenience
@@ -113,6 +120,8 @@ class CascadeDrafter:
         self.stats = stats
         self.num_drafters = len(runners) + (max_gram is not None)
         self.max_gram_column = len(runners) if max_gram is not None else -1
+        self.tracker = AcceptanceTracker() if (adaptive_max_gram and max_gram is not None) else None
+        self.token_cost = token_cost
 
     # ------------------------------------------------------------------ sequence bookkeeping
     def truncate(self, length: int) -> None:
@@ -120,13 +129,21 @@ class CascadeDrafter:
         del self.ids[length:]
         del self._q[max(length - self.committed, 0) :]
         del self._owner[max(length - self.committed, 0) :]
+        del self._tag[max(length - self.committed, 0) :]
         for runner in self.runners:
             runner.truncate_to(length)
 
-    def _append(self, tokens: Sequence[int], q_rows: Sequence[torch.Tensor | None], owner: int) -> None:
+    def _append(
+        self,
+        tokens: Sequence[int],
+        q_rows: Sequence[torch.Tensor | None],
+        owner: int,
+        tag: tuple[int, int] | None = None,
+    ) -> None:
         self.ids.extend(tokens)
         self._q.extend(q_rows)
         self._owner.extend([owner] * len(tokens))
+        self._tag.extend([tag] * len(tokens))
 
     def _draft_ended(self) -> bool:
         return len(self.ids) > self.committed and self.ids[-1] in self.eos
@@ -164,6 +181,7 @@ class CascadeDrafter:
         self.committed = len(self.ids)
         self._q.clear()
         self._owner.clear()
+        self._tag.clear()
         if self.index is not None:
             self.index.extend(kept)
         return n
@@ -212,11 +230,10 @@ class CascadeDrafter:
             while len(self.ids) - start < goal and len(self.ids) < cap and not self._draft_ended():
                 before = len(self.ids)
                 if c == self.max_gram_column:
-                    self._propose_max_gram(min(goal - (before - start), cap - before))
-                else:
-                    self._review(c, cap)
-                if len(self.ids) <= before:  # Max-Gram found nothing: the next (smaller) drafter takes over
+                    # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
+                    self._propose_max_gram(min(goal - (before - start), cap - before), level)
                     break
+                self._review(c, cap)
 
     def _review(self, c: int, cap: int) -> None:
         """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own."""
@@ -235,14 +252,18 @@ class CascadeDrafter:
         offset = start - self.committed
         self._q[offset:] = rows[:n]
         self._owner[offset:] = [c] * n
+        self._tag[offset:] = [None] * n
         if not (n == len(draft) and n > 0 and draft[-1] in self.eos):  # nothing follows an accepted EOS
             self._append([next_token], rows[n : n + 1], owner=c)
 
-    def _propose_max_gram(self, num_tokens: int) -> None:
+    def _propose_max_gram(self, num_tokens: int, level: int) -> None:
         t0 = time.perf_counter()
-        tokens, _ = self.index.propose(self.ids, num_tokens, self.bigram)
+        tokens, _, match_length = self.index.propose_with_match(self.ids, num_tokens, self.bigram)
+        tag = (level, match_bucket(match_length))
+        if self.tracker is not None:
+            tokens = tokens[: draft_length(self.tracker.rate(tag), self.token_cost, len(tokens))]
         tokens = self._admissible_prefix(tokens)
-        self._append(tokens, [None] * len(tokens), owner=self.max_gram_column)
+        self._append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)
         stats = self.stats[self.max_gram_column]
         stats.propose_calls += 1
         stats.propose_time_s += time.perf_counter() - t0
@@ -263,7 +284,13 @@ class CascadeDrafter:
 
     def _record(self, start: int, n_accepted: int) -> None:
         """Count draft positions `start ..` as drafted by their owners, the first `n_accepted` as accepted."""
-        for i, owner in enumerate(self._owner[start - self.committed :]):
+        offset = start - self.committed
+        for i, owner in enumerate(self._owner[offset:]):
             self.stats[owner].drafted += 1
             if i < n_accepted:
                 self.stats[owner].accepted += 1
+        if self.tracker is not None:
+            # Max-Gram tokens reached by this review: accepted up to n_accepted, the one at n_accepted rejected.
+            for i, tag in enumerate(self._tag[offset : offset + n_accepted + 1]):
+                if tag is not None:
+                    self.tracker.update(tag, accepted=int(i < n_accepted), rejected=i == n_accepted)

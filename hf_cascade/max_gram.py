@@ -94,26 +94,36 @@ class MaxGramIndex:
         Returns:
             `(tokens, from_bigram)`: the proposal and, per token, whether it came from the bigram fallback.
         """
+        tokens, from_bigram, _ = self.propose_with_match(context, num_tokens, bigram)
+        return tokens, from_bigram
+
+    def propose_with_match(
+        self, context: Sequence[int], num_tokens: int, bigram: BigramTable | None = None
+    ) -> tuple[list[int], list[bool], int]:
+        """`propose`, plus the length of the first match (0 when the proposal starts from the bigram table or is
+        empty): longer matches are more reliable, which the adaptive draft length uses."""
         out: list[int] = []
         from_bigram: list[bool] = []
+        first_match = None
         tail = list(context[-self.max_ngram_size :])
         while len(out) < num_tokens:
             hit = self.lookup(tail)
             if hit is not None:
-                doc, start, _ = hit
+                doc, start, n = hit
                 piece = doc[start : start + num_tokens - len(out)]
                 flags = [False] * len(piece)
             else:
                 nxt = bigram.next_token(tail[-1]) if (bigram is not None and tail) else None
                 if nxt is None:
                     break
-                piece, flags = [nxt], [True]
+                n, piece, flags = 0, [nxt], [True]
             if not piece:
                 break
+            first_match = n if first_match is None else first_match
             out.extend(piece)
             from_bigram.extend(flags)
             tail = (tail + piece)[-self.max_ngram_size :]
-        return out, from_bigram
+        return out, from_bigram, first_match or 0
 
 
 class BigramTable:

@@ -142,6 +142,8 @@ def test_to_dict_is_plain_json():
             "min_ngram_size": 2,
             "num_pred_tokens": 7,
             "bigram_table": "table.safetensors",
+            "adaptive_length": True,
+            "token_cost": 0.1,
         },
     }
     assert json.loads(json.dumps(d)) == d

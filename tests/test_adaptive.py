@@ -1,0 +1,61 @@
+"""Adaptive Max-Gram draft length: the rule, the tracker, and that it only changes drafts, never the output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hf_cascade
+from hf_cascade.adaptive import AcceptanceTracker, draft_length, match_bucket
+
+
+@pytest.mark.parametrize(
+    "acceptance, cost, cap, expected",
+    [
+        (0.5, 0.1, 10, 3),  # 0.5**3 = 0.125 >= 0.1 > 0.5**4
+        (0.9, 0.1, 50, 21),  # 0.9**21 = 0.109
+        (0.9, 0.1, 6, 6),  # the k-matrix entry caps it
+        (0.2, 0.1, 10, 1),
+        (0.05, 0.1, 10, 0),  # not worth a single token
+        (1.0, 0.1, 7, 7),
+        (0.0, 0.1, 7, 0),
+        (0.1, 0.1, 7, 1),  # exactly at the cost: 0.1**1 >= 0.1
+    ],
+)
+def test_draft_length(acceptance, cost, cap, expected):
+    assert draft_length(acceptance, cost, cap) == expected
+
+
+def test_match_bucket():
+    assert [match_bucket(n) for n in (0, 1, 2, 3, 4, 9)] == [0, 1, 2, 3, 4, 4]
+
+
+def test_tracker_prior_and_updates():
+    tracker = AcceptanceTracker()
+    assert tracker.rate("k") == 0.5  # prior: one accepted, one rejected
+    tracker.update("k", accepted=7, rejected=True)
+    assert tracker.rate("k") == pytest.approx(8 / 10)
+    tracker.update("other", accepted=0, rejected=True)
+    assert tracker.rate("other") == pytest.approx(1 / 3) and tracker.rate("k") == pytest.approx(0.8)
+
+
+def _stats(llama, prompt, adaptive):
+    config = hf_cascade.CascadeConfig(k_matrix=[[8]], max_gram={"adaptive_length": adaptive, "token_cost": 0.2})
+    out = llama.generate(
+        prompt,
+        max_new_tokens=40,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        cascade_config=config,
+        return_dict_in_generate=True,
+    )
+    return out.sequences, out.cascade_stats.levels[-1]
+
+
+def test_adaptive_only_changes_the_drafts(llama, prompt):
+    fixed_out, fixed = _stats(llama, prompt, adaptive=False)
+    adaptive_out, adaptive = _stats(llama, prompt, adaptive=True)
+    plain = llama.generate(prompt, max_new_tokens=40, do_sample=False)
+    assert torch.equal(fixed_out, plain) and torch.equal(adaptive_out, plain)
+    # Rejected tokens are what the adaptive length saves: it must draft fewer of them.
+    assert adaptive.drafted - adaptive.accepted < fixed.drafted - fixed.accepted
