@@ -66,14 +66,24 @@ def main() -> None:
     drafter = truncated(model, 10)
     cfg = hf_cascade.CascadeConfig
     cascade = dict(custom_generate=hf_cascade.generate)
+
+    def mag(k, adaptive, cost=0.1):
+        return cfg(k_matrix=k, max_gram={"adaptive_length": adaptive, "token_cost": cost})
+
     methods = {
         "greedy": {},
         "prompt lookup (10)": dict(prompt_lookup_num_tokens=10),
-        **{f"MaG k=[[{k}]]": dict(cascade, cascade_config=cfg(k_matrix=[[k]])) for k in (4, 6, 8, 10)},
-        **{
-            f"L10 drafter + MaG {k}": dict(cascade, assistant_models=[drafter], cascade_config=cfg(k_matrix=k))
-            for k in ([[2, 1], [0, 4]], [[4, 2], [0, 6]], [[6, 2], [0, 8]])
-        },
+        "MaG [[6]] fixed": dict(cascade, cascade_config=mag([[6]], False)),
+        "MaG [[10]] fixed": dict(cascade, cascade_config=mag([[10]], False)),
+        "MaG [[10]] adaptive cost 0.1": dict(cascade, cascade_config=mag([[10]], True, 0.1)),
+        "MaG [[10]] adaptive cost 0.05": dict(cascade, cascade_config=mag([[10]], True, 0.05)),
+        "MaG [[16]] adaptive cost 0.05": dict(cascade, cascade_config=mag([[16]], True, 0.05)),
+        "L10 + MaG [[2,1],[0,4]]": dict(
+            cascade, assistant_models=[drafter], cascade_config=mag([[2, 1], [0, 4]], True)
+        ),
+        "L10 + MaG [[4,2],[0,6]]": dict(
+            cascade, assistant_models=[drafter], cascade_config=mag([[4, 2], [0, 6]], True)
+        ),
     }
     ratios: dict[str, dict[str, list[float]]] = {m: {c: [] for c in PROMPTS} for m in methods}
     forwards: dict[str, dict[str, list[float]]] = {m: {c: [] for c in PROMPTS} for m in methods}

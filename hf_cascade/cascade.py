@@ -22,18 +22,8 @@ import time
 from collections.abc import Sequence
 
 import torch
-from transformers.generation.logits_process import (
-    ForcedBOSTokenLogitsProcessor,
-    ForcedEOSTokenLogitsProcessor,
-    LogitsProcessorList,
-    MinLengthLogitsProcessor,
-    MinNewTokensLengthLogitsProcessor,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    PrefixConstrainedLogitsProcessor,
-    SuppressTokensAtBeginLogitsProcessor,
-    SuppressTokensLogitsProcessor,
-)
+from transformers.generation import logits_process
+from transformers.generation.logits_process import LogitsProcessorList
 
 from .adaptive import AcceptanceTracker, draft_length, match_bucket
 from .max_gram import BigramTable, MaxGramIndex
@@ -45,16 +35,19 @@ __all__ = ["CascadeDrafter", "hard_constraints"]
 
 # Processors that forbid tokens outright (score -inf) whatever the logits are. Max-Gram consults only these: warpers
 # such as top-p would also mask tokens of the all-equal dummy row it is scored on, which says nothing about the model.
-_HARD_CONSTRAINTS = (
-    ForcedBOSTokenLogitsProcessor,
-    ForcedEOSTokenLogitsProcessor,
-    MinLengthLogitsProcessor,
-    MinNewTokensLengthLogitsProcessor,
-    NoBadWordsLogitsProcessor,
-    NoRepeatNGramLogitsProcessor,
-    PrefixConstrainedLogitsProcessor,
-    SuppressTokensAtBeginLogitsProcessor,
-    SuppressTokensLogitsProcessor,
+_HARD_CONSTRAINTS = tuple(
+    getattr(logits_process, name)
+    for name in (
+        "ForcedBOSTokenLogitsProcessor",
+        "ForcedEOSTokenLogitsProcessor",
+        "MinLengthLogitsProcessor",
+        "MinNewTokensLengthLogitsProcessor",
+        "NoBadWordsLogitsProcessor",
+        "NoRepeatNGramLogitsProcessor",
+        "PrefixConstrainedLogitsProcessor",
+        "SuppressTokensAtBeginLogitsProcessor",
+        "SuppressTokensLogitsProcessor",
+    )
 )
 
 

@@ -23,21 +23,22 @@ from transformers import (
 VOCAB = 96
 
 
+# Shared by the Llama and Qwen2 test models.
+DECODER_KWARGS = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    bos_token_id=0,
+    eos_token_id=1,
+)
+
+
 def llama_config(**overrides) -> LlamaConfig:
-    kwargs = dict(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=None,
-    )
-    kwargs.update(overrides)
-    return LlamaConfig(**kwargs)
+    return LlamaConfig(**{**DECODER_KWARGS, "pad_token_id": None, **overrides})
 
 
 def build(model_cls, config, seed: int, dtype=torch.float64, logit_scale: float = 1.0):
@@ -99,17 +100,7 @@ def gpt2():
 
 @pytest.fixture(scope="session")
 def qwen2():
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        bos_token_id=0,
-        eos_token_id=1,
-    )
+    config = Qwen2Config(**DECODER_KWARGS)
     return build(Qwen2ForCausalLM, config, seed=4)
 
 
