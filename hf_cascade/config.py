@@ -98,7 +98,7 @@ def default_k_matrix(num_assistants: int, use_max_gram: bool) -> list[list[int]]
     - Other neural columns are 0: a deeper neural drafter reaches the target only through the levels between.
 
     Example: one assistant with Max-Gram gives `[[4, 2], [0, 6]]`; two assistants give
-    `[[4, 0, 2], [0, 4, 2], [0, 0, 6]]`. See `docs/k_matrix.md` for the measurements behind these numbers.
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 6]]`. See `docs/concepts.md` for the rule and `benchmarks/results/k_defaults.md` for the measurements behind it.
 
     Args:
         num_assistants (`int`): number of neural assistant models.

@@ -226,7 +226,8 @@ def enable(model: PreTrainedModel) -> PreTrainedModel:
                 "assistant_model (transformers' single-drafter assisted generation) cannot be combined with the "
                 "cascade; put the model in assistant_models=[...] instead."
             )
-        kwargs["cascade_streamer"] = kwargs.pop("streamer", None)
+        if "streamer" in kwargs:  # generate() would not hand it to a callable custom_generate
+            kwargs["cascade_streamer"] = kwargs.pop("streamer")
         return original(
             *args, custom_generate=generate, assistant_models=assistant_models, cascade_config=cascade_config, **kwargs
         )

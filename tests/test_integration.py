@@ -172,3 +172,13 @@ def test_sampling_is_reproducible_with_a_seed(llama, llama_drafters, prompt):
     torch.manual_seed(123)
     second = llama.generate(prompt, **kwargs)
     assert torch.equal(first, second) and first.shape[1] == prompt.shape[1] + NEW
+
+
+def test_enabled_model_accepts_cascade_streamer_too(llama, prompt):
+    recorder = Recorder()
+    hf_cascade.enable(llama)
+    try:
+        out = llama.generate(prompt, assistant_models=[], max_new_tokens=8, do_sample=False, cascade_streamer=recorder)
+    finally:
+        hf_cascade.disable(llama)
+    assert recorder.ended and [t for chunk in recorder.puts[1:] for t in chunk] == out[0, prompt.shape[1] :].tolist()
