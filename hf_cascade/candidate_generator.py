@@ -88,7 +88,9 @@ class CascadeCandidateGenerator(CandidateGenerator):
         if config.use_max_gram:
             self.stats.append(LevelStats("max_gram", "max_gram"))
             corpus = [inputs_tensor[0].tolist()] if inputs_tensor is not None else []
-            index = MaxGramIndex(config.max_gram.max_ngram_size, config.max_gram.min_ngram_size, corpus)
+            index = MaxGramIndex(
+                config.max_gram.max_ngram_size, config.max_gram.min_ngram_size, corpus, config.max_gram.occurrence
+            )
             index.extend(input_ids[0].tolist())
             bigram_table = bigram_table if bigram_table is not None else config.max_gram.bigram_table
         self.drafter = CascadeDrafter(

@@ -33,26 +33,30 @@ class MaxGramConfig:
             Longest suffix (in tokens) that is matched against the earlier text.
         min_ngram_size (`int`, *optional*, defaults to 1):
             Shortest suffix that still counts as a match.
-        num_pred_tokens (`int`, *optional*, defaults to 10):
-            Tokens per proposal when Max-Gram is used on its own (`MaxGramCandidateGenerator`). Inside a cascade the
-            `k_matrix` decides how many tokens Max-Gram adds.
+        num_pred_tokens (`int`, *optional*, defaults to 16):
+            The largest Max-Gram proposal in the default k-matrix (`default_k_matrix`). An explicit `k_matrix`
+            decides instead.
         bigram_table (`str`, *optional*):
             Path to a bigram table saved with `BigramTable.save` (safetensors). `None` disables the fallback.
+        occurrence (`str`, *optional*, defaults to `"latest"`):
+            Which earlier occurrence of the matched suffix to copy from: `"latest"` (most recent) or `"earliest"`.
         adaptive_length (`bool`, *optional*, defaults to `True`):
             Cut each proposal to the tokens likely enough to be accepted to pay for their verification
             (`hf_cascade.adaptive`): acceptance is tracked per reviewing level and match length during the call.
             The k-matrix entry stays the upper bound. `False` always proposes the full k-matrix entry.
-        token_cost (`float`, *optional*, defaults to 0.1):
+        token_cost (`float`, *optional*, defaults to 0.05):
             Cost of verifying one more draft token, as a fraction of a one-token forward pass of the reviewer (about
-            0.05 for SmolLM2-135M and 0.12 for Qwen2.5-0.5B in fp32 on 2 CPU cores; lower on GPUs).
+            0.05 for SmolLM2-135M and 0.12 for Qwen2.5-0.5B in fp32 on 2 CPU cores; lower on GPUs). Raise it for
+            models whose multi-token forwards cost more.
     """
 
     max_ngram_size: int = 8
     min_ngram_size: int = 1
-    num_pred_tokens: int = 10
+    num_pred_tokens: int = 16
     bigram_table: str | None = None
+    occurrence: str = "latest"
     adaptive_length: bool = True
-    token_cost: float = 0.1
+    token_cost: float = 0.05
 
     def __post_init__(self) -> None:
         self.validate()
@@ -67,6 +71,8 @@ class MaxGramConfig:
                 f"MaxGramConfig.min_ngram_size ({self.min_ngram_size}) must not exceed max_ngram_size "
                 f"({self.max_ngram_size}); lower min_ngram_size or raise max_ngram_size."
             )
+        if self.occurrence not in ("latest", "earliest"):
+            raise ValueError(f"MaxGramConfig.occurrence must be 'latest' or 'earliest', got {self.occurrence!r}.")
         if not isinstance(self.adaptive_length, bool):
             raise TypeError(f"MaxGramConfig.adaptive_length must be a bool, got {self.adaptive_length!r}.")
         if isinstance(self.token_cost, bool) or not isinstance(self.token_cost, (int, float)):
@@ -85,24 +91,29 @@ class MaxGramConfig:
             self.bigram_table = os.fspath(self.bigram_table)
 
 
-def default_k_matrix(num_assistants: int, use_max_gram: bool) -> list[list[int]]:
+def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: int = 16) -> list[list[int]]:
     """The k-matrix used when `CascadeConfig.k_matrix` is `None`.
 
     Rule (entries are per-drafter increments, row = reviewing level, column = drafter):
 
-    - Max-Gram only (`num_assistants == 0`): `[[6]]`, six copied tokens per target review.
+    - Max-Gram only (`num_assistants == 0`): `[[max_gram_tokens]]`.
     - Each neural drafter adds 4 tokens at the level directly above it (diagonal entries `K[r][r] = 4`). It builds
       them by reviewing the levels below, so no neural model decodes alone.
-    - Max-Gram, when on, adds 6 tokens at the level of the smallest neural drafter (its only reviewer) and 2 more
-      unreviewed tokens at every level above, the horizontal cascade's cheap tail.
+    - Max-Gram, when on, adds up to `max_gram_tokens` at the level of the smallest neural drafter (its only
+      reviewer) and 2 more unreviewed tokens at every level above, the horizontal cascade's cheap tail.
     - Other neural columns are 0: a deeper neural drafter reaches the target only through the levels between.
 
-    Example: one assistant with Max-Gram gives `[[4, 2], [0, 6]]`; two assistants give
-    `[[4, 0, 2], [0, 4, 2], [0, 0, 6]]`. See `docs/concepts.md` for the rule and `benchmarks/results/k_defaults.md` for the measurements behind it.
+    Max-Gram entries are upper bounds: with `MaxGramConfig.adaptive_length` (the default) each proposal is cut to the
+    tokens likely enough to be accepted. `max_gram_tokens` is `MaxGramConfig.num_pred_tokens` (default 16).
+
+    Example: one assistant with Max-Gram gives `[[4, 2], [0, 16]]`; two assistants give
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]`. See `docs/concepts.md` for the rule and
+    `benchmarks/results/k_defaults.md` for the measurements behind it.
 
     Args:
         num_assistants (`int`): number of neural assistant models.
         use_max_gram (`bool`): whether Max-Gram is the last drafter.
+        max_gram_tokens (`int`, *optional*, defaults to 16): the largest Max-Gram proposal.
 
     Returns:
         `list[list[int]]` of shape `(n, n)` with `n = num_assistants + use_max_gram`.
@@ -112,15 +123,13 @@ def default_k_matrix(num_assistants: int, use_max_gram: bool) -> list[list[int]]
         raise ValueError(
             "A cascade needs at least one drafter: pass assistant_models=[...] or set CascadeConfig.use_max_gram=True."
         )
-    if num_assistants == 0:
-        return [[6]]
     k = [[0] * n for _ in range(n)]
     for r in range(num_assistants):
         k[r][r] = 4
         if use_max_gram:
             k[r][n - 1] = 2
     if use_max_gram:
-        k[n - 1][n - 1] = 6
+        k[n - 1][n - 1] = max_gram_tokens
     return k
 
 
@@ -196,7 +205,7 @@ class CascadeConfig:
         """
         n = num_assistants + int(self.use_max_gram)
         if self.k_matrix is None:
-            return default_k_matrix(num_assistants, self.use_max_gram)
+            return default_k_matrix(num_assistants, self.use_max_gram, self.max_gram.num_pred_tokens)
         if len(self.k_matrix) != n:
             drafters = f"{num_assistants} assistant model(s)" + (" + Max-Gram" if self.use_max_gram else "")
             raise ValueError(

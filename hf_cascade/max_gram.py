@@ -29,11 +29,23 @@ class MaxGramIndex:
         max_ngram_size (`int`): longest suffix matched.
         min_ngram_size (`int`, *optional*, defaults to 1): shortest suffix that counts as a match.
         corpus (`Iterable[Sequence[int]]`, *optional*): fixed documents indexed before the live one.
+        occurrence (`str`, *optional*, defaults to `"latest"`): which occurrence of an n-gram a lookup returns,
+            the most recent (`"latest"`) or the first (`"earliest"`, as transformers' prompt lookup and the reference
+            code do).
     """
 
-    def __init__(self, max_ngram_size: int, min_ngram_size: int = 1, corpus: Iterable[Sequence[int]] = ()):
+    def __init__(
+        self,
+        max_ngram_size: int,
+        min_ngram_size: int = 1,
+        corpus: Iterable[Sequence[int]] = (),
+        occurrence: str = "latest",
+    ):
+        if occurrence not in ("latest", "earliest"):
+            raise ValueError(f"occurrence must be 'latest' or 'earliest', got {occurrence!r}.")
         self.max_ngram_size = max_ngram_size
         self.min_ngram_size = min_ngram_size
+        self._keep_latest = occurrence == "latest"
         self._docs: list[list[int]] = []
         # n-gram -> (document index, position of the token that followed it)
         self._table: dict[tuple[int, ...], tuple[int, int]] = {}
@@ -58,7 +70,9 @@ class MaxGramIndex:
         for tok in tokens:
             j = len(doc)  # `tok` will sit at position j: every n-gram ending at j - 1 now has a continuation
             for n in range(lo, min(hi, j) + 1):
-                self._table[tuple(doc[j - n : j])] = (doc_id, j)
+                key = tuple(doc[j - n : j])
+                if self._keep_latest or key not in self._table:
+                    self._table[key] = (doc_id, j)
             doc.append(tok)
 
     def lookup(self, context: Sequence[int]) -> tuple[list[int], int, int] | None:

@@ -17,7 +17,7 @@ from hf_cascade.config import CONFIG_NAME
 
 def test_max_gram_config_defaults():
     mg = MaxGramConfig()
-    assert (mg.max_ngram_size, mg.min_ngram_size, mg.num_pred_tokens, mg.bigram_table) == (8, 1, 10, None)
+    assert (mg.max_ngram_size, mg.min_ngram_size, mg.num_pred_tokens, mg.bigram_table) == (8, 1, 16, None)
 
 
 def test_cascade_config_defaults():
@@ -56,10 +56,10 @@ def test_bigram_table_pathlike_is_stored_as_str(tmp_path):
 @pytest.mark.parametrize(
     "num_assistants, use_max_gram, expected",
     [
-        (0, True, [[6]]),
-        (1, True, [[4, 2], [0, 6]]),
-        (2, True, [[4, 0, 2], [0, 4, 2], [0, 0, 6]]),
-        (3, True, [[4, 0, 0, 2], [0, 4, 0, 2], [0, 0, 4, 2], [0, 0, 0, 6]]),
+        (0, True, [[16]]),
+        (1, True, [[4, 2], [0, 16]]),
+        (2, True, [[4, 0, 2], [0, 4, 2], [0, 0, 16]]),
+        (3, True, [[4, 0, 0, 2], [0, 4, 0, 2], [0, 0, 4, 2], [0, 0, 0, 16]]),
         (1, False, [[4]]),
         (2, False, [[4, 0], [0, 4]]),
         (3, False, [[4, 0, 0], [0, 4, 0], [0, 0, 4]]),
@@ -80,14 +80,16 @@ def test_default_k_matrix_without_any_drafter_raises():
 def test_default_k_matrix_returns_fresh_lists():
     a = default_k_matrix(1, True)
     a[0][0] = 99
-    assert default_k_matrix(1, True) == [[4, 2], [0, 6]]
+    assert default_k_matrix(1, True) == [[4, 2], [0, 16]]
+    assert default_k_matrix(1, True, max_gram_tokens=5) == [[4, 2], [0, 5]]
 
 
 # ---------------------------------------------------------------------------------------------------- resolved_k_matrix
 
 
 def test_resolved_k_matrix_default():
-    assert CascadeConfig().resolved_k_matrix(2) == [[4, 0, 2], [0, 4, 2], [0, 0, 6]]
+    assert CascadeConfig().resolved_k_matrix(2) == [[4, 0, 2], [0, 4, 2], [0, 0, 16]]
+    assert CascadeConfig(max_gram={"num_pred_tokens": 9}).resolved_k_matrix(0) == [[9]]
     assert CascadeConfig(use_max_gram=False).resolved_k_matrix(2) == [[4, 0], [0, 4]]
 
 
@@ -142,8 +144,9 @@ def test_to_dict_is_plain_json():
             "min_ngram_size": 2,
             "num_pred_tokens": 7,
             "bigram_table": "table.safetensors",
+            "occurrence": "latest",
             "adaptive_length": True,
-            "token_cost": 0.1,
+            "token_cost": 0.05,
         },
     }
     assert json.loads(json.dumps(d)) == d

@@ -359,3 +359,12 @@ def test_enabled_model_validates_like_generate(enabled, prompt):
 
 def test_enable_fixture_cleans_up(llama):
     assert "_hf_cascade_generate" not in vars(llama) and "generate" not in vars(llama)
+
+
+def test_max_gram_occurrence_and_token_cost_errors():
+    with pytest.raises(ValueError, match="MaxGramConfig.occurrence must be 'latest' or 'earliest', got 'first'"):
+        MaxGramConfig(occurrence="first")
+    with pytest.raises(ValueError, match=r"MaxGramConfig.token_cost must lie in \(0, 1\)"):
+        MaxGramConfig(token_cost=1.5)
+    with pytest.raises(TypeError, match="MaxGramConfig.adaptive_length must be a bool"):
+        MaxGramConfig(adaptive_length="yes")

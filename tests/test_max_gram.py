@@ -542,3 +542,13 @@ def test_candidate_generator_in_transformers_assisted_decoding(llama, prompt, mo
 
 def test_contract_patch_is_undone(llama):
     assert "_get_candidate_generator" not in vars(llama)
+
+
+def test_earliest_occurrence_option():
+    seq = [1, 2, 3, 9, 1, 2, 4, 1, 2]
+    latest, earliest = MaxGramIndex(2), MaxGramIndex(2, occurrence="earliest")
+    latest.extend(seq)
+    earliest.extend(seq)
+    assert latest.propose(seq, 1)[0] == [4] and earliest.propose(seq, 1)[0] == [3]
+    with pytest.raises(ValueError, match="occurrence must be 'latest' or 'earliest'"):
+        MaxGramIndex(2, occurrence="first")
