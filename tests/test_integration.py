@@ -182,3 +182,21 @@ def test_enabled_model_accepts_cascade_streamer_too(llama, prompt):
     finally:
         hf_cascade.disable(llama)
     assert recorder.ended and [t for chunk in recorder.puts[1:] for t in chunk] == out[0, prompt.shape[1] :].tolist()
+
+
+def test_text_generation_pipeline_on_an_enabled_model(llama, llama_drafters, tokenizer):
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=llama, tokenizer=tokenizer)
+    text = " ".join(f"w{i}" for i in (5, 9, 14, 5, 9, 14, 22, 5, 9))
+    plain = pipe(text, max_new_tokens=16, do_sample=False)[0]["generated_text"]
+    recorder = Recorder()  # proves the call went through the cascade, not plain generate
+    hf_cascade.enable(llama)
+    try:
+        cascaded = pipe(
+            text, max_new_tokens=16, do_sample=False, assistant_models=[llama_drafters[1]], cascade_streamer=recorder
+        )
+    finally:
+        hf_cascade.disable(llama)
+    assert cascaded[0]["generated_text"] == plain
+    assert recorder.ended and len(recorder.puts) > 1
