@@ -1,7 +1,8 @@
 """Adaptive Max-Gram draft length: draft a token only while its chance of acceptance pays for its cost.
 
-On CPUs a forward pass over `k` tokens costs clearly more than over one (SmolLM2-135M: 8 tokens ~ 1.33x), so a long
-Max-Gram draft that is rejected early costs real time. Max-Gram's reliability depends mostly on how long the matched
+On CPUs a forward pass over `k` tokens costs clearly more than over one (SmolLM2-135M on one of our 2-core
+machines: about `1 + 0.17 (k - 1)` one-token forwards, `benchmarks/k_defaults.py`), so a long Max-Gram draft that is
+rejected early costs real time. Max-Gram's reliability depends mostly on how long the matched
 suffix was, so acceptance is tracked per `(reviewing level, match-length bucket)` as a geometric rate
 `alpha = P(token accepted | all before it accepted)`, and a proposal is cut to the largest `k` with
 `alpha ** k >= token_cost`: the k-th token is accepted with probability `alpha ** k`, and it costs `token_cost` of one

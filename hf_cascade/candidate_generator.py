@@ -179,7 +179,7 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
         encoder_input_ids (`torch.LongTensor` of shape `(1, source_length)`, *optional*): also searched (T5-style).
         adaptive_length (`bool`, *optional*, defaults to `False`): cut proposals by their tracked acceptance (see
             `MaxGramConfig.adaptive_length`); off by default so it behaves like prompt lookup's fixed length.
-        token_cost (`float`, *optional*, defaults to 0.1): see `MaxGramConfig.token_cost`.
+        token_cost (`float`, *optional*, defaults to `MaxGramConfig.token_cost`): see there.
     """
 
     def __init__(
@@ -196,7 +196,7 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
         do_sample: bool = False,
         encoder_input_ids: torch.Tensor | None = None,
         adaptive_length: bool = False,
-        token_cost: float = 0.1,
+        token_cost: float = MaxGramConfig.token_cost,
     ):
         needs_vocab = do_sample or bigram_table is not None or bool(logits_processor)
         if vocab_size is None and needs_vocab:

@@ -26,6 +26,7 @@ from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
 from .adaptive import AcceptanceTracker, draft_length, match_bucket
+from .config import MaxGramConfig
 from .max_gram import BigramTable, MaxGramIndex
 from .runner import ModelRunner
 from .stats import LevelStats
@@ -92,7 +93,7 @@ class CascadeDrafter:
         bigram: BigramTable | None,
         stats: list[LevelStats],
         adaptive_max_gram: bool = False,
-        token_cost: float = 0.1,
+        token_cost: float = MaxGramConfig.token_cost,
     ):
         self.ids: list[int] = list(prompt_ids)
         self.committed = len(self.ids)

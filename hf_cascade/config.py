@@ -45,9 +45,10 @@ class MaxGramConfig:
             (`hf_cascade.adaptive`): acceptance is tracked per reviewing level and match length during the call.
             The k-matrix entry stays the upper bound. `False` always proposes the full k-matrix entry.
         token_cost (`float`, *optional*, defaults to 0.05):
-            Cost of verifying one more draft token, as a fraction of a one-token forward pass of the reviewer (about
-            0.05 for SmolLM2-135M and 0.12 for Qwen2.5-0.5B in fp32 on 2 CPU cores; lower on GPUs). Raise it for
-            models whose multi-token forwards cost more.
+            Cost of verifying one more draft token, as a fraction of a one-token forward pass of the reviewer: the
+            adaptive length's tuning knob. 0.05 scored best among the settings in `benchmarks/results/k_defaults.md`
+            (SmolLM2-135M on 2 CPU cores, where the measured cost was 0.17 per token); higher values draft less,
+            which helps prompts with little to copy and costs speed on copy-heavy ones.
     """
 
     max_ngram_size: int = 8
