@@ -21,7 +21,7 @@ import torch
 import transformers
 
 import hf_cascade
-from hf_cascade.cli import DEMO_PROMPTS
+from hf_cascade.cli.demo import DEMO_PROMPTS
 from hf_cascade.loading import default_model_path, load_model_and_tokenizer
 
 PASSAGE = (

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from transformers.utils import PushToHubMixin
 
 __all__ = ["CONFIG_NAME", "CascadeConfig", "MaxGramConfig", "default_k_matrix"]
 
 CONFIG_NAME = "cascade_config.json"
+_INT_LIST = re.compile(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]")  # a JSON list of ints spread over lines by indent=2
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -135,7 +139,7 @@ def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: i
 
 
 @dataclass
-class CascadeConfig:
+class CascadeConfig(PushToHubMixin):
     """Configuration of Cascade Speculative Drafting (Chen et al., arXiv 2312.11462).
 
     Drafters are ordered largest first: the `assistant_models` passed to `generate`, then Max-Gram when
@@ -231,10 +235,24 @@ class CascadeConfig:
         return cls(**config_dict)
 
     def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        """The content of `cascade_config.json`: `to_dict()` as indented JSON with sorted keys and a final newline.
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write `cascade_config.json` into `save_directory` (created if missing) and return the file path."""
+        Each k-matrix row stays on one line (`[4, 0, 2]`), so the matrix reads as a matrix.
+        """
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        return _INT_LIST.sub(lambda m: "[" + ", ".join(n.strip() for n in m.group(1).split(",")) + "]", text) + "\n"
+
+    def save_pretrained(self, save_directory: str | os.PathLike, max_shard_size: Any = None) -> str:
+        """Write `cascade_config.json` into `save_directory` (created if missing) and return the file path.
+
+        Args:
+            save_directory (`str` or `os.PathLike`): the directory, for example a model's own directory.
+            max_shard_size: ignored (a config is never sharded); accepted because transformers' `push_to_hub`
+                passes it.
+
+        Returns:
+            `str`: the path of the written `cascade_config.json`.
+        """
         if os.path.isfile(save_directory):
             raise ValueError(f"save_directory ({save_directory}) is a file; pass a directory.")
         os.makedirs(save_directory, exist_ok=True)
@@ -242,6 +260,49 @@ class CascadeConfig:
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json_string())
         return path
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        tags: list[str] | None = None,
+    ) -> Any:
+        """Upload `cascade_config.json` to a Hub repository (created if missing), like `GenerationConfig.push_to_hub`.
+
+        This is transformers' `PushToHubMixin.push_to_hub`: it writes the file with `save_pretrained` into a temporary
+        folder next to the repository's model card (`README.md`: the existing one, with `tags` added, or a generic
+        new one) and commits both. Other files of the repository are left alone, so the config can live next to a
+        model's weights: `CascadeConfig.from_pretrained(repo_id)` then loads it.
+
+        Args:
+            repo_id (`str`): `"user/name"` or `"org/name"`.
+            commit_message (`str`, *optional*): defaults to `"Upload config"`.
+            commit_description (`str`, *optional*): the description of the commit.
+            private (`bool`, *optional*): visibility of a repository created by this call.
+            token (`bool` or `str`, *optional*): Hub token; defaults to the one stored by `hf auth login`.
+            revision (`str`, *optional*): branch to push to (created if missing).
+            create_pr (`bool`, *optional*, defaults to `False`): open a pull request instead of committing.
+            tags (`list[str]`, *optional*): tags to add to the repository's model card, e.g. `["hf_cascade"]`.
+
+        Returns:
+            The `huggingface_hub.CommitInfo` of the commit.
+        """
+        return super().push_to_hub(
+            repo_id,
+            commit_message=commit_message,
+            commit_description=commit_description,
+            private=private,
+            token=token,
+            revision=revision,
+            create_pr=create_pr,
+            tags=tags,
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained: str | os.PathLike, **hub_kwargs: Any) -> CascadeConfig:

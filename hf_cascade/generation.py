@@ -217,9 +217,14 @@ def enable(model: PreTrainedModel) -> PreTrainedModel:
     def generate_with_cascade(*args: Any, assistant_models: Any = None, cascade_config: Any = None, **kwargs: Any):
         if assistant_models is None and cascade_config is None:
             return original(*args, **kwargs)
-        if kwargs.get("custom_generate") is not None:
-            raise ValueError(
-                "custom_generate cannot be combined with assistant_models/cascade_config on an enabled model."
+        custom = kwargs.pop("custom_generate", None)
+        if custom is not None and custom is not generate:  # the caller's own choice (e.g. a Hub repo): hand over as is
+            return original(
+                *args,
+                custom_generate=custom,
+                assistant_models=assistant_models,
+                cascade_config=cascade_config,
+                **kwargs,
             )
         if kwargs.get("assistant_model") is not None:
             raise ValueError(

@@ -20,6 +20,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "encode_prompt",
+    "pad_token_id",
     "DEFAULT_GGUF_FILE",
     "DEFAULT_MODEL_PACKAGE",
     "default_model_path",
@@ -263,3 +265,42 @@ def _write_cache(
     finally:
         if os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def encode_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str | list[dict[str, str]],
+    chat_template: bool = True,
+    device: str | torch.device = "cpu",
+) -> dict[str, torch.Tensor]:
+    """Tokenize one prompt for `generate`: a user message (or a list of chat messages) through the chat template,
+    or raw text with `chat_template=False`.
+
+    Returns:
+        `dict` with `input_ids` and `attention_mask` of shape `(1, prompt_length)` on `device`.
+    """
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        messages = list(prompt)
+    if chat_template:
+        inputs = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+    else:
+        if not isinstance(prompt, str):
+            raise ValueError("chat messages need chat_template=True; pass raw text to use chat_template=False")
+        inputs = tokenizer(prompt, return_tensors="pt")
+    return {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+
+
+def pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id `generate` should pad with: the generation config's, else the tokenizer's, else the first EOS id
+    (what transformers falls back to anyway, minus its warning)."""
+    pad = model.generation_config.pad_token_id
+    if pad is None:
+        pad = tokenizer.pad_token_id
+    if pad is None:
+        eos = model.generation_config.eos_token_id
+        pad = eos[0] if isinstance(eos, (list, tuple)) else eos
+    return pad

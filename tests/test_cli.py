@@ -214,7 +214,7 @@ def test_demo_reports_a_mismatch(demo_on_tiny_model, monkeypatch, capsys):
     monkeypatch.setattr(generation, "generate", corrupted)
     status, _, err = run_cli(["demo", "--max-new-tokens", "6", "--prompts", "1"], capsys)
     assert status == 1
-    assert "MISMATCH" in err and "hf_cascade differs from greedy" in err
+    assert "MISMATCH" in err and "hf_cascade (repeat 1) differs from greedy from new token 5" in err
 
 
 def test_demo_load_error(monkeypatch, capsys):

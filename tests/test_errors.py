@@ -347,9 +347,19 @@ def test_enabled_model_rejects_assistant_model_with_cascade_config(enabled, llam
         enabled.generate(prompt, assistant_model=llama_drafters[0], cascade_config=CascadeConfig(), max_new_tokens=3)
 
 
-def test_enabled_model_rejects_custom_generate(enabled, prompt):
-    with pytest.raises(ValueError, match="custom_generate cannot be combined with assistant_models/cascade_config"):
-        enabled.generate(prompt, assistant_models=[], custom_generate=hf_cascade.generate, max_new_tokens=3)
+def test_enabled_model_passes_explicit_custom_generate_through(enabled, prompt):
+    """An explicit custom_generate wins over enable(): ours runs as usual, another one gets the arguments as given."""
+    kwargs = dict(assistant_models=[], max_new_tokens=3, do_sample=False)
+    ours = enabled.generate(prompt, custom_generate=hf_cascade.generate, **kwargs)
+    assert torch.equal(ours, enabled.generate(prompt, **kwargs))
+    seen = {}
+
+    def other(model, input_ids, *args, assistant_models=None, cascade_config=None, **_):
+        seen.update(assistant_models=assistant_models, cascade_config=cascade_config)
+        return "other"
+
+    assert enabled.generate(prompt, custom_generate=other, **kwargs) == "other"
+    assert seen == {"assistant_models": [], "cascade_config": None}
 
 
 def test_enabled_model_validates_like_generate(enabled, prompt):

@@ -200,3 +200,74 @@ def test_text_generation_pipeline_on_an_enabled_model(llama, llama_drafters, tok
         hf_cascade.disable(llama)
     assert cascaded[0]["generated_text"] == plain
     assert recorder.ended and len(recorder.puts) > 1
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}{% if add_generation_prompt %}w5 {% endif %}"
+)
+MESSAGES = [{"role": "user", "content": "w5 w9 w14 w5 w9 w14 w22 w5 w9"}]
+
+
+@pytest.fixture(scope="module")
+def chat_pipe(llama, tokenizer):
+    from transformers import pipeline
+
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return pipeline("text-generation", model=llama, tokenizer=tokenizer)
+
+
+def test_pipeline_with_chat_messages(chat_pipe, llama, llama_drafters):
+    plain = chat_pipe(MESSAGES, max_new_tokens=16, do_sample=False)[0]["generated_text"]
+    assert plain[-1]["role"] == "assistant" and plain[-1]["content"]
+    config = hf_cascade.CascadeConfig(lenience=2.0)
+    # Without enable(): custom_generate=hf_cascade.generate goes through the pipeline's generate kwargs.
+    out = chat_pipe(
+        MESSAGES,
+        max_new_tokens=16,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[llama_drafters[1]],
+        cascade_config=config,
+    )
+    assert out[0]["generated_text"] == plain
+    hf_cascade.enable(llama)
+    try:
+        recorder = Recorder()  # proves the call went through the cascade
+        out = chat_pipe(
+            MESSAGES,
+            max_new_tokens=16,
+            do_sample=False,
+            assistant_models=[llama_drafters[1], llama_drafters[2]],
+            cascade_config=config,
+            cascade_streamer=recorder,
+        )
+    finally:
+        hf_cascade.disable(llama)
+    assert out[0]["generated_text"] == plain and recorder.ended
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["enable-streamer", "custom_generate-cascade_streamer"])
+def test_pipeline_streams_with_text_iterator_streamer(chat_pipe, llama, llama_drafters, tokenizer, enabled):
+    plain = chat_pipe(MESSAGES, max_new_tokens=16, do_sample=False)[0]["generated_text"][-1]["content"]
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=60)
+    if enabled:
+        kwargs = {"streamer": streamer}
+        hf_cascade.enable(llama)
+    else:  # transformers never hands streamer= to a callable custom_generate
+        kwargs = {"custom_generate": hf_cascade.generate, "cascade_streamer": streamer}
+    result = {}
+
+    def run():
+        result["out"] = chat_pipe(
+            MESSAGES, max_new_tokens=16, do_sample=False, assistant_models=[llama_drafters[1]], **kwargs
+        )
+
+    try:
+        thread = threading.Thread(target=run)
+        thread.start()
+        text = "".join(streamer)  # would block (then time out) if end() were never called
+        thread.join()
+    finally:
+        hf_cascade.disable(llama)
+    assert text.split() == plain.split()
+    assert result["out"][0]["generated_text"][-1]["content"] == plain

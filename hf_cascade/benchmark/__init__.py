@@ -1,0 +1,39 @@
+"""Benchmarks of hf_cascade against plain greedy decoding and transformers' own speculative methods.
+
+The `hf-cascade bench` command is a thin layer over this package: `prompts` (shipped sets and public-dataset
+readers), `methods` (what runs, and one timed run), `runner` (interleaved repeats, exactness check, cost of a forward
+pass), `report` (summaries, JSON, Markdown, PNG) and `machine` (what it ran on).
+"""
+
+from .machine import busy_warning, describe_machine, machine_info
+from .methods import Method, Run, parse_method, run_method
+from .prompts import BUILTIN_SETS, DATASETS, Prompt, load_builtin, load_dataset_file, load_jsonl, sample
+from .report import summarize, to_json_dict, to_markdown, write_plot, write_reports
+from .runner import BenchmarkResult, ModelCost, PromptResult, measure_cost, run_benchmark
+
+__all__ = [
+    "BUILTIN_SETS",
+    "DATASETS",
+    "BenchmarkResult",
+    "Method",
+    "ModelCost",
+    "Prompt",
+    "PromptResult",
+    "Run",
+    "busy_warning",
+    "describe_machine",
+    "load_builtin",
+    "load_dataset_file",
+    "load_jsonl",
+    "machine_info",
+    "measure_cost",
+    "parse_method",
+    "run_benchmark",
+    "run_method",
+    "sample",
+    "summarize",
+    "to_json_dict",
+    "to_markdown",
+    "write_plot",
+    "write_reports",
+]

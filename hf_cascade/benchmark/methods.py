@@ -1,0 +1,227 @@
+"""The generation methods a benchmark compares, and one timed run of a method on one prompt.
+
+Methods are what a user would otherwise pick: plain greedy `generate`, transformers' prompt lookup
+(`prompt_lookup_num_tokens=`), transformers' assisted generation (`assistant_model=`, one drafter) and any number of
+named hf_cascade configurations. A method is written on the command line as `[LABEL=]KIND[:ARG][@CONFIG]`:
+
+    greedy
+    prompt-lookup            prompt-lookup:10          (number of lookup tokens; default 10)
+    assisted:qwen05          (transformers assisted generation with the drafter registered as `qwen05`)
+    cascade                  (Max-Gram only, default CascadeConfig)
+    cascade:qwen05           cascade:qwen15,qwen05     (assistant models, largest first)
+    big=cascade:qwen05@cfg.json                        (a label, and a cascade_config.json file or directory)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..config import CascadeConfig
+
+__all__ = ["METHOD_KINDS", "ForwardTimer", "Method", "Run", "parse_method", "run_method"]
+
+METHOD_KINDS = ("greedy", "prompt-lookup", "assisted", "cascade")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One generation method of a benchmark.
+
+    Args:
+        label (`str`): the name shown in reports; unique within a benchmark.
+        kind (`str`): one of `METHOD_KINDS`.
+        drafters (`tuple[str, ...]`): names of registered drafter models: exactly one for `"assisted"`, any number
+            (largest first) for `"cascade"`, none otherwise.
+        cascade_config (`CascadeConfig`, *optional*): for `"cascade"`; `None` means `CascadeConfig()`.
+        lookup_tokens (`int`): `prompt_lookup_num_tokens` for `"prompt-lookup"`.
+    """
+
+    label: str
+    kind: str
+    drafters: tuple[str, ...] = ()
+    cascade_config: CascadeConfig | None = None
+    lookup_tokens: int = 10
+
+    def __post_init__(self) -> None:
+        if self.kind not in METHOD_KINDS:
+            raise ValueError(f"method {self.label!r}: unknown kind {self.kind!r}; use one of {', '.join(METHOD_KINDS)}")
+        if self.kind == "assisted" and len(self.drafters) != 1:
+            raise ValueError(
+                f"method {self.label!r}: transformers' assisted generation takes exactly one drafter, got "
+                f"{list(self.drafters)}; write assisted:NAME"
+            )
+        if self.kind in ("greedy", "prompt-lookup") and self.drafters:
+            raise ValueError(f"method {self.label!r}: {self.kind} takes no drafter models, got {list(self.drafters)}")
+        if self.cascade_config is not None and self.kind != "cascade":
+            raise ValueError(f"method {self.label!r}: only cascade methods take a @CONFIG")
+        if self.kind == "cascade":
+            config = self.cascade_config or CascadeConfig()
+            if not self.drafters and not config.use_max_gram:
+                raise ValueError(f"method {self.label!r}: a cascade without assistants needs use_max_gram=True")
+            config.resolved_k_matrix(len(self.drafters))  # raises a ValueError naming the k_matrix mismatch
+
+
+def parse_method(spec: str) -> Method:
+    """Parse `[LABEL=]KIND[:ARG][@CONFIG]` (see the module docstring) into a `Method`.
+
+    Raises:
+        `ValueError`: naming the spec and what is wrong with it.
+    """
+    text = spec.strip()
+    label = None
+    if "=" in text.split("@", 1)[0]:
+        label, text = (part.strip() for part in text.split("=", 1))
+        if not label:
+            raise ValueError(f"method {spec!r}: empty label before '='")
+    config = None
+    if "@" in text:
+        text, config_path = (part.strip() for part in text.split("@", 1))
+        try:
+            config = CascadeConfig.from_pretrained(config_path)
+        except (OSError, ValueError, TypeError) as e:
+            raise ValueError(f"method {spec!r}: cannot read the cascade config {config_path!r}: {e}") from e
+    kind, _, arg = text.partition(":")
+    kind = kind.strip()
+    if kind not in METHOD_KINDS:
+        raise ValueError(f"method {spec!r}: unknown kind {kind!r}; use one of {', '.join(METHOD_KINDS)}")
+    drafters: tuple[str, ...] = ()
+    lookup_tokens = 10
+    if kind == "prompt-lookup" and arg:
+        if not arg.isdigit() or int(arg) < 1:
+            raise ValueError(f"method {spec!r}: prompt-lookup:N needs a positive integer N, got {arg!r}")
+        lookup_tokens = int(arg)
+    elif arg:
+        drafters = tuple(name.strip() for name in arg.split(","))
+        if any(not name for name in drafters):
+            raise ValueError(f"method {spec!r}: empty drafter name in {arg!r}")
+    if label is None:
+        label = kind if not arg else f"{kind}:{arg}"
+    return Method(label=label, kind=kind, drafters=drafters, cascade_config=config, lookup_tokens=lookup_tokens)
+
+
+class ForwardTimer:
+    """Counts the forward passes of some models and the wall time spent inside them (forward hooks).
+
+    Used as a `with` block around one `generate` call. On CUDA the hooks synchronise the device so that the time is
+    the kernels' and not just their launch: this perturbs the run slightly, which is why it is benchmark-only.
+
+    Args:
+        models (`dict[str, torch.nn.Module]`): name -> model; the same module under two names is counted once.
+    """
+
+    def __init__(self, models: dict[str, torch.nn.Module]):
+        self.models = models
+        self.passes = dict.fromkeys(models, 0)
+        self.seconds = dict.fromkeys(models, 0.0)
+        self._handles: list[Any] = []
+        self._started: dict[str, float] = {}
+
+    def _sync(self, module: torch.nn.Module) -> None:
+        device = getattr(module, "device", None)
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def _pre(self, name: str):
+        def hook(module: torch.nn.Module, *_: Any) -> None:
+            self._sync(module)
+            self._started[name] = time.perf_counter()
+
+        return hook
+
+    def _post(self, name: str):
+        def hook(module: torch.nn.Module, *_: Any) -> None:
+            self._sync(module)
+            self.seconds[name] += time.perf_counter() - self._started.pop(name)
+            self.passes[name] += 1
+
+        return hook
+
+    def __enter__(self) -> ForwardTimer:
+        seen: set[int] = set()
+        for name, module in self.models.items():
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            self._handles.append(module.register_forward_pre_hook(self._pre(name)))
+            self._handles.append(module.register_forward_hook(self._post(name)))
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+@dataclass
+class Run:
+    """One timed `generate` call.
+
+    Args:
+        seconds (`float`): wall time of the call.
+        new_tokens (`int`): tokens generated after the prompt.
+        ids (`list[int]`): those tokens.
+        forward_passes (`dict[str, int]`): model name (`"target"` or a drafter name) -> forward passes.
+        forward_seconds (`dict[str, float]`): model name -> wall time inside its forward passes.
+        levels (`list[dict]`): for cascade methods, `CascadeStats.to_dict()["levels"]` (per-level drafted, accepted,
+            forward passes and time); empty otherwise.
+    """
+
+    seconds: float
+    new_tokens: int
+    ids: list[int]
+    forward_passes: dict[str, int] = field(default_factory=dict)
+    forward_seconds: dict[str, float] = field(default_factory=dict)
+    levels: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def outside_forward_seconds(self) -> float:
+        """Wall time not spent in any model's forward pass (drafting logic, Max-Gram, sampling, Python)."""
+        return max(0.0, self.seconds - sum(self.forward_seconds.values()))
+
+
+def run_method(
+    method: Method,
+    target: torch.nn.Module,
+    drafters: dict[str, torch.nn.Module],
+    inputs: dict[str, torch.Tensor],
+    generation_kwargs: dict[str, Any],
+) -> Run:
+    """Run `method` once on one prompt and time it.
+
+    Args:
+        method (`Method`): what to run.
+        target (`PreTrainedModel`): the target model.
+        drafters (`dict[str, PreTrainedModel]`): registered drafter models by name.
+        inputs (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of shape `(1, prompt_length)`.
+        generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
+
+    Returns:
+        `Run`
+    """
+    from .. import generation  # looked up per call, so a patched generate (tests) is what runs
+
+    kwargs = dict(generation_kwargs)
+    used = {name: drafters[name] for name in method.drafters}
+    if method.kind == "prompt-lookup":
+        kwargs["prompt_lookup_num_tokens"] = method.lookup_tokens
+    elif method.kind == "assisted":
+        kwargs["assistant_model"] = used[method.drafters[0]]
+    elif method.kind == "cascade":
+        kwargs.update(
+            custom_generate=generation.generate,
+            assistant_models=list(used.values()),
+            cascade_config=method.cascade_config or CascadeConfig(),
+            return_dict_in_generate=True,
+        )
+    with ForwardTimer({"target": target, **used}) as timer:
+        t0 = time.perf_counter()
+        out = target.generate(**inputs, **kwargs)
+        seconds = time.perf_counter() - t0
+    sequences = out.sequences if method.kind == "cascade" else out
+    ids = sequences[0, inputs["input_ids"].shape[1] :].tolist()
+    levels = out.cascade_stats.to_dict()["levels"] if method.kind == "cascade" else []
+    return Run(seconds, len(ids), ids, dict(timer.passes), dict(timer.seconds), levels)

@@ -1,0 +1,206 @@
+"""Run a benchmark: every method on every prompt, interleaved (A B C A B C ...) after a warm-up, several repeats.
+
+Interleaving makes slow drifts of the machine (thermal state, other processes) hit every method alike; medians over
+repeats drop single stalls. Every run's tokens are compared with greedy's: the benchmark is also an exactness test.
+"""
+
+from __future__ import annotations
+
+import inspect
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..runner import new_cache
+from .methods import Method, Run, run_method
+from .prompts import Prompt
+
+__all__ = ["BenchmarkResult", "ModelCost", "PromptResult", "measure_cost", "run_benchmark"]
+
+
+@dataclass
+class ModelCost:
+    """What one forward pass of a model costs.
+
+    Args:
+        parameters (`int`): parameter count (the paper's SWI cost model).
+        forward_s (`dict[int, float]`): k -> median seconds of a k-token forward pass with a warm KV cache of the
+            benchmark's first prompt (the measured cost model; `forward_s[1]` is the decoding step).
+    """
+
+    parameters: int
+    forward_s: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class PromptResult:
+    """All runs of all methods on one prompt.
+
+    Args:
+        prompt (`Prompt`): the prompt.
+        prompt_tokens (`int`): its length in tokens (after the chat template).
+        runs (`dict[str, list[Run]]`): method label -> timed runs, in order.
+    """
+
+    prompt: Prompt
+    prompt_tokens: int
+    runs: dict[str, list[Run]] = field(default_factory=dict)
+
+    def median_seconds(self, label: str) -> float:
+        return statistics.median(run.seconds for run in self.runs[label])
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything a benchmark measured; `hf_cascade.benchmark.report` turns it into tables, JSON and a plot.
+
+    Args:
+        methods (`list[Method]`): the methods, greedy (the reference) first.
+        prompts (`list[PromptResult]`): per prompt results.
+        costs (`dict[str, ModelCost]`): `"target"` and each drafter name -> its cost.
+        settings (`dict`): how the benchmark was run (models, dtype, device, max_new_tokens, repeats, ...).
+        machine (`dict`): `machine_info()` of the machine it ran on.
+        mismatches (`list[str]`): every run whose tokens differ from greedy's (an error, not a footnote).
+        wall_time_s (`float`): total time of the benchmark, warm-up and cost measurement included.
+    """
+
+    methods: list[Method]
+    prompts: list[PromptResult]
+    costs: dict[str, ModelCost]
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    mismatches: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+
+def _first_difference(a: list[int], b: list[int]) -> int:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return min(len(a), len(b))
+
+
+@torch.no_grad()
+def measure_cost(
+    model: torch.nn.Module, context: torch.Tensor, ks: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 5
+) -> ModelCost:
+    """Median wall time of a k-token forward pass after `context` is in the KV cache.
+
+    Args:
+        model (`PreTrainedModel`): a causal LM.
+        context (`torch.LongTensor` of shape `(1, context_length)`): tokens to prefill the cache with.
+        ks (`tuple[int, ...]`): the chunk sizes to time.
+        repeats (`int`): timed passes per chunk size (after one untimed pass).
+    """
+    parameters = sum(p.numel() for p in model.parameters())
+    context = context.to(model.device)
+    cache = new_cache(model)
+    model(input_ids=context, cache=cache, use_cache=True)
+    length = context.shape[1]
+    cuda = model.device.type == "cuda"
+    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    forward_s = {}
+    for k in ks:
+        chunk = context[:, -1:].repeat(1, k)
+        times = []
+        for i in range(repeats + 1):
+            positions = torch.arange(length, length + k, device=model.device).unsqueeze(0)
+            if cuda:
+                torch.cuda.synchronize(model.device)
+            t0 = time.perf_counter()
+            extra = {"logits_to_keep": k} if keep else {}
+            model(input_ids=chunk, cache=cache, position_ids=positions, use_cache=True, **extra)
+            if cuda:
+                torch.cuda.synchronize(model.device)
+            if i:  # the first pass of each size is a warm-up
+                times.append(time.perf_counter() - t0)
+            cache.crop(-k)
+        forward_s[k] = statistics.median(times)
+    return ModelCost(parameters, forward_s)
+
+
+def run_benchmark(
+    target: torch.nn.Module,
+    encoded: list[tuple[Prompt, dict[str, torch.Tensor]]],
+    methods: list[Method],
+    drafters: dict[str, torch.nn.Module],
+    generation_kwargs: dict[str, Any],
+    *,
+    repeats: int = 3,
+    warmup_tokens: int = 16,
+    settings: dict[str, Any] | None = None,
+    machine: dict[str, Any] | None = None,
+    measure_costs: bool = True,
+    progress: Callable[[int], Any] | None = None,
+) -> BenchmarkResult:
+    """Benchmark `methods` on `encoded` prompts.
+
+    Args:
+        target (`PreTrainedModel`): the target model.
+        encoded (`list[tuple[Prompt, dict]]`): prompts with their `input_ids`/`attention_mask` of shape `(1, n)`.
+        methods (`list[Method]`): must start with the `greedy` reference.
+        drafters (`dict[str, PreTrainedModel]`): drafter models by the names the methods use.
+        generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
+        repeats (`int`): timed runs of each method per prompt; the report uses medians.
+        warmup_tokens (`int`): each method first runs once untimed on the first prompt for this many tokens.
+        settings, machine (`dict`, *optional*): recorded in the result as they are.
+        measure_costs (`bool`): time k-token forwards of each model (for the latency SWI and the report).
+        progress (`Callable[[int], Any]`, *optional*): called with 1 after every timed run (e.g. `tqdm.update`).
+
+    Returns:
+        `BenchmarkResult`
+    """
+    if not methods or methods[0].kind != "greedy":
+        raise ValueError("the first method must be greedy: it is the reference for speedups and exactness")
+    labels = [m.label for m in methods]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"method labels must be unique, got {labels}")
+    missing = sorted({name for m in methods for name in m.drafters} - set(drafters))
+    if missing:
+        raise ValueError(f"methods use drafter(s) {missing} that are not registered; registered: {sorted(drafters)}")
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    t_start = time.perf_counter()
+    costs: dict[str, ModelCost] = {}
+    if measure_costs and encoded:
+        context = encoded[0][1]["input_ids"]
+        for name, model in {"target": target, **drafters}.items():
+            costs[name] = measure_cost(model, context)
+
+    if encoded and warmup_tokens > 0:  # first calls allocate memory and pick kernels
+        warm = {**generation_kwargs, "max_new_tokens": warmup_tokens}
+        for method in methods:
+            run_method(method, target, drafters, encoded[0][1], warm)
+
+    results = []
+    mismatches = []
+    for prompt, inputs in encoded:
+        result = PromptResult(prompt, inputs["input_ids"].shape[1], {label: [] for label in labels})
+        for _ in range(repeats):
+            for method in methods:  # interleaved: A B C A B C
+                run = run_method(method, target, drafters, inputs, generation_kwargs)
+                result.runs[method.label].append(run)
+                if progress is not None:
+                    progress(1)
+        reference = result.runs[labels[0]][0].ids
+        for label, runs in result.runs.items():
+            for i, run in enumerate(runs):
+                if run.ids != reference:
+                    mismatches.append(
+                        f"prompt {prompt.id}: {label} (repeat {i + 1}) differs from greedy from new token "
+                        f"{_first_difference(run.ids, reference)}"
+                    )
+        results.append(result)
+    return BenchmarkResult(
+        methods=list(methods),
+        prompts=results,
+        costs=costs,
+        settings=dict(settings or {}),
+        machine=dict(machine or {}),
+        mismatches=mismatches,
+        wall_time_s=time.perf_counter() - t_start,
+    )

@@ -1,0 +1,7 @@
+"""`python -m hf_cascade.cli ...` is `hf-cascade ...`."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

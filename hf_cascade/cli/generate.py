@@ -1,0 +1,243 @@
+"""`hf-cascade generate`: stream a cascade generation on any causal LM, then print the per-level statistics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from ..config import CascadeConfig
+from ._args import DTYPE_CHOICES, THREADS_HELP, finite_float, positive_int
+
+__all__ = ["add_parser"]
+
+
+def add_parser(sub: Any) -> None:
+    """Register `generate` on the subparsers object of the `hf-cascade` parser."""
+    gen = sub.add_parser(
+        "generate",
+        help="stream a cascade generation on any causal LM, then print the cascade statistics",
+        description=(
+            "Generate with Cascade Speculative Drafting: the target reviews drafts of the assistant models (largest "
+            "first) and the Max-Gram drafter; the output equals the target's own greedy output (or follows its "
+            "sampling distribution with --sample)."
+        ),
+    )
+    gen.add_argument("--target", required=True, metavar="ID_OR_PATH", help="Hub id, model directory or .gguf file")
+    gen.add_argument("--gguf-file", metavar="F", help="GGUF file name inside the --target directory or Hub repo")
+    gen.add_argument(
+        "--assistant",
+        action="append",
+        default=[],
+        metavar="ID_OR_PATH",
+        help="assistant (draft) model sharing the target's vocabulary; repeat for several, largest first. "
+        "GGUF assistants: give the .gguf file path",
+    )
+    prompt = gen.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt (a user message unless --no-chat-template)")
+    prompt.add_argument("--prompt-file", metavar="F", help="read the prompt from a UTF-8 file ('-' for stdin)")
+    gen.add_argument(
+        "--no-chat-template",
+        action="store_true",
+        help="feed the prompt as raw text instead of wrapping it in the tokenizer's chat template",
+    )
+    gen.add_argument(
+        "--k-matrix",
+        metavar="JSON",
+        help='k-matrix as JSON, one row and column per drafter (assistants, then Max-Gram), e.g. "[[4, 2], [0, 6]]"',
+    )
+    gen.add_argument(
+        "--lenience", type=finite_float, metavar="L", help="lenience (>= 1) of reviews between drafters (default: 1)"
+    )
+    gen.add_argument(
+        "--max-gram",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="use the Max-Gram statistical drafter at the bottom of the cascade (default: on)",
+    )
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--temperature", type=finite_float, metavar="T", help="sampling temperature (needs --sample)")
+    gen.add_argument("--top-p", type=finite_float, metavar="P", help="nucleus sampling mass in (0, 1] (needs --sample)")
+    gen.add_argument("--seed", type=int, metavar="S", help="random seed for --sample")
+    gen.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="default: 128")
+    gen.add_argument("--device", default="cpu", help="torch device for all models (default: cpu)")
+    gen.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="parameter dtype (default: float32)")
+    gen.add_argument(
+        "--cascade-config",
+        metavar="DIR_OR_FILE",
+        help="cascade_config.json, or a directory holding one; --k-matrix, --lenience and --max-gram override it",
+    )
+    gen.add_argument(
+        "--stats-json",
+        metavar="PATH",
+        help='write {"cascade_stats": ..., "cascade_config": ..., "generated_text": ...} as JSON to PATH',
+    )
+    gen.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
+    gen.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    gen.set_defaults(func=run)
+
+
+def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CascadeConfig:
+    """`--cascade-config` with `--k-matrix`, `--lenience` and `--max-gram` applied on top; errors name the flag."""
+    base = CascadeConfig()
+    if args.cascade_config is not None:
+        if not os.path.exists(args.cascade_config):
+            parser.error(f"--cascade-config: {args.cascade_config} does not exist (give a JSON file or a directory)")
+        try:
+            base = CascadeConfig.from_pretrained(args.cascade_config)
+        except (OSError, ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+            parser.error(f"--cascade-config {args.cascade_config}: {e}")
+    fields = base.to_dict()
+    if args.k_matrix is not None:
+        try:
+            k_matrix = json.loads(args.k_matrix)
+        except json.JSONDecodeError as e:
+            parser.error(f"--k-matrix is not valid JSON ({e}); example: --k-matrix '[[4, 2], [0, 6]]'")
+        try:
+            CascadeConfig(k_matrix=k_matrix)
+        except (ValueError, TypeError) as e:
+            parser.error(f"--k-matrix: {e}")
+        fields["k_matrix"] = k_matrix
+    if args.lenience is not None:
+        try:
+            CascadeConfig(lenience=args.lenience)
+        except (ValueError, TypeError) as e:
+            parser.error(f"--lenience: {e}")
+        fields["lenience"] = args.lenience
+    if args.max_gram is not None:
+        fields["use_max_gram"] = args.max_gram
+    config = CascadeConfig.from_dict(fields)
+    n_assistants = len(args.assistant)
+    if n_assistants == 0 and not config.use_max_gram:
+        parser.error("--no-max-gram leaves the cascade without a drafter; add --assistant MODEL or drop --no-max-gram")
+    try:
+        config.resolved_k_matrix(n_assistants)
+    except ValueError as e:
+        source = "--k-matrix" if args.k_matrix is not None else "--cascade-config"
+        parser.error(f"{source}: {e}")
+    return config
+
+
+def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
+    if args.prompt is not None:
+        text = args.prompt
+    elif args.prompt_file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            parser.error(f"--prompt-file {args.prompt_file}: {e}")
+    if not text.strip():
+        parser.error("the prompt is empty (--prompt / --prompt-file)")
+    return text
+
+
+def _check_sampling_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    if not args.sample:
+        for flag, value in (("--temperature", args.temperature), ("--top-p", args.top_p), ("--seed", args.seed)):
+            if value is not None:
+                parser.error(f"{flag} only applies to sampling; add --sample")
+        return
+    if args.temperature is not None and args.temperature <= 0:
+        parser.error(f"--temperature must be > 0, got {args.temperature} (for greedy decoding drop --sample)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        parser.error(f"--top-p must be in (0, 1], got {args.top_p}")
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from transformers import TextStreamer
+
+    import hf_cascade
+
+    from ..loading import encode_prompt, load_model_and_tokenizer, pad_token_id, resolve_source
+
+    # Everything that can be checked without loading a model is checked first.
+    _check_sampling_args(args, parser)
+    config = _cascade_config_from_args(args, parser)
+    text = _read_prompt(args, parser)
+    try:
+        torch.device(args.device)
+    except (RuntimeError, ValueError) as e:
+        parser.error(f"--device {args.device!r}: {e}")
+    try:
+        resolve_source(args.target, args.gguf_file)
+        for assistant in args.assistant:
+            resolve_source(assistant)
+    except (OSError, ValueError) as e:
+        parser.error(f"--target/--gguf-file/--assistant: {e}")
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    try:
+        t0 = time.perf_counter()
+        log(f"loading target {args.target} ({args.dtype}, {args.device}) ...")
+        model, tokenizer = load_model_and_tokenizer(
+            args.target, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
+        )
+        assistants = []
+        for i, name in enumerate(args.assistant):
+            log(f"loading assistant_{i} {name} ...")
+            assistant, _ = load_model_and_tokenizer(
+                name, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
+            )
+            assistants.append(assistant)
+        log(f"loaded in {time.perf_counter() - t0:.1f} s")
+    except (OSError, ValueError, ImportError) as e:
+        print(f"hf-cascade generate: error: could not load a model: {e}", file=sys.stderr)
+        return 1
+
+    use_template = not args.no_chat_template
+    if use_template and not getattr(tokenizer, "chat_template", None):
+        log("note: the tokenizer has no chat template; feeding the prompt as raw text (--no-chat-template)")
+        use_template = False
+    inputs = encode_prompt(tokenizer, text, use_template, model.device)
+    gen_kwargs: dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample)
+    if args.sample:
+        if args.temperature is not None:
+            gen_kwargs["temperature"] = args.temperature
+        if args.top_p is not None:
+            gen_kwargs["top_p"] = args.top_p
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+    pad = pad_token_id(model, tokenizer)
+    if pad is not None:
+        gen_kwargs["pad_token_id"] = pad
+
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    try:
+        out = model.generate(
+            **inputs,
+            custom_generate=hf_cascade.generate,
+            assistant_models=assistants,
+            cascade_config=config,
+            cascade_streamer=streamer,
+            return_dict_in_generate=True,
+            **gen_kwargs,
+        )
+    except (ValueError, TypeError) as e:
+        print(f"\nhf-cascade generate: error: {e}", file=sys.stderr)
+        return 1
+    stats = out.cascade_stats
+    print()
+    print(stats.summary())
+    if args.stats_json:
+        new_ids = out.sequences[0, inputs["input_ids"].shape[1] :]
+        payload = {
+            "cascade_stats": stats.to_dict(),
+            "cascade_config": config.to_dict(),
+            "generated_text": tokenizer.decode(new_ids, skip_special_tokens=True),
+            "generated_token_ids": new_ids.tolist(),
+        }
+        parent = os.path.dirname(os.path.abspath(args.stats_json))
+        os.makedirs(parent, exist_ok=True)
+        with open(args.stats_json, "w", encoding="utf-8") as f:
+            json.dump(payload, f, indent=2)
+            f.write("\n")

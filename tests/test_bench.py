@@ -1,0 +1,388 @@
+"""`hf_cascade.benchmark` and `hf-cascade bench`: method specs, prompt sets, dataset readers, the interleaved runner,
+the exactness check, SWI arithmetic and the reports, on tiny random models (nothing downloaded)."""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import json
+import re
+
+import pytest
+import torch
+from test_cli import WORDS, run_cli, save_tiny
+
+from hf_cascade import CascadeConfig
+from hf_cascade.benchmark import (
+    BUILTIN_SETS,
+    BenchmarkResult,
+    Method,
+    ModelCost,
+    Prompt,
+    PromptResult,
+    Run,
+    load_builtin,
+    load_dataset_file,
+    load_jsonl,
+    parse_method,
+    run_benchmark,
+    sample,
+    summarize,
+    to_json_dict,
+    to_markdown,
+)
+from hf_cascade.benchmark.report import SCHEMA
+
+PROMPTS = [
+    ("p0", "copy", "w1 w2 w3 w4 w5 w9 w1 w2 w3 w4 w5 w7 w1 w2 w3"),
+    ("p1", "copy", "w7 w8 w9 w7 w8 w9 w7 w8"),
+    ("p2", "other", "w3 w10 w4 w22 w6"),
+]
+
+
+# ------------------------------------------------------------------------------------------------ method specs
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("greedy", Method("greedy", "greedy")),
+        ("prompt-lookup", Method("prompt-lookup", "prompt-lookup")),
+        ("prompt-lookup:4", Method("prompt-lookup:4", "prompt-lookup", lookup_tokens=4)),
+        ("assisted:small", Method("assisted:small", "assisted", ("small",))),
+        ("cascade", Method("cascade", "cascade")),
+        ("cascade:big,small", Method("cascade:big,small", "cascade", ("big", "small"))),
+        ("two = cascade:big, small", Method("two", "cascade", ("big", "small"))),
+    ],
+)
+def test_parse_method(spec, expected):
+    assert parse_method(spec) == expected
+
+
+def test_parse_method_reads_a_config(tmp_path):
+    config = CascadeConfig(k_matrix=[[3, 1], [0, 5]], lenience=2.0)
+    config.save_pretrained(tmp_path)
+    method = parse_method(f"mine=cascade:d@{tmp_path}")
+    assert method.label == "mine" and method.drafters == ("d",) and method.cascade_config == config
+
+
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("beam", r"unknown kind 'beam'; use one of greedy, prompt-lookup, assisted, cascade"),
+        ("assisted", r"assisted generation takes exactly one drafter, got \[\]; write assisted:NAME"),
+        ("assisted:a,b", r"exactly one drafter, got \['a', 'b'\]"),
+        ("greedy:a", r"greedy takes no drafter models"),
+        ("prompt-lookup:0", r"prompt-lookup:N needs a positive integer N, got '0'"),
+        ("cascade:a,,b", r"empty drafter name"),
+        ("=cascade", r"empty label before '='"),
+        ("cascade@/does/not/exist", r"cannot read the cascade config '/does/not/exist'"),
+    ],
+)
+def test_parse_method_errors(spec, match):
+    with pytest.raises(ValueError, match=match):
+        parse_method(spec)
+
+
+def test_method_checks_the_k_matrix_against_its_drafters():
+    with pytest.raises(ValueError, match="k_matrix"):
+        Method("bad", "cascade", ("a", "b"), CascadeConfig(k_matrix=[[4]]))
+    with pytest.raises(ValueError, match="needs use_max_gram=True"):
+        Method("bad", "cascade", (), CascadeConfig(use_max_gram=False))
+
+
+# ------------------------------------------------------------------------------------------------ prompt sets
+@pytest.mark.parametrize("name", BUILTIN_SETS)
+def test_builtin_sets(name):
+    prompts = load_builtin(name)
+    assert len(prompts) >= 15
+    assert {p.category for p in prompts} == {name}
+    assert len({p.id for p in prompts}) == len(prompts)
+    if name == "math":
+        assert all(p.reference and p.reference.isdigit() for p in prompts)
+
+
+def test_builtin_unknown():
+    with pytest.raises(ValueError, match="unknown built-in prompt set 'poems'; choose from grounded, math, chat"):
+        load_builtin("poems")
+
+
+def test_sample_is_seeded_and_keeps_order():
+    prompts = load_builtin("chat")
+    a, b = sample(prompts, 5, seed=3), sample(prompts, 5, seed=3)
+    assert a == b and len(a) == 5
+    assert [prompts.index(p) for p in a] == sorted(prompts.index(p) for p in a)
+    assert sample(prompts, 5, seed=4) != a
+    assert sample(prompts, 100) == prompts and sample(prompts, None) == prompts
+
+
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (['{"id": "a", "category": "c"}'], r"line 1: missing key\(s\) \['prompt'\]"),
+        (["not json"], r"line 1: not valid JSON"),
+        (['{"id": "a", "category": "c", "prompt": ""}'], r"'prompt' must be a non-empty string"),
+        (['{"id": "a", "category": "c", "prompt": "x"}'] * 2, r"duplicate prompt id 'a'"),
+        (["[1, 2]"], r"expected a JSON object, got list"),
+    ],
+)
+def test_load_jsonl_errors(tmp_path, lines, match):
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=match):
+        load_jsonl(path)
+
+
+def test_dataset_readers(tmp_path):
+    gsm = tmp_path / "gsm8k.jsonl"
+    gsm.write_text(json.dumps({"question": "What is 2 + 3?", "answer": "2 + 3 = 5\n#### 5"}) + "\n")
+    (p,) = load_dataset_file("gsm8k", gsm)
+    assert p.text == "Reason the math question below step by step. Question: What is 2 + 3? Answer:"
+    assert p.reference == "5" and p.category == "gsm8k"
+
+    mt = tmp_path / "question.jsonl"
+    mt.write_text(json.dumps({"question_id": 81, "category": "writing", "turns": ["Write a poem.", "Shorter."]}) + "\n")
+    (p,) = load_dataset_file("mt-bench", mt)
+    assert (p.id, p.category, p.text) == ("mt-bench-81", "writing", "Write a poem.")
+
+    he = tmp_path / "HumanEval.jsonl.gz"
+    with gzip.open(he, "wt") as f:
+        f.write(json.dumps({"task_id": "HumanEval/0", "prompt": "def f(x):\n"}) + "\n")
+    (p,) = load_dataset_file("humaneval", he)
+    assert p.id == "humaneval-0" and p.text.endswith("def f(x):\n")
+
+    csv_dir = tmp_path / "mmlu"
+    csv_dir.mkdir()
+    (csv_dir / "astronomy_test.csv").write_text('"Which is a planet?",Moon,Mars,Sun,Vega,B\n')
+    (p,) = load_dataset_file("mmlu", csv_dir)
+    assert p.category == "astronomy" and p.reference == "B"
+    assert (
+        p.text
+        == "Question: Which is a planet?\n(A) Moon\n(B) Mars\n(C) Sun\n(D) Vega\nAnswer: Let's think step by step."
+    )
+    mmlu_jsonl = tmp_path / "mmlu.jsonl"
+    mmlu_jsonl.write_text(json.dumps({"question": "Q?", "choices": ["a", "b"], "answer": 1, "subject": "x"}) + "\n")
+    (p,) = load_dataset_file("mmlu", mmlu_jsonl)
+    assert p.reference == "B" and "(B) b" in p.text
+
+
+def test_dataset_reader_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset 'squad'; choose from gsm8k, mt-bench, humaneval, mmlu"):
+        load_dataset_file("squad", tmp_path)
+    with pytest.raises(FileNotFoundError, match="gsm8k data file .*nope.jsonl does not exist"):
+        load_dataset_file("gsm8k", tmp_path / "nope.jsonl")
+    wrong = tmp_path / "wrong.jsonl"
+    wrong.write_text(json.dumps({"turns": ["hi"], "category": "writing"}) + "\n")
+    with pytest.raises(ValueError, match=r"record 1: not GSM8K \(no 'question' key\)"):
+        load_dataset_file("gsm8k", wrong)
+    bad_csv = tmp_path / "x_test.csv"
+    bad_csv.write_text("a,b,c\n")
+    with pytest.raises(ValueError, match="an MMLU CSV row has 6 fields, got 3"):
+        load_dataset_file("mmlu", bad_csv)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="no humaneval records found"):
+        load_dataset_file("humaneval", empty)
+
+
+# ------------------------------------------------------------------------------------------------ runner, tiny models
+@pytest.fixture(scope="module")
+def tiny_pair(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target_dir = str(save_tiny(tmp_path_factory.mktemp("bench_target")))
+    drafter_dir = str(save_tiny(tmp_path_factory.mktemp("bench_drafter"), noise=0.3))
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    drafter = AutoModelForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).eval()
+    return target, drafter, AutoTokenizer.from_pretrained(target_dir), target_dir, drafter_dir
+
+
+METHODS = [
+    Method("greedy", "greedy"),
+    Method("lookup", "prompt-lookup", lookup_tokens=4),
+    Method("assisted", "assisted", ("d",)),
+    Method("cascade", "cascade"),
+    Method("cascade:d", "cascade", ("d",)),
+]
+
+
+def _encoded(tokenizer):
+    return [
+        (Prompt(i, c, t), {k: v for k, v in tokenizer(t, return_tensors="pt").items() if k != "token_type_ids"})
+        for i, c, t in PROMPTS
+    ]
+
+
+def test_run_benchmark_interleaves_and_checks(tiny_pair):
+    target, drafter, tokenizer, *_ = tiny_pair
+    order = []
+    result = run_benchmark(
+        target,
+        _encoded(tokenizer),
+        METHODS,
+        {"d": drafter},
+        dict(max_new_tokens=10, do_sample=False, pad_token_id=0),
+        repeats=2,
+        warmup_tokens=4,
+        progress=order.append,
+    )
+    assert len(order) == 3 * 5 * 2
+    assert result.mismatches == []
+    for p in result.prompts:
+        assert all(len(runs) == 2 for runs in p.runs.values())
+        greedy = p.runs["greedy"][0]
+        assert greedy.forward_passes == {"target": greedy.new_tokens}  # one forward per token, counted by hooks
+        assert p.runs["assisted"][0].forward_passes["d"] > 0
+        cascade = p.runs["cascade:d"][0]
+        assert [lvl["name"] for lvl in cascade.levels] == ["target", "assistant_0", "max_gram"]
+        assert cascade.forward_passes["target"] == cascade.levels[0]["forward_passes"]
+        assert cascade.forward_passes["d"] == cascade.levels[1]["forward_passes"]
+    assert set(result.costs) == {"target", "d"}
+    assert all(set(c.forward_s) == {1, 2, 4, 8} and c.parameters > 0 for c in result.costs.values())
+    rows = summarize(result)
+    assert [(r["category"], r["method"]) for r in rows][:5] == [("copy", m.label) for m in METHODS]
+    assert {r["category"] for r in rows} == {"copy", "other", "all"}
+    by = {(r["category"], r["method"]): r for r in rows}
+    assert by[("all", "greedy")]["speedup"] == pytest.approx(1.0)
+    assert by[("all", "cascade:d")]["acceptance"].keys() == {"d", "max_gram"}
+    assert all(r["identical"] for r in rows)
+    assert 0 <= by[("all", "cascade")]["outside_forward_fraction"] < 1
+
+
+def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
+    import hf_cascade.generation as generation
+
+    target, drafter, tokenizer, *_ = tiny_pair
+    original = generation.generate
+
+    @functools.wraps(original)  # generate() reads the callable's signature to route its extra kwargs
+    def corrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.sequences[0, -2] = (out.sequences[0, -2] + 1) % len(WORDS)
+        return out
+
+    monkeypatch.setattr(generation, "generate", corrupted)
+    result = run_benchmark(
+        target,
+        _encoded(tokenizer)[:1],
+        METHODS[:1] + METHODS[3:4],
+        {},
+        dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
+        repeats=1,
+        measure_costs=False,
+    )
+    assert result.mismatches == ["prompt p0: cascade (repeat 1) differs from greedy from new token 6"]
+    assert [r["identical"] for r in summarize(result)] == [True, False]
+    assert "## OUTPUT MISMATCHES" in to_markdown(result)
+
+
+@pytest.mark.parametrize(
+    "methods, drafters, match",
+    [
+        ([Method("cascade", "cascade")], {}, "the first method must be greedy"),
+        ([Method("greedy", "greedy"), Method("greedy", "cascade")], {}, "method labels must be unique"),
+        ([Method("greedy", "greedy"), Method("a", "assisted", ("x",))], {}, r"drafter\(s\) \['x'\] that are not"),
+    ],
+)
+def test_run_benchmark_errors(tiny_pair, methods, drafters, match):
+    target, _, tokenizer, *_ = tiny_pair
+    with pytest.raises(ValueError, match=match):
+        run_benchmark(target, _encoded(tokenizer), methods, drafters, {})
+
+
+def test_swi_and_speedup_arithmetic():
+    """SWI = greedy's cost / the method's, cost = sum of forward passes x cost per pass; speedup from wall time."""
+
+    def run(seconds, passes, fwd_s):
+        return Run(seconds, 10, list(range(10)), passes, fwd_s)
+
+    prompt = PromptResult(
+        Prompt("a", "c", "x"),
+        5,
+        {
+            "greedy": [run(2.0, {"target": 10}, {"target": 1.8}), run(3.0, {"target": 10}, {"target": 2.0})],
+            "cs": [run(1.0, {"target": 4, "d": 8}, {"target": 0.5, "d": 0.3})],
+        },
+    )
+    result = BenchmarkResult(
+        methods=[Method("greedy", "greedy"), Method("cs", "cascade", ("d",))],
+        prompts=[prompt],
+        costs={"target": ModelCost(100, {1: 0.2}), "d": ModelCost(10, {1: 0.05})},
+        settings={},
+        machine={},
+    )
+    greedy, cs = summarize(result)
+    assert greedy["speedup"] == pytest.approx(1.0) and greedy["swi_params"] == pytest.approx(1.0)
+    assert cs["speedup"] == pytest.approx(2.0)  # median of greedy's 2 runs is the 2.0 s one (lower middle)
+    assert cs["swi_params"] == pytest.approx(1000 / (400 + 80))
+    assert cs["swi_latency"] == pytest.approx(2.0 / (0.8 + 0.4))
+    assert cs["outside_forward_fraction"] == pytest.approx(0.2)
+    assert greedy["outside_forward_fraction"] == pytest.approx(0.1)
+    assert cs["tokens_per_target_forward"] == pytest.approx(2.5)
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench_prompts") / "p.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "category": c, "prompt": t}) + "\n" for i, c, t in PROMPTS))
+    return str(path)
+
+
+def test_cli_bench_writes_reports(tiny_pair, prompt_file, tmp_path, capsys):
+    *_, target_dir, drafter_dir = tiny_pair
+    out = tmp_path / "out"
+    argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]
+    argv += ["--max-new-tokens", "8", "--repeats", "1", "--out", str(out), "--no-progress"]
+    status, stdout, err = run_cli(argv, capsys)
+    assert status == 0, err
+    data = json.loads((out / "results.json").read_text())
+    assert data["schema"] == SCHEMA and data["mismatches"] == []
+    assert [m["label"] for m in data["methods"]] == ["greedy", "prompt-lookup", "assisted:d", "cascade", "cascade:d"]
+    assert data["settings"]["drafters"] == {"d": drafter_dir} and data["settings"]["max_new_tokens"] == 8
+    assert data["machine"]["torch"] == torch.__version__
+    assert {(r["category"], r["method"]) for r in data["summary"]} >= {("all", "cascade:d"), ("copy", "greedy")}
+    report = (out / "report.md").read_text()
+    assert "hf-cascade bench --target" in report and "Every run of every method produced exactly greedy's" in report
+    assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+    assert "cascade:d" in stdout and "NO" not in stdout
+    assert to_json_dict  # the module-level API the CLI uses is importable
+
+
+def test_cli_bench_methods_and_builtin(tiny_pair, tmp_path, capsys):
+    *_, target_dir, drafter_dir = tiny_pair
+    argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--builtin", "math"]
+    argv += ["--sample", "1", "--method", "mine=cascade:d", "--method", "greedy", "--no-chat-template"]
+    argv += ["--max-new-tokens", "4", "--repeats", "1", "--out", str(tmp_path), "--no-plot", "--no-progress"]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 0, err
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [m["label"] for m in data["methods"]] == ["greedy", "mine"]
+    assert len(data["prompts"]) == 1 and data["prompts"][0]["category"] == "math"
+    assert not (tmp_path / "speedup.png").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--drafter", "d"], r"--drafter 'd': write NAME=ID_OR_PATH"),
+        (["--drafter", "target=x"], r"the name 'target' is reserved"),
+        (["--method", "assisted:zz"], r"drafter\(s\) \['zz'\] not registered; add --drafter NAME=ID_OR_PATH"),
+        (["--method", "cascade", "--method", "cascade"], r"the label 'cascade' is used twice"),
+        (["--method", "beam"], r"--method: method 'beam': unknown kind"),
+        (["--dataset", "gsm8k"], r"--dataset and --data-file go together"),
+        (["--builtin", "poems"], r"--builtin: unknown set\(s\) \['poems'\]"),
+        (["--prompts", "/nope.jsonl"], r"prompts: .*No such file"),
+        (["--repeats", "0"], r"argument --repeats: expected a positive integer"),
+    ],
+)
+def test_cli_bench_errors(tiny_pair, extra, match, capsys):
+    *_, target_dir, _ = tiny_pair
+    status, _, err = run_cli(["bench", "--target", target_dir, "--no-plot", *extra], capsys)
+    assert status == 2
+    assert re.search(match, err), err
+
+
+def test_cli_bench_unused_drafter(tiny_pair, capsys):
+    *_, target_dir, drafter_dir = tiny_pair
+    argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--method", "cascade", "--no-plot"]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2 and "--drafter ['d']: registered but no --method uses it" in err
