@@ -6,7 +6,8 @@ rejected early costs real time. Max-Gram's reliability depends mostly on how lon
 suffix was, so acceptance is tracked per `(reviewing level, match-length bucket)` as a geometric rate
 `alpha = P(token accepted | all before it accepted)`, and a proposal is cut to the largest `k` with
 `alpha ** k >= token_cost`: the k-th token is accepted with probability `alpha ** k`, and it costs `token_cost` of one
-forward pass to verify. The k-matrix entry stays the upper bound. Nothing here changes the output, only the drafts.
+forward pass to verify; and no proposal is made when the whole draft's expected accepted tokens do not pay for
+`draft_cost`, the fixed extra cost of a multi-token forward. The k-matrix entry stays the upper bound. Nothing here changes the output, only the drafts.
 """
 
 from __future__ import annotations
@@ -25,19 +26,27 @@ def match_bucket(match_length: int) -> int:
     return min(match_length, _LONGEST_BUCKET)
 
 
-def draft_length(acceptance: float, token_cost: float, max_tokens: int) -> int:
-    """Largest `k <= max_tokens` with `acceptance ** k >= token_cost`.
+def draft_length(acceptance: float, token_cost: float, max_tokens: int, draft_cost: float = 0.0) -> int:
+    """Largest `k <= max_tokens` with `acceptance ** k >= token_cost`, or 0 when such a draft does not pay for
+    itself: its expected accepted tokens `acceptance + ... + acceptance ** k` must exceed its extra verification cost
+    `draft_cost + token_cost * k` (both in one-token forwards of the reviewer).
 
     Args:
         acceptance (`float`): geometric acceptance rate in `[0, 1]`.
         token_cost (`float`): cost of verifying one more draft token, as a fraction of a forward pass, in `(0, 1)`.
         max_tokens (`int`): upper bound (the k-matrix entry, the room left before `max_length`).
+        draft_cost (`float`, *optional*, defaults to 0): fixed extra cost of verifying any draft, `>= 0`.
     """
     if acceptance >= 1.0:
         return max_tokens
     if acceptance < token_cost:
         return 0
-    return min(max_tokens, int(math.floor(math.log(token_cost) / math.log(acceptance) + 1e-9)))
+    k = min(max_tokens, int(math.floor(math.log(token_cost) / math.log(acceptance) + 1e-9)))
+    if draft_cost > 0 and k > 0:
+        expected = acceptance * (1 - acceptance**k) / (1 - acceptance)
+        if expected <= draft_cost + token_cost * k:
+            return 0
+    return k
 
 
 class AcceptanceTracker:

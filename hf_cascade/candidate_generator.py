@@ -108,6 +108,7 @@ class CascadeCandidateGenerator(CandidateGenerator):
             stats=self.stats,
             adaptive_max_gram=config.max_gram.adaptive_length,
             token_cost=config.max_gram.token_cost,
+            draft_cost=config.max_gram.draft_cost,
         )
 
     @staticmethod
@@ -180,6 +181,7 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
         adaptive_length (`bool`, *optional*, defaults to `False`): cut proposals by their tracked acceptance (see
             `MaxGramConfig.adaptive_length`); off by default so it behaves like prompt lookup's fixed length.
         token_cost (`float`, *optional*, defaults to `MaxGramConfig.token_cost`): see there.
+        draft_cost (`float`, *optional*, defaults to `MaxGramConfig.draft_cost`): see there.
     """
 
     def __init__(
@@ -197,6 +199,7 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
         encoder_input_ids: torch.Tensor | None = None,
         adaptive_length: bool = False,
         token_cost: float = MaxGramConfig.token_cost,
+        draft_cost: float = MaxGramConfig.draft_cost,
     ):
         needs_vocab = do_sample or bigram_table is not None or bool(logits_processor)
         if vocab_size is None and needs_vocab:
@@ -205,7 +208,12 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
                 "given; pass vocab_size=model.config.get_text_config().vocab_size."
             )
         max_gram = MaxGramConfig(
-            max_ngram_size, min_ngram_size, num_output_tokens, adaptive_length=adaptive_length, token_cost=token_cost
+            max_ngram_size,
+            min_ngram_size,
+            num_output_tokens,
+            adaptive_length=adaptive_length,
+            token_cost=token_cost,
+            draft_cost=draft_cost,
         )
         config = CascadeConfig(k_matrix=[[num_output_tokens]], use_max_gram=True, max_gram=max_gram)
         if isinstance(eos_token_id, torch.Tensor):

@@ -76,6 +76,7 @@ class CascadeDrafter:
         adaptive_max_gram (`bool`, *optional*): cut Max-Gram proposals by their tracked acceptance
             (`hf_cascade.adaptive`).
         token_cost (`float`, *optional*): verification cost of one more draft token, as a fraction of a forward.
+        draft_cost (`float`, *optional*): fixed extra cost of verifying any draft, as a fraction of a forward.
     """
 
     def __init__(
@@ -94,6 +95,7 @@ class CascadeDrafter:
         stats: list[LevelStats],
         adaptive_max_gram: bool = False,
         token_cost: float = MaxGramConfig.token_cost,
+        draft_cost: float = MaxGramConfig.draft_cost,
     ):
         self.ids: list[int] = list(prompt_ids)
         self.committed = len(self.ids)
@@ -116,6 +118,7 @@ class CascadeDrafter:
         self.max_gram_column = len(runners) if max_gram is not None else -1
         self.tracker = AcceptanceTracker() if (adaptive_max_gram and max_gram is not None) else None
         self.token_cost = token_cost
+        self.draft_cost = draft_cost
 
     # ------------------------------------------------------------------ sequence bookkeeping
     def truncate(self, length: int) -> None:
@@ -255,7 +258,7 @@ class CascadeDrafter:
         tokens, _, match_length = self.index.propose_with_match(self.ids, num_tokens, self.bigram)
         tag = (level, match_bucket(match_length))
         if self.tracker is not None:
-            tokens = tokens[: draft_length(self.tracker.rate(tag), self.token_cost, len(tokens))]
+            tokens = tokens[: draft_length(self.tracker.rate(tag), self.token_cost, len(tokens), self.draft_cost)]
         tokens = self._admissible_prefix(tokens)
         self._append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)
         stats = self.stats[self.max_gram_column]

@@ -53,6 +53,16 @@ class MaxGramConfig:
             adaptive length's tuning knob. 0.05 scored best among the settings in `benchmarks/results/k_defaults.md`
             (SmolLM2-135M on 2 CPU cores, where the measured cost was 0.17 per token); higher values draft less,
             which helps prompts with little to copy and costs speed on copy-heavy ones.
+        draft_cost (`float`, *optional*, defaults to 0.3):
+            Fixed extra cost of a forward pass that verifies any draft at all, as a fraction of a one-token forward
+            of the reviewer. On many CPUs a 2-token forward already costs clearly more than a 1-token one (fp32
+            matrix-vector vs matrix-matrix kernels; Qwen2.5-Coder-1.5B on 2 cores: about 2x), so a short, unsure
+            proposal loses time even when it is sometimes accepted. With adaptive length, a proposal is made only
+            when its expected accepted tokens exceed `draft_cost + token_cost * k`. Measure it with
+            `hf_cascade.benchmark.measure_cost`: `forward_s[2] / forward_s[1] - 1 - token_cost`. 0.3 fits
+            SmolLM2-135M on our 2-core machine (2 tokens cost about 1.3 one-token forwards) and scored better than
+            0 and 0.6 there on every prompt category (`docs/benchmarks.md`); set it near 1.0 for models whose
+            multi-token forward costs twice a one-token one.
     """
 
     max_ngram_size: int = 8
@@ -62,6 +72,7 @@ class MaxGramConfig:
     occurrence: str = "latest"
     adaptive_length: bool = True
     token_cost: float = 0.05
+    draft_cost: float = 0.3
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +98,14 @@ class MaxGramConfig:
                 f"MaxGramConfig.token_cost must lie in (0, 1) (a fraction of one forward pass), got {self.token_cost}."
             )
         self.token_cost = float(self.token_cost)
+        if isinstance(self.draft_cost, bool) or not isinstance(self.draft_cost, (int, float)):
+            raise TypeError(f"MaxGramConfig.draft_cost must be a float >= 0, got {self.draft_cost!r}.")
+        if not 0 <= self.draft_cost < math.inf:
+            raise ValueError(
+                f"MaxGramConfig.draft_cost must be a finite number >= 0 (a fraction of one forward pass), "
+                f"got {self.draft_cost}."
+            )
+        self.draft_cost = float(self.draft_cost)
         if self.bigram_table is not None and not isinstance(self.bigram_table, (str, os.PathLike)):
             raise TypeError(
                 "MaxGramConfig.bigram_table must be a path to a safetensors file saved with BigramTable.save, or None; "

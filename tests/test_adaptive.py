@@ -26,6 +26,22 @@ def test_draft_length(acceptance, cost, cap, expected):
     assert draft_length(acceptance, cost, cap) == expected
 
 
+@pytest.mark.parametrize(
+    "acceptance, cost, cap, draft_cost, expected",
+    [
+        (0.5, 0.05, 16, 0.0, 4),  # no fixed cost: the marginal rule alone
+        (0.5, 0.05, 16, 0.3, 4),  # expected 0.9375 accepted > 0.3 + 0.2
+        (0.25, 0.05, 16, 0.3, 0),  # k = 2, expected 0.3125 accepted < 0.3 + 0.1: not worth a multi-token forward
+        (0.25, 0.05, 16, 0.2, 2),  # 0.3125 > 0.2 + 0.1
+        (0.8, 0.05, 16, 1.0, 13),  # a reliable bucket still pays for an expensive verification
+        (0.5, 0.05, 16, 1.0, 0),  # ... an unsure one does not
+        (1.0, 0.05, 5, 10.0, 5),  # certain acceptance always pays
+    ],
+)
+def test_draft_length_with_fixed_draft_cost(acceptance, cost, cap, draft_cost, expected):
+    assert draft_length(acceptance, cost, cap, draft_cost) == expected
+
+
 def test_match_bucket():
     assert [match_bucket(n) for n in (0, 1, 2, 3, 4, 9)] == [0, 1, 2, 3, 4, 4]
 

@@ -147,6 +147,7 @@ def test_to_dict_is_plain_json():
             "occurrence": "latest",
             "adaptive_length": True,
             "token_cost": 0.05,
+            "draft_cost": 0.3,
         },
     }
     assert json.loads(json.dumps(d)) == d

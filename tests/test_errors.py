@@ -378,3 +378,9 @@ def test_max_gram_occurrence_and_token_cost_errors():
         MaxGramConfig(token_cost=1.5)
     with pytest.raises(TypeError, match="MaxGramConfig.adaptive_length must be a bool"):
         MaxGramConfig(adaptive_length="yes")
+    with pytest.raises(ValueError, match=r"MaxGramConfig.draft_cost must be a finite number >= 0 .*got -0.5"):
+        MaxGramConfig(draft_cost=-0.5)
+    with pytest.raises(ValueError, match=r"MaxGramConfig.draft_cost must be a finite number >= 0 .*got inf"):
+        MaxGramConfig(draft_cost=float("inf"))
+    with pytest.raises(TypeError, match=r"MaxGramConfig.draft_cost must be a float >= 0, got '1'"):
+        MaxGramConfig(draft_cost="1")
