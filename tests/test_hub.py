@@ -282,6 +282,17 @@ def test_card_recommends_the_method_of_a_given_config(tmp_path):
         model_card_section(RESULTS, "org/t", cascade_config=hf_cascade.CascadeConfig(lenience=9.0))
 
 
+def test_card_says_plainly_when_the_cascade_is_slower():
+    results = json.loads(RESULTS.read_text())
+    slower = {"cascade (small, tiny)": 0.96, "cascade (max-gram)": 0.9}
+    for row in results["summary"]:
+        if row["category"] == "all" and row["method"] in slower:
+            row["speedup"] = slower[row["method"]]
+    text = model_card_section(results, "org/t")
+    assert "ran at **0.96x** the speed of plain greedy decoding" in text
+    assert "on this hardware the cascade did not pay off" in text and "as fast as" not in text
+
+
 def _results(**changes):
     results = json.loads(RESULTS.read_text())
     results.update(changes)
