@@ -243,6 +243,7 @@ def test_generate_greedy_matches_plain_generate(tiny_dir, tmp_path, capsys):
     assert payload["cascade_stats"]["new_tokens"] == len(ids)
     assert [lvl["name"] for lvl in payload["cascade_stats"]["levels"]] == ["target", "max_gram"]
     assert out.startswith(payload["generated_text"] + "\n")  # the streamed text comes first on stdout
+    assert f"statistics written to {stats_path}" in err and "loading target" in err  # progress goes to stderr
 
 
 def test_generate_with_assistants_kmatrix_lenience(tiny_dir, tmp_path, capsys):

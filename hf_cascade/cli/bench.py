@@ -10,10 +10,7 @@ import argparse
 import os
 import shlex
 import sys
-import time
 from typing import Any
-
-import torch
 
 from ..benchmark import (
     BUILTIN_SETS,
@@ -32,6 +29,7 @@ from ..benchmark import (
     write_reports,
 )
 from ._args import DTYPE_CHOICES, THREADS_HELP, positive_int
+from ._models import check_sources, load_models, log, use_chat_template
 
 __all__ = ["add_parser", "run"]
 
@@ -183,7 +181,7 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..loading import default_model_path, encode_prompt, load_model_and_tokenizer, pad_token_id, resolve_source
+    from ..loading import default_model_path, encode_prompt, pad_token_id
 
     # Everything that can be checked without loading a model is checked first.
     drafter_paths = _parse_drafters(args, parser)
@@ -194,56 +192,30 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("the PNG plot needs matplotlib: pip install 'hf_cascade[bench]', or pass --no-plot")
-    try:
-        torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        parser.error(f"--device {args.device!r}: {e}")
     target_path, gguf = args.target, args.gguf_file
     if target_path is None:
         try:
             target_path, gguf = default_model_path()
         except FileNotFoundError as e:
             parser.error(f"--target not given and {e}")
-    try:
-        resolve_source(target_path, gguf)
-        for path in drafter_paths.values():
-            resolve_source(path)
-    except (OSError, ValueError) as e:
-        parser.error(f"--target/--gguf-file/--drafter: {e}")
+    check_sources(
+        parser, args.device, target_path, gguf, list(drafter_paths.values()), "--target/--gguf-file/--drafter"
+    )
     used = {name for m in methods for name in m.drafters}
     unused = sorted(set(drafter_paths) - used)
     if unused:
         parser.error(f"--drafter {unused}: registered but no --method uses it")
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
 
     machine = machine_info(args.device)
     log(f"machine: {describe_machine(machine)}")
     note = busy_warning()
     if note:
         log(note)
-    try:
-        t0 = time.perf_counter()
-        log(f"loading target {target_path} ({args.dtype}, {args.device}) ...")
-        target, tokenizer = load_model_and_tokenizer(
-            target_path, gguf_file=gguf, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
-        )
-        drafters = {}
-        for name, path in drafter_paths.items():
-            log(f"loading drafter {name} = {path} ...")
-            drafters[name], _ = load_model_and_tokenizer(
-                path, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
-            )
-        log(f"loaded in {time.perf_counter() - t0:.1f} s")
-    except (OSError, ValueError, ImportError) as e:
-        print(f"hf-cascade bench: error: could not load a model: {e}", file=sys.stderr)
+    models = load_models("bench", args, target_path, gguf, drafter_paths)
+    if models is None:
         return 1
-
-    chat = not args.no_chat_template
-    if chat and not getattr(tokenizer, "chat_template", None):
-        log("note: the tokenizer has no chat template; feeding prompts as raw text")
-        chat = False
+    target, tokenizer, drafters = models
+    chat = use_chat_template(tokenizer, not args.no_chat_template)
     encoded = [(p, encode_prompt(tokenizer, p.text, chat, target.device)) for p in prompts]
     generation_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
     pad = pad_token_id(target, tokenizer)

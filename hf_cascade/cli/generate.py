@@ -6,13 +6,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import Any
 
 import torch
 
 from ..config import CascadeConfig
 from ._args import DTYPE_CHOICES, THREADS_HELP, finite_float, positive_int
+from ._models import check_sources, load_models, log, use_chat_template
 
 __all__ = ["add_parser"]
 
@@ -156,48 +156,20 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     import hf_cascade
 
-    from ..loading import encode_prompt, load_model_and_tokenizer, pad_token_id, resolve_source
+    from ..loading import encode_prompt, pad_token_id
 
     # Everything that can be checked without loading a model is checked first.
     _check_sampling_args(args, parser)
     config = _cascade_config_from_args(args, parser)
     text = _read_prompt(args, parser)
-    try:
-        torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        parser.error(f"--device {args.device!r}: {e}")
-    try:
-        resolve_source(args.target, args.gguf_file)
-        for assistant in args.assistant:
-            resolve_source(assistant)
-    except (OSError, ValueError) as e:
-        parser.error(f"--target/--gguf-file/--assistant: {e}")
-
-    def log(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
-    try:
-        t0 = time.perf_counter()
-        log(f"loading target {args.target} ({args.dtype}, {args.device}) ...")
-        model, tokenizer = load_model_and_tokenizer(
-            args.target, gguf_file=args.gguf_file, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
-        )
-        assistants = []
-        for i, name in enumerate(args.assistant):
-            log(f"loading assistant_{i} {name} ...")
-            assistant, _ = load_model_and_tokenizer(
-                name, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
-            )
-            assistants.append(assistant)
-        log(f"loaded in {time.perf_counter() - t0:.1f} s")
-    except (OSError, ValueError, ImportError) as e:
-        print(f"hf-cascade generate: error: could not load a model: {e}", file=sys.stderr)
+    drafter_paths = {f"assistant_{i}": path for i, path in enumerate(args.assistant)}
+    check_sources(parser, args.device, args.target, args.gguf_file, args.assistant, "--target/--gguf-file/--assistant")
+    models = load_models("generate", args, args.target, args.gguf_file, drafter_paths)
+    if models is None:
         return 1
-
-    use_template = not args.no_chat_template
-    if use_template and not getattr(tokenizer, "chat_template", None):
-        log("note: the tokenizer has no chat template; feeding the prompt as raw text (--no-chat-template)")
-        use_template = False
+    model, tokenizer, drafters = models
+    assistants = list(drafters.values())
+    use_template = use_chat_template(tokenizer, not args.no_chat_template)
     inputs = encode_prompt(tokenizer, text, use_template, model.device)
     gen_kwargs: dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample)
     if args.sample:
@@ -241,3 +213,5 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         with open(args.stats_json, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
             f.write("\n")
+        log(f"statistics written to {args.stats_json}")
+    return 0

@@ -1,0 +1,73 @@
+"""Checking, loading and preparing the models of a subcommand (`generate`, `bench`): one place for both."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+import torch
+
+__all__ = ["check_sources", "load_models", "log", "use_chat_template"]
+
+
+def log(message: str) -> None:
+    """Progress and notes go to stderr, so stdout keeps only the generated text or the results."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def check_sources(
+    parser: argparse.ArgumentParser, device: str, target: str, gguf_file: str | None, drafters: list[str], flags: str
+) -> None:
+    """Fail fast (argparse error naming `flags`) on a bad device or a model source that cannot exist."""
+    from ..loading import resolve_source
+
+    try:
+        torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        parser.error(f"--device {device!r}: {e}")
+    try:
+        resolve_source(target, gguf_file)
+        for path in drafters:
+            resolve_source(path)
+    except (OSError, ValueError) as e:
+        parser.error(f"{flags}: {e}")
+
+
+def load_models(
+    command: str, args: argparse.Namespace, target: str, gguf_file: str | None, drafters: dict[str, str]
+) -> tuple[Any, Any, dict[str, Any]] | None:
+    """Load the target (with its tokenizer) and the drafters in `args.dtype` on `args.device`.
+
+    Returns:
+        `(target, tokenizer, {name: drafter})`, or `None` after printing `hf-cascade COMMAND: error: ...` when a
+        model cannot be loaded.
+    """
+    from ..loading import load_model_and_tokenizer
+
+    try:
+        t0 = time.perf_counter()
+        log(f"loading target {target} ({args.dtype}, {args.device}) ...")
+        model, tokenizer = load_model_and_tokenizer(
+            target, gguf_file=gguf_file, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
+        )
+        loaded = {}
+        for name, path in drafters.items():
+            log(f"loading {name} = {path} ...")
+            loaded[name], _ = load_model_and_tokenizer(
+                path, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
+            )
+        log(f"loaded in {time.perf_counter() - t0:.1f} s")
+    except (OSError, ValueError, ImportError) as e:
+        print(f"hf-cascade {command}: error: could not load a model: {e}", file=sys.stderr)
+        return None
+    return model, tokenizer, loaded
+
+
+def use_chat_template(tokenizer: Any, requested: bool) -> bool:
+    """`requested`, unless the tokenizer has no chat template (then prompts go in as raw text, with a note)."""
+    if requested and not getattr(tokenizer, "chat_template", None):
+        log("note: the tokenizer has no chat template; feeding prompts as raw text (--no-chat-template)")
+        return False
+    return requested
