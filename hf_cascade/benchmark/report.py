@@ -33,11 +33,6 @@ def _geomean(values: list[float]) -> float | None:
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
-def _median_run(runs: list) -> Any:
-    """The run with the median wall time (the lower one for an even count), so its parts add up."""
-    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
-
-
 def _level_names(result: BenchmarkResult, label: str) -> dict[str, str]:
     """Cascade stats name assistants by position; reports use the names the drafters were registered under."""
     method = next(m for m in result.methods if m.label == label)
@@ -60,7 +55,7 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
     identical = True
     for p in prompts:
         runs, ref_runs = p.runs[label], p.runs[reference]
-        run, ref = _median_run(runs), _median_run(ref_runs)
+        run, ref = p.median_run(label), p.median_run(reference)
         identical = identical and all(r.ids == ref_runs[0].ids for r in runs)
         tokens += run.new_tokens
         seconds += run.seconds
@@ -255,8 +250,8 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "|---|---|---:|---:|---:|" + "---:|" * (len(labels) - 1),
     ]
     for p in result.prompts:
-        greedy = p.median_seconds(labels[0])
-        cells = [f"{greedy / p.median_seconds(label):.2f}x" for label in labels[1:]]
+        greedy = p.median_run(labels[0]).seconds
+        cells = [f"{greedy / p.median_run(label).seconds:.2f}x" for label in labels[1:]]
         lines.append(
             f"| {p.prompt.id} | {p.prompt.category} | {p.prompt_tokens} | {p.runs[labels[0]][0].new_tokens} "
             f"| {greedy:.2f} | " + " | ".join(cells) + " |"

@@ -50,8 +50,11 @@ class PromptResult:
     prompt_tokens: int
     runs: dict[str, list[Run]] = field(default_factory=dict)
 
-    def median_seconds(self, label: str) -> float:
-        return statistics.median(run.seconds for run in self.runs[label])
+    def median_run(self, label: str) -> Run:
+        """The run of `label` with the median wall time (the lower middle one for an even count), so that its
+        forward passes, forward time and outside-forward time add up to its wall time."""
+        runs = sorted(self.runs[label], key=lambda r: r.seconds)
+        return runs[(len(runs) - 1) // 2]
 
 
 @dataclass
