@@ -19,6 +19,7 @@ from transformers import (
     T5Config,
     T5ForConditionalGeneration,
 )
+from transformers.generation.streamers import BaseStreamer
 
 VOCAB = 96
 
@@ -128,3 +129,17 @@ def prompt():
     torch.manual_seed(7)
     phrase = torch.randint(2, VOCAB, (6,))
     return torch.cat([torch.randint(2, VOCAB, (5,)), phrase, torch.randint(2, VOCAB, (4,)), phrase])[None]
+
+
+class Recorder(BaseStreamer):
+    """Records every `put` (as token lists) and whether `end` was called."""
+
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value):
+        self.puts.append(value.flatten().tolist())
+
+    def end(self):
+        self.ended = True

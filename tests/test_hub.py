@@ -15,27 +15,16 @@ import torch
 from huggingface_hub import HfApi, ModelCard
 from huggingface_hub.errors import EntryNotFoundError
 from transformers import AutoModelForCausalLM
-from transformers.generation.streamers import BaseStreamer
 
 import hf_cascade
 from hf_cascade import cli
 from hf_cascade.card import model_card_section
 from hf_cascade.hub import export_hub, requirements
 
+from conftest import Recorder
+
 NEW = 20
 RESULTS = Path(__file__).with_name("data") / "bench_results.json"
-
-
-class Recorder(BaseStreamer):
-    def __init__(self):
-        self.puts: list[list[int]] = []
-        self.ended = False
-
-    def put(self, value):
-        self.puts.append(value.flatten().tolist())
-
-    def end(self):
-        self.ended = True
 
 
 def run_cli(argv, capsys):

@@ -8,27 +8,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
-from transformers.generation.streamers import BaseStreamer
 
 import hf_cascade
 
-from conftest import VOCAB
+from conftest import VOCAB, Recorder
 
 NEW = 24
-
-
-class Recorder(BaseStreamer):
-    """Records every `put` (as token lists) and whether `end` was called."""
-
-    def __init__(self):
-        self.puts: list[list[int]] = []
-        self.ended = False
-
-    def put(self, value):
-        self.puts.append(value.flatten().tolist())
-
-    def end(self):
-        self.ended = True
 
 
 @pytest.fixture(scope="module")
