@@ -6,6 +6,7 @@ statistical drafter draft in a vertical and horizontal cascade; the target revie
 
 from .candidate_generator import CascadeCandidateGenerator, MaxGramCandidateGenerator
 from .config import CascadeConfig, MaxGramConfig, default_k_matrix
+from .cpu import use_onednn_linear
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
 from .loading import load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
@@ -29,4 +30,5 @@ __all__ = [
     "enable",
     "generate",
     "load_model_and_tokenizer",
+    "use_onednn_linear",
 ]

@@ -109,6 +109,7 @@ class CascadeCandidateGenerator(CandidateGenerator):
             adaptive_max_gram=config.max_gram.adaptive_length,
             token_cost=config.max_gram.token_cost,
             draft_cost=config.max_gram.draft_cost,
+            confidence_threshold=config.confidence_threshold,
         )
 
     @staticmethod

@@ -32,7 +32,7 @@ from .runner import ModelRunner
 from .stats import LevelStats
 from .verification import review
 
-__all__ = ["CascadeDrafter", "hard_constraints"]
+__all__ = ["CascadeDrafter", "first_unsure", "hard_constraints"]
 
 # Processors that forbid tokens outright (score -inf) whatever the logits are. Max-Gram consults only these: warpers
 # such as top-p would also mask tokens of the all-equal dummy row it is scored on, which says nothing about the model.
@@ -57,6 +57,23 @@ def hard_constraints(processors: LogitsProcessorList | None) -> LogitsProcessorL
     return LogitsProcessorList([p for p in processors or () if isinstance(p, _HARD_CONSTRAINTS)])
 
 
+def first_unsure(scores: torch.Tensor, tokens: Sequence[int], threshold: float) -> int | None:
+    """Index of the first token whose probability under `softmax(scores)` is below `threshold`, or `None`.
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(m, vocab_size)`): processed logits, row `i` for `tokens[i]`.
+        tokens (`Sequence[int]`): `m` tokens.
+        threshold (`float`): the confidence threshold.
+    """
+    if not tokens:
+        return None
+    rows = torch.arange(len(tokens), device=scores.device)
+    index = torch.tensor(tokens, dtype=torch.long, device=scores.device)
+    p = torch.softmax(scores, dim=-1)[rows, index]
+    unsure = torch.nonzero(p < threshold)
+    return int(unsure[0, 0]) if unsure.numel() else None
+
+
 class CascadeDrafter:
     """Drafting state of one cascade `generate` call.
 
@@ -77,6 +94,8 @@ class CascadeDrafter:
             (`hf_cascade.adaptive`).
         token_cost (`float`, *optional*): verification cost of one more draft token, as a fraction of a forward.
         draft_cost (`float`, *optional*): fixed extra cost of verifying any draft, as a fraction of a forward.
+        confidence_threshold (`float`, *optional*): a neural drafter's draft ends after a token it kept with
+            probability below this (`CascadeConfig.confidence_threshold`).
     """
 
     def __init__(
@@ -96,6 +115,7 @@ class CascadeDrafter:
         adaptive_max_gram: bool = False,
         token_cost: float = MaxGramConfig.token_cost,
         draft_cost: float = MaxGramConfig.draft_cost,
+        confidence_threshold: float = 0.0,
     ):
         self.ids: list[int] = list(prompt_ids)
         self.committed = len(self.ids)
@@ -119,6 +139,7 @@ class CascadeDrafter:
         self.tracker = AcceptanceTracker() if (adaptive_max_gram and max_gram is not None) else None
         self.token_cost = token_cost
         self.draft_cost = draft_cost
+        self.confidence_threshold = confidence_threshold
 
     # ------------------------------------------------------------------ sequence bookkeeping
     def truncate(self, length: int) -> None:
@@ -230,10 +251,16 @@ class CascadeDrafter:
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
                     self._propose_max_gram(min(goal - (before - start), cap - before), level)
                     break
-                self._review(c, cap)
+                if not self._review(c, cap):
+                    return  # drafter c is unsure of its last token: nothing drafted after it is likely to survive
 
-    def _review(self, c: int, cap: int) -> None:
-        """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own."""
+    def _review(self, c: int, cap: int) -> bool:
+        """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own.
+
+        Returns:
+            `False` when drafter `c` kept a token it gives probability below `confidence_threshold` (the draft is cut
+            after the first such token), `True` otherwise.
+        """
         start = len(self.ids)
         self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
         end = len(self.ids)
@@ -252,6 +279,14 @@ class CascadeDrafter:
         self._tag[offset:] = [None] * n
         if not (n == len(draft) and n > 0 and draft[-1] in self.eos):  # nothing follows an accepted EOS
             self._append([next_token], rows[n : n + 1], owner=c)
+        if self.confidence_threshold <= 0:
+            return True
+        kept = self.ids[start:]
+        unsure = first_unsure(scores[: len(kept)], kept, self.confidence_threshold)
+        if unsure is None:
+            return True
+        self.truncate(start + unsure + 1)
+        return False
 
     def _propose_max_gram(self, num_tokens: int, level: int) -> None:
         t0 = time.perf_counter()

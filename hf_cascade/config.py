@@ -180,12 +180,20 @@ class CascadeConfig(PushToHubMixin):
             instead of decoding token by token.
         max_gram (`MaxGramConfig` or `dict`, *optional*):
             Max-Gram settings.
+        confidence_threshold (`float`, *optional*, defaults to 0.0):
+            Early stop of neural drafters, like transformers' `assistant_confidence_threshold`: when a neural
+            drafter keeps a token to which its own (processed) distribution gives probability below this value, the
+            draft it is building ends after that token, even if the k-matrix entry asks for more. Unsure positions
+            are where the reviewer above is likely to reject, so this saves the forward passes that would extend a
+            draft past them. `0.0` never stops early. Exactness does not depend on it: the stop depends only on the
+            tokens drafted so far, so the target's review stays exact, greedy or sampling.
     """
 
     k_matrix: list[list[int]] | None = None
     lenience: float = 1.0
     use_max_gram: bool = True
     max_gram: MaxGramConfig | dict | None = field(default_factory=MaxGramConfig)
+    confidence_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_gram is None:
@@ -211,6 +219,15 @@ class CascadeConfig(PushToHubMixin):
         self.lenience = float(self.lenience)
         if not isinstance(self.use_max_gram, bool):
             raise TypeError(f"CascadeConfig.use_max_gram must be a bool, got {self.use_max_gram!r}.")
+        threshold = self.confidence_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+            raise TypeError(f"CascadeConfig.confidence_threshold must be a float in [0, 1), got {threshold!r}.")
+        if not 0 <= threshold < 1:
+            raise ValueError(
+                f"CascadeConfig.confidence_threshold must lie in [0, 1) (a probability; 0 never stops early), "
+                f"got {threshold}."
+            )
+        self.confidence_threshold = float(threshold)
         if not isinstance(self.max_gram, MaxGramConfig):
             raise TypeError(
                 f"CascadeConfig.max_gram must be a MaxGramConfig or a dict, got {type(self.max_gram).__name__}."
@@ -247,7 +264,7 @@ class CascadeConfig(PushToHubMixin):
         """Build a config from `to_dict()` output. Unknown keys raise `ValueError` (a typo must not be ignored)."""
         if not isinstance(config_dict, dict):
             raise TypeError(f"CascadeConfig.from_dict expects a dict, got {type(config_dict).__name__}.")
-        known = {"k_matrix", "lenience", "use_max_gram", "max_gram"}
+        known = set(cls.__dataclass_fields__)
         unknown = sorted(set(config_dict) - known)
         if unknown:
             raise ValueError(f"Unknown CascadeConfig field(s) {unknown}; known fields are {sorted(known)}.")

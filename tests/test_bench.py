@@ -352,9 +352,15 @@ def test_cli_bench_methods_and_builtin(tiny_pair, tmp_path, capsys):
     argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--builtin", "math"]
     argv += ["--sample", "1", "--method", "mine=cascade:d", "--method", "greedy", "--no-chat-template"]
     argv += ["--max-new-tokens", "4", "--repeats", "1", "--out", str(tmp_path), "--no-plot", "--no-progress"]
+    argv += ["--onednn-linear"]
     status, _, err = run_cli(argv, capsys)
     assert status == 0, err
+    assert "linear layers for oneDNN" in err
     data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["onednn_linear"] is True and data["mismatches"] == []
+    assert "(linear layers packed for oneDNN, all methods)" in (tmp_path / "report.md").read_text()
+    # SWI by parameter count uses the models' sizes before packing.
+    assert data["costs"]["target"]["parameters"] == sum(p.numel() for p in tiny_pair[0].parameters())
     assert [m["label"] for m in data["methods"]] == ["greedy", "mine"]
     assert len(data["prompts"]) == 1 and data["prompts"][0]["category"] == "math"
     assert not (tmp_path / "speedup.png").exists()

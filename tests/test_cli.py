@@ -133,6 +133,7 @@ GEN = ["generate", "--target", "some-org/some-model", "--prompt", "hi"]
         (GEN + ["--sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
         (GEN + ["--dtype", "float64"], "invalid choice"),
         (GEN + ["--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer"),
+        (GEN + ["--onednn-linear", "--device", "cuda"], "--onednn-linear packs weights for CPU kernels"),
         (GEN + ["--cascade-config", "/nonexistent/cascade"], "--cascade-config"),
         (["generate", "--target", "/nonexistent/model.gguf", "--prompt", "hi"], "does not exist"),
         (["generate", "--target", "x", "--prompt-file", "/nonexistent/prompt.txt"], "--prompt-file"),
@@ -194,6 +195,14 @@ def test_demo_streams_and_compares(demo_on_tiny_model, capsys):
     assert "torch threads" in out and "transformers" in out
 
 
+def test_demo_onednn_linear(demo_on_tiny_model, capsys):
+    argv = ["demo", "--max-new-tokens", "6", "--prompts", "1", "--onednn-linear"]
+    status, out, err = run_cli(argv, capsys)
+    assert status == 0, err
+    assert "linear layers packed for oneDNN" in out and "packed 15 linear layers for oneDNN" in err
+    assert "hf_cascade output identical to greedy on every prompt." in out
+
+
 def test_demo_no_compare(demo_on_tiny_model, capsys):
     status, out, _ = run_cli(["demo", "--max-new-tokens", "4", "--prompts", "1", "--no-compare"], capsys)
     assert status == 0
@@ -244,6 +253,16 @@ def test_generate_greedy_matches_plain_generate(tiny_dir, tmp_path, capsys):
     assert [lvl["name"] for lvl in payload["cascade_stats"]["levels"]] == ["target", "max_gram"]
     assert out.startswith(payload["generated_text"] + "\n")  # the streamed text comes first on stdout
     assert f"statistics written to {stats_path}" in err and "loading target" in err  # progress goes to stderr
+
+
+def test_generate_onednn_linear(tiny_dir, tmp_path, capsys):
+    stats_path = tmp_path / "stats.json"
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "12", "--onednn-linear"]
+    status, _, err = run_cli(argv + ["--stats-json", str(stats_path)], capsys)
+    assert status == 0, err
+    assert "packed 15 linear layers for oneDNN" in err  # 2 layers x 7 projections, and lm_head
+    # The tiny model's sharp logits leave no near-ties, so packing's rounding cannot flip a greedy choice here.
+    assert json.loads(stats_path.read_text())["generated_token_ids"] == greedy_reference(tiny_dir, PROMPT, 12)
 
 
 def test_generate_with_assistants_kmatrix_lenience(tiny_dir, tmp_path, capsys):

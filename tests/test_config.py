@@ -130,6 +130,7 @@ def _custom_config(bigram_table=None) -> CascadeConfig:
         lenience=2.5,
         use_max_gram=True,
         max_gram=MaxGramConfig(max_ngram_size=5, min_ngram_size=2, num_pred_tokens=7, bigram_table=bigram_table),
+        confidence_threshold=0.4,
     )
 
 
@@ -149,6 +150,7 @@ def test_to_dict_is_plain_json():
             "token_cost": 0.05,
             "draft_cost": 0.3,
         },
+        "confidence_threshold": 0.4,
     }
     assert json.loads(json.dumps(d)) == d
 

@@ -93,6 +93,18 @@ def test_lenience_nan():
         CascadeConfig(lenience=float("nan"))
 
 
+@pytest.mark.parametrize("threshold", [1.0, 1.5, -0.1, float("nan"), float("inf")])
+def test_confidence_threshold_out_of_range(threshold):
+    with pytest.raises(ValueError, match=r"confidence_threshold must lie in \[0, 1\) \(a probability; 0 never stops"):
+        CascadeConfig(confidence_threshold=threshold)
+
+
+@pytest.mark.parametrize("threshold", ["0.4", None, True, torch.tensor(0.4)])
+def test_confidence_threshold_not_a_number(threshold):
+    with pytest.raises(TypeError, match=r"confidence_threshold must be a float in \[0, 1\), got"):
+        CascadeConfig(confidence_threshold=threshold)
+
+
 @pytest.mark.parametrize("lenience", ["2", None, True, [2.0], torch.tensor(2.0)])
 def test_lenience_not_a_number(lenience):
     with pytest.raises(TypeError, match="lenience must be a float >= 1"):

@@ -11,6 +11,7 @@ import torch
 from transformers import StoppingCriteria
 
 import hf_cascade
+from hf_cascade.cascade import first_unsure
 
 from conftest import perturbed, rolled_copy
 
@@ -48,6 +49,39 @@ def test_llama_greedy_identical(llama, llama_drafters, prompt, drafters, use_max
     config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=lenience)
     out = cascade(llama, prompt, assistants, cascade_config=config, max_new_tokens=NEW)
     assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW))
+
+
+@pytest.mark.parametrize("drafters", ["exact", "partial", "exact+partial", "partial+reject"])
+@pytest.mark.parametrize("threshold", [0.3, 0.9])
+def test_confidence_threshold_greedy_identical(llama, llama_drafters, prompt, drafters, threshold):
+    by_name = dict(zip(["exact", "partial", "reject"], llama_drafters, strict=True))
+    assistants = [by_name[name] for name in DRAFTER_SETS[drafters]]
+    config = hf_cascade.CascadeConfig(k_matrix=None, confidence_threshold=threshold)
+    out = cascade(llama, prompt, assistants, cascade_config=config, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, plain(llama, prompt, max_new_tokens=NEW))
+
+
+def test_confidence_threshold_stops_drafts_early(llama, llama_drafters, prompt):
+    """A threshold no token reaches ends every neural segment after its first token: a 1-token draft per review."""
+    _, partial, _ = llama_drafters
+    always = hf_cascade.CascadeConfig(k_matrix=[[4, 0], [0, 3]], confidence_threshold=0.0)
+    unsure = hf_cascade.CascadeConfig(k_matrix=[[4, 0], [0, 3]], confidence_threshold=0.999)
+    kwargs = dict(max_new_tokens=NEW, return_dict_in_generate=True)
+    full = cascade(llama, prompt, [partial], cascade_config=always, **kwargs)
+    short = cascade(llama, prompt, [partial], cascade_config=unsure, **kwargs)
+    assert torch.equal(full.sequences, short.sequences)
+    drafted = short.cascade_stats.levels[1].drafted  # assistant_0's tokens reviewed by the target
+    assert drafted == short.cascade_stats.target.forward_passes - 1  # one per target review (not the prefill)
+    assert full.cascade_stats.levels[1].drafted > drafted
+
+
+def test_first_unsure():
+    scores = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
+    assert first_unsure(scores, [0, 0, 2], 0.4) is None
+    assert first_unsure(scores, [0, 1, 2], 0.4) == 1
+    assert first_unsure(scores, [2, 1, 2], 0.4) == 0
+    assert first_unsure(scores, [0, 0, 2], 0.6) == 1
+    assert first_unsure(scores[:0], [], 0.5) is None
 
 
 @pytest.mark.parametrize(

@@ -87,19 +87,21 @@ CASES = {
     "assistant+max_gram+lenience10": (1, 10.0, [[2, 1], [0, 3]]),
     # Two neural levels and Max-Gram, horizontal and vertical cascade.
     "two_assistants+max_gram+lenience3": (2, 3.0, [[2, 0, 1], [0, 2, 1], [0, 0, 2]]),
+    # Neural drafts cut at the first unsure token: a draft length that depends on the drafted tokens.
+    "two_assistants+max_gram+confidence0.6": (2, 1.0, [[2, 0, 1], [0, 2, 1], [0, 0, 2]], 0.6),
 }
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_cascade_samples_follow_target_distribution(tiny, case):
-    n_assistants, lenience, k_matrix = CASES[case]
+    n_assistants, lenience, k_matrix, *threshold = CASES[case]
     target, d1, d2 = tiny
     p = exact_distribution(target)
     q1 = exact_distribution(d1)
     assert 0.5 * (p - q1).abs().sum() > 0.2, "the drafter must differ clearly from the target for this test to bite"
 
     torch.manual_seed(0)
-    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, lenience=lenience)
+    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, lenience=lenience, confidence_threshold=sum(threshold))
     counts = torch.zeros(V**NEW, dtype=torch.float64)
     for _ in range(SAMPLES):
         out = target.generate(

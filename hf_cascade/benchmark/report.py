@@ -166,6 +166,10 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
 
 
+def _packing(settings: dict) -> str:
+    return " (linear layers packed for oneDNN, all methods)" if settings.get("onednn_linear") else ""
+
+
 def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
     """A Markdown report: what ran on which machine, the summary per category, per-level numbers and costs."""
     from .machine import describe_machine
@@ -178,7 +182,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         f"- machine: {describe_machine(result.machine)}" if result.machine else "- machine: (not recorded)",
         f"- target: `{s.get('target')}`; drafters: "
         + (", ".join(f"`{k}` = `{v}`" for k, v in s.get("drafters", {}).items()) or "none"),
-        f"- {s.get('dtype')} on {s.get('device')}, greedy, up to {s.get('max_new_tokens')} new tokens, "
+        f"- {s.get('dtype')} on {s.get('device')}{_packing(s)}, greedy, up to {s.get('max_new_tokens')} new tokens, "
         f"chat template {'on' if s.get('chat_template', True) else 'off'}; {s.get('repeats')} interleaved timed "
         f"repeat(s) per prompt after a warm-up, medians; {len(result.prompts)} prompts; "
         f"benchmark wall time {_duration(result.wall_time_s)}",

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from ..cpu import count_parameters
 from ..runner import new_cache
 from .methods import Method, Run, run_method
 from .prompts import Prompt
@@ -99,7 +100,7 @@ def measure_cost(
         ks (`tuple[int, ...]`): the chunk sizes to time.
         repeats (`int`): timed passes per chunk size (after one untimed pass).
     """
-    parameters = sum(p.numel() for p in model.parameters())
+    parameters = count_parameters(model)
     context = context.to(model.device)
     cache = new_cache(model)
     model(input_ids=context, cache=cache, use_cache=True)

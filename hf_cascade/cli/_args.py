@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["DTYPE_CHOICES", "THREADS_HELP", "finite_float", "positive_int"]
+__all__ = ["DTYPE_CHOICES", "ONEDNN_HELP", "THREADS_HELP", "finite_float", "positive_int"]
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 THREADS_HELP = (
     "torch intra-op threads (torch.set_num_threads; default: torch's choice). On a machine shared with other busy "
     "processes, --threads 1 avoids OpenMP threads stalling on each other"
+)
+ONEDNN_HELP = (
+    "CPU only: pack every linear layer's weight for oneDNN (hf_cascade.cpu.use_onednn_linear) after loading, so a "
+    "multi-token forward costs little more than a one-token one; changes float rounding slightly, so every method "
+    "runs on the packed models (docs/benchmarks.md)"
 )
 
 

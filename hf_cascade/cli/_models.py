@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_sources", "load_models", "log", "use_chat_template"]
+__all__ = ["check_sources", "load_models", "log", "pack_all", "use_chat_template"]
 
 
 def log(message: str) -> None:
@@ -18,9 +18,16 @@ def log(message: str) -> None:
 
 
 def check_sources(
-    parser: argparse.ArgumentParser, device: str, target: str, gguf_file: str | None, drafters: list[str], flags: str
+    parser: argparse.ArgumentParser,
+    device: str,
+    target: str,
+    gguf_file: str | None,
+    drafters: list[str],
+    flags: str,
+    onednn_linear: bool = False,
 ) -> None:
-    """Fail fast (argparse error naming `flags`) on a bad device or a model source that cannot exist."""
+    """Fail fast (argparse error naming `flags`) on a bad device, a model source that cannot exist, or
+    `--onednn-linear` off CPU."""
     from ..loading import resolve_source
 
     try:
@@ -33,6 +40,8 @@ def check_sources(
             resolve_source(path)
     except (OSError, ValueError) as e:
         parser.error(f"{flags}: {e}")
+    if onednn_linear and torch.device(device).type != "cpu":
+        parser.error(f"--onednn-linear packs weights for CPU kernels; drop it or use --device cpu, not {device!r}")
 
 
 def load_models(
@@ -62,7 +71,22 @@ def load_models(
     except (OSError, ValueError, ImportError) as e:
         print(f"hf-cascade {command}: error: could not load a model: {e}", file=sys.stderr)
         return None
+    if getattr(args, "onednn_linear", False):
+        try:
+            pack_all([model, *loaded.values()])
+        except ValueError as e:
+            print(f"hf-cascade {command}: error: --onednn-linear: {e}", file=sys.stderr)
+            return None
     return model, tokenizer, loaded
+
+
+def pack_all(models: list[Any]) -> None:
+    """`use_onednn_linear` on each model, with the time it took (raises `ValueError` where it cannot pack)."""
+    from ..cpu import use_onednn_linear
+
+    t0 = time.perf_counter()
+    layers = sum(use_onednn_linear(m) for m in models)
+    log(f"packed {layers} linear layers for oneDNN in {time.perf_counter() - t0:.1f} s")
 
 
 def use_chat_template(tokenizer: Any, requested: bool) -> bool:

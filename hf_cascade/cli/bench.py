@@ -28,7 +28,7 @@ from ..benchmark import (
     summarize,
     write_reports,
 )
-from ._args import DTYPE_CHOICES, THREADS_HELP, positive_int
+from ._args import DTYPE_CHOICES, ONEDNN_HELP, THREADS_HELP, positive_int
 from ._models import check_sources, load_models, log, use_chat_template
 
 __all__ = ["add_parser", "run"]
@@ -104,6 +104,7 @@ def add_parser(sub: Any) -> None:
         help="parameter dtype (default: float32; exactness checks need float32, see docs/lossless.md)",
     )
     run_group.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    run_group.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
     run_group.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
     out = p.add_argument_group("output")
     out.add_argument(
@@ -199,7 +200,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         except FileNotFoundError as e:
             parser.error(f"--target not given and {e}")
     check_sources(
-        parser, args.device, target_path, gguf, list(drafter_paths.values()), "--target/--gguf-file/--drafter"
+        parser,
+        args.device,
+        target_path,
+        gguf,
+        list(drafter_paths.values()),
+        "--target/--gguf-file/--drafter",
+        onednn_linear=args.onednn_linear,
     )
     used = {name for m in methods for name in m.drafters}
     unused = sorted(set(drafter_paths) - used)
@@ -226,6 +233,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "drafters": drafter_paths,
         "dtype": args.dtype,
         "device": args.device,
+        "onednn_linear": args.onednn_linear,
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
         "warmup_tokens": args.warmup_tokens,

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from ..benchmark import Method, Prompt, busy_warning, describe_machine, machine_info, run_benchmark, summarize
-from ._args import THREADS_HELP, positive_int
+from ._args import ONEDNN_HELP, THREADS_HELP, positive_int
+from ._models import pack_all
 
 __all__ = ["DEMO_PROMPTS", "add_parser", "run"]
 
@@ -85,6 +86,7 @@ def add_parser(sub: Any) -> None:
         help="keep a dequantised copy of the GGUF model here: later demos load in about a second instead of ~40 s",
     )
     demo.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    demo.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
     demo.set_defaults(func=run)
 
 
@@ -151,7 +153,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except FileNotFoundError as e:
         print(f"hf-cascade demo: error: {e}", file=sys.stderr)
         return 1
-    print(f"target: {os.path.join(folder, gguf)} (float32, greedy; drafter: Max-Gram only, default CascadeConfig)")
+    packed = ", linear layers packed for oneDNN" if args.onednn_linear else ""
+    print(
+        f"target: {os.path.join(folder, gguf)} (float32{packed}, greedy; drafter: Max-Gram only, default CascadeConfig)"
+    )
     cache = (
         f" (cache: {args.cache_dir})" if args.cache_dir else " (dequantising GGUF; --cache-dir DIR makes reloads fast)"
     )
@@ -165,6 +170,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"hf-cascade demo: error: could not load {gguf}: {e}\n(pip install gguf)", file=sys.stderr)
         return 1
     print(f"loaded in {time.perf_counter() - t0:.1f} s")
+    if args.onednn_linear:
+        try:
+            pack_all([model])
+        except ValueError as e:  # e.g. a torch build without oneDNN
+            print(f"hf-cascade demo: error: --onednn-linear: {e}", file=sys.stderr)
+            return 1
     hf_cascade.enable(model)
     pad = loading.pad_token_id(model, tokenizer)
     prompts = [Prompt(f"demo-{i}", title, text) for i, (title, text) in enumerate(DEMO_PROMPTS[: args.prompts], 1)]

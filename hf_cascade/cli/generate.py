@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import CascadeConfig
-from ._args import DTYPE_CHOICES, THREADS_HELP, finite_float, positive_int
+from ._args import DTYPE_CHOICES, ONEDNN_HELP, THREADS_HELP, finite_float, positive_int
 from ._models import check_sources, load_models, log, use_chat_template
 
 __all__ = ["add_parser"]
@@ -79,6 +79,7 @@ def add_parser(sub: Any) -> None:
     )
     gen.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
     gen.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    gen.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
     gen.set_defaults(func=run)
 
 
@@ -163,7 +164,15 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = _cascade_config_from_args(args, parser)
     text = _read_prompt(args, parser)
     drafter_paths = {f"assistant_{i}": path for i, path in enumerate(args.assistant)}
-    check_sources(parser, args.device, args.target, args.gguf_file, args.assistant, "--target/--gguf-file/--assistant")
+    check_sources(
+        parser,
+        args.device,
+        args.target,
+        args.gguf_file,
+        args.assistant,
+        "--target/--gguf-file/--assistant",
+        onednn_linear=args.onednn_linear,
+    )
     models = load_models("generate", args, args.target, args.gguf_file, drafter_paths)
     if models is None:
         return 1
