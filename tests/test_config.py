@@ -222,7 +222,7 @@ def test_saved_file_is_readable_json(tmp_path):
     CascadeConfig(k_matrix=[[3]]).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "cascade_config.json").read_text(encoding="utf-8"))
     assert data["k_matrix"] == [[3]]
-    assert set(data) == {"k_matrix", "lenience", "use_max_gram", "max_gram"}
+    assert set(data) == {"k_matrix", "lenience", "use_max_gram", "max_gram", "confidence_threshold"}
 
 
 def test_save_pretrained_into_a_file_raises(tmp_path):
