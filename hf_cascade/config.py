@@ -56,7 +56,8 @@ class MaxGramConfig:
         draft_cost (`float`, *optional*, defaults to 0.3):
             Fixed extra cost of a forward pass that verifies any draft at all, as a fraction of a one-token forward
             of the reviewer. On many CPUs a 2-token forward already costs clearly more than a 1-token one (fp32
-            matrix-vector vs matrix-matrix kernels; Qwen2.5-Coder-1.5B on 2 cores: about 2x), so a short, unsure
+            matrix-vector vs matrix-matrix kernels; Qwen2.5-Coder-1.5B on 2 cores: about 2x with PyTorch's default
+            kernels, about 1.1x after `hf_cascade.use_onednn_linear`), so a short, unsure
             proposal loses time even when it is sometimes accepted. With adaptive length, a proposal is made only
             when its expected accepted tokens exceed `draft_cost + token_cost * k`. Measure it with
             `hf_cascade.benchmark.measure_cost`: `forward_s[2] / forward_s[1] - 1 - token_cost`. 0.3 fits

@@ -74,7 +74,7 @@ def count_parameters(model: nn.Module) -> int:
     return total
 
 
-def _check_packable(model: nn.Module) -> torch.dtype:
+def _check_packable(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if not onednn_linear_available():
@@ -99,7 +99,6 @@ def _check_packable(model: nn.Module) -> torch.dtype:
             f"use_onednn_linear: dtype {dtype} is not supported by oneDNN on this CPU ({e}). "
             "Load the model with dtype=torch.float32."
         ) from e
-    return dtype
 
 
 def use_onednn_linear(model: nn.Module) -> int:

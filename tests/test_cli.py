@@ -265,6 +265,16 @@ def test_generate_onednn_linear(tiny_dir, tmp_path, capsys):
     assert json.loads(stats_path.read_text())["generated_token_ids"] == greedy_reference(tiny_dir, PROMPT, 12)
 
 
+def test_generate_onednn_linear_unavailable(tiny_dir, monkeypatch, capsys):
+    from hf_cascade import cpu
+
+    monkeypatch.setattr(cpu, "onednn_linear_available", lambda: False)
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "4", "--onednn-linear"]
+    status, out, err = run_cli(argv, capsys)
+    assert status == 1 and out == ""
+    assert "hf-cascade generate: error: --onednn-linear: use_onednn_linear: this PyTorch build" in err
+
+
 def test_generate_with_assistants_kmatrix_lenience(tiny_dir, tmp_path, capsys):
     drafter = str(save_tiny(tmp_path / "drafter", seed=0, noise=0.3))
     stats_path = tmp_path / "stats.json"

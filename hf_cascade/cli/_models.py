@@ -71,22 +71,28 @@ def load_models(
     except (OSError, ValueError, ImportError) as e:
         print(f"hf-cascade {command}: error: could not load a model: {e}", file=sys.stderr)
         return None
-    if getattr(args, "onednn_linear", False):
-        try:
-            pack_all([model, *loaded.values()])
-        except ValueError as e:
-            print(f"hf-cascade {command}: error: --onednn-linear: {e}", file=sys.stderr)
-            return None
+    if getattr(args, "onednn_linear", False) and not pack_all(command, [model, *loaded.values()]):
+        return None
     return model, tokenizer, loaded
 
 
-def pack_all(models: list[Any]) -> None:
-    """`use_onednn_linear` on each model, with the time it took (raises `ValueError` where it cannot pack)."""
+def pack_all(command: str, models: list[Any]) -> bool:
+    """`use_onednn_linear` on each model (`--onednn-linear`), logging the time it took.
+
+    Returns:
+        `True`, or `False` after printing `hf-cascade COMMAND: error: --onednn-linear: ...` when a model cannot be
+        packed (no oneDNN in this torch build, an unsupported dtype).
+    """
     from ..cpu import use_onednn_linear
 
     t0 = time.perf_counter()
-    layers = sum(use_onednn_linear(m) for m in models)
+    try:
+        layers = sum(use_onednn_linear(m) for m in models)
+    except ValueError as e:
+        print(f"hf-cascade {command}: error: --onednn-linear: {e}", file=sys.stderr)
+        return False
     log(f"packed {layers} linear layers for oneDNN in {time.perf_counter() - t0:.1f} s")
+    return True
 
 
 def use_chat_template(tokenizer: Any, requested: bool) -> bool:

@@ -170,12 +170,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print(f"hf-cascade demo: error: could not load {gguf}: {e}\n(pip install gguf)", file=sys.stderr)
         return 1
     print(f"loaded in {time.perf_counter() - t0:.1f} s")
-    if args.onednn_linear:
-        try:
-            pack_all([model])
-        except ValueError as e:  # e.g. a torch build without oneDNN
-            print(f"hf-cascade demo: error: --onednn-linear: {e}", file=sys.stderr)
-            return 1
+    if args.onednn_linear and not pack_all("demo", [model]):
+        return 1
     hf_cascade.enable(model)
     pad = loading.pad_token_id(model, tokenizer)
     prompts = [Prompt(f"demo-{i}", title, text) for i, (title, text) in enumerate(DEMO_PROMPTS[: args.prompts], 1)]
