@@ -12,6 +12,7 @@ from transformers.generation.logits_process import LogitsProcessorList
 
 from .cascade import CascadeDrafter
 from .config import CascadeConfig, MaxGramConfig
+from .cost import ForwardCostModel, cost_model_for
 from .max_gram import BigramTable, MaxGramIndex
 from .runner import ModelRunner
 from .stats import LevelStats
@@ -63,6 +64,8 @@ class CascadeCandidateGenerator(CandidateGenerator):
             also searched by Max-Gram.
         encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): its mask.
         bigram_table (`BigramTable` or `str`, *optional*): overrides `cascade_config.max_gram.bigram_table`.
+        target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes, when the caller runs them
+            (`hf_cascade.generate`); without it the target's Max-Gram drafts use the configured costs.
     """
 
     def __init__(
@@ -76,12 +79,15 @@ class CascadeCandidateGenerator(CandidateGenerator):
         inputs_tensor: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         bigram_table: BigramTable | str | None = None,
+        target_cost: ForwardCostModel | None = None,
     ):
         config = cascade_config if cascade_config is not None else CascadeConfig()
         self.max_length = generation_config.max_length
         self.stats = [LevelStats(f"assistant_{i}", "assistant") for i in range(len(assistant_models))]
         runners = [
-            self._runner(model, stats, inputs_tensor, encoder_attention_mask)
+            self._runner(
+                model, stats, inputs_tensor, encoder_attention_mask, cost_model_for(model.device, config.max_gram)
+            )
             for model, stats in zip(assistant_models, self.stats, strict=True)
         ]
         index = None
@@ -110,6 +116,7 @@ class CascadeCandidateGenerator(CandidateGenerator):
             token_cost=config.max_gram.token_cost,
             draft_cost=config.max_gram.draft_cost,
             confidence_threshold=config.confidence_threshold,
+            target_cost=target_cost,
         )
 
     @staticmethod
@@ -119,15 +126,16 @@ class CascadeCandidateGenerator(CandidateGenerator):
         stats: LevelStats,
         inputs_tensor: torch.Tensor | None,
         encoder_attention_mask: torch.Tensor | None,
+        cost: ForwardCostModel | None,
     ) -> ModelRunner:
         if not model.config.is_encoder_decoder:
-            return ModelRunner(model, stats)
+            return ModelRunner(model, stats, cost=cost)
         # Each encoder-decoder drafter encodes the source once, with its own encoder.
         mask = encoder_attention_mask.to(model.device) if encoder_attention_mask is not None else None
         encoder_outputs = model.get_encoder()(
             input_ids=inputs_tensor.to(model.device), attention_mask=mask, return_dict=True
         )
-        return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask)
+        return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
 
     def get_candidates(
         self, input_ids: torch.LongTensor, **kwargs: Any

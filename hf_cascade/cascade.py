@@ -25,8 +25,9 @@ import torch
 from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .adaptive import AcceptanceTracker, draft_length, match_bucket
+from .adaptive import AcceptanceTracker, draft_length, match_bucket, match_prior
 from .config import MaxGramConfig
+from .cost import ForwardCostModel
 from .max_gram import BigramTable, MaxGramIndex
 from .runner import ModelRunner
 from .stats import LevelStats
@@ -96,6 +97,9 @@ class CascadeDrafter:
         draft_cost (`float`, *optional*): fixed extra cost of verifying any draft, as a fraction of a forward.
         confidence_threshold (`float`, *optional*): a neural drafter's draft ends after a token it kept with
             probability below this (`CascadeConfig.confidence_threshold`).
+        target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes; with a drafter runner's
+            own `cost`, replaces `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
+            (`MaxGramConfig.measure_cost`).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class CascadeDrafter:
         token_cost: float = MaxGramConfig.token_cost,
         draft_cost: float = MaxGramConfig.draft_cost,
         confidence_threshold: float = 0.0,
+        target_cost: ForwardCostModel | None = None,
     ):
         self.ids: list[int] = list(prompt_ids)
         self.committed = len(self.ids)
@@ -136,10 +141,14 @@ class CascadeDrafter:
         self.stats = stats
         self.num_drafters = len(runners) + (max_gram is not None)
         self.max_gram_column = len(runners) if max_gram is not None else -1
-        self.tracker = AcceptanceTracker() if (adaptive_max_gram and max_gram is not None) else None
+        self.tracker = (
+            AcceptanceTracker(match_prior, prior_strength=4.0) if (adaptive_max_gram and max_gram is not None) else None
+        )
         self.token_cost = token_cost
         self.draft_cost = draft_cost
         self.confidence_threshold = confidence_threshold
+        # The model that reviews the draft built at level r: the target for r = 0, drafter r - 1 otherwise.
+        self.reviewer_costs = [target_cost, *(runner.cost for runner in runners)]
 
     # ------------------------------------------------------------------ sequence bookkeeping
     def truncate(self, length: int) -> None:
@@ -293,12 +302,18 @@ class CascadeDrafter:
         tokens, _, match_length = self.index.propose_with_match(self.ids, num_tokens, self.bigram)
         tag = (level, match_bucket(match_length))
         if self.tracker is not None:
-            tokens = tokens[: draft_length(self.tracker.rate(tag), self.token_cost, len(tokens), self.draft_cost)]
+            draft_cost, token_cost = self._costs(level)
+            tokens = tokens[: draft_length(self.tracker.rate(tag), token_cost, len(tokens), draft_cost)]
         tokens = self._admissible_prefix(tokens)
         self._append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)
         stats = self.stats[self.max_gram_column]
         stats.propose_calls += 1
         stats.propose_time_s += time.perf_counter() - t0
+
+    def _costs(self, level: int) -> tuple[float, float]:
+        """`(draft_cost, token_cost)` of the model reviewing `level`: measured when it is timed, else configured."""
+        cost = self.reviewer_costs[level]
+        return cost.costs() if cost is not None else (self.draft_cost, self.token_cost)
 
     def _admissible_prefix(self, tokens: list[int]) -> list[int]:
         """Cut a Max-Gram proposal after the first EOS and before the first token a hard constraint forbids."""

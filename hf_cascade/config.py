@@ -63,7 +63,17 @@ class MaxGramConfig:
             `hf_cascade.benchmark.measure_cost`: `forward_s[2] / forward_s[1] - 1 - token_cost`. 0.3 fits
             SmolLM2-135M on our 2-core machine (2 tokens cost about 1.3 one-token forwards) and scored better than
             0 and 0.6 there on every prompt category (`docs/benchmarks.md`); set it near 1.0 for models whose
-            multi-token forward costs twice a one-token one.
+            multi-token forward costs twice a one-token one. With `measure_cost` (the default) this and
+            `token_cost` are only the prior: the values fitted to the reviewer's timed forward passes replace them.
+        measure_cost (`bool`, *optional*, defaults to `True`):
+            With adaptive length, replace `draft_cost` and `token_cost` by values fitted to the reviewing model's
+            own forward passes, timed during the `generate` call (`hf_cascade.cost`); the configured values are the
+            prior until enough passes were timed. The best values depend on the machine and the kernels far more
+            than on the model (SmolLM2-135M on one 2-core CPU: a 2-token forward costs 1.65x a 1-token one with
+            PyTorch's default fp32 kernels, 1.04x packed for oneDNN). Timed on CPU only (on CUDA a forward returns
+            before the GPU is done); elsewhere, and for a target run by transformers' own assisted-decoding loop,
+            the configured values are used. Drafts then depend on timings, so forward-pass counts may differ from
+            run to run; the output never does. `False` keeps the configured values (reproducible drafts).
     """
 
     max_ngram_size: int = 8
@@ -74,6 +84,7 @@ class MaxGramConfig:
     adaptive_length: bool = True
     token_cost: float = 0.05
     draft_cost: float = 0.3
+    measure_cost: bool = True
 
     def __post_init__(self) -> None:
         self.validate()
@@ -92,6 +103,8 @@ class MaxGramConfig:
             raise ValueError(f"MaxGramConfig.occurrence must be 'latest' or 'earliest', got {self.occurrence!r}.")
         if not isinstance(self.adaptive_length, bool):
             raise TypeError(f"MaxGramConfig.adaptive_length must be a bool, got {self.adaptive_length!r}.")
+        if not isinstance(self.measure_cost, bool):
+            raise TypeError(f"MaxGramConfig.measure_cost must be a bool, got {self.measure_cost!r}.")
         if isinstance(self.token_cost, bool) or not isinstance(self.token_cost, (int, float)):
             raise TypeError(f"MaxGramConfig.token_cost must be a float in (0, 1), got {self.token_cost!r}.")
         if not 0 < self.token_cost < 1:

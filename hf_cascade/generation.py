@@ -17,6 +17,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 from .candidate_generator import CascadeCandidateGenerator
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
+from .cost import cost_model_for
 from .runner import ModelRunner, new_cache
 from .stats import CascadeStats, LevelStats
 from .verification import review
@@ -109,6 +110,7 @@ def generate(
         cache=cache,
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
+        cost=cost_model_for(model.device, config.max_gram),
     )
     generator = CascadeCandidateGenerator(
         input_ids,
@@ -119,6 +121,7 @@ def generate(
         vocab_size(model),
         inputs_tensor=inputs_tensor if is_encoder_decoder else None,
         encoder_attention_mask=encoder_mask,
+        target_cost=target.cost,
     )
     drafter = generator.drafter
     stats = CascadeStats(levels=[target_stats, *generator.stats])

@@ -11,6 +11,7 @@ import torch
 from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import Cache
 
+from .cost import ForwardCostModel
 from .stats import LevelStats
 
 __all__ = ["ModelRunner", "new_cache"]
@@ -41,6 +42,8 @@ class ModelRunner:
         cache (`Cache`, *optional*): a cache to reuse (the target's, prepared by `generate`); a new one otherwise.
         encoder_outputs (`ModelOutput`, *optional*): encoder outputs for encoder-decoder models.
         encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): encoder mask.
+        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens, for
+            the Max-Gram drafts this model reviews.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class ModelRunner:
         cache: Cache | None = None,
         encoder_outputs: Any = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        cost: ForwardCostModel | None = None,
     ):
         self.model = model
         self.stats = stats
@@ -59,6 +63,7 @@ class ModelRunner:
         self.cache_len = self.cache.get_seq_length()
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
+        self.cost = cost
         self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._checked_croppable = False
 
@@ -99,7 +104,13 @@ class ModelRunner:
             kwargs["logits_to_keep"] = end - first
         t0 = time.perf_counter()
         out = self.model(**kwargs)
-        self.stats.forward_time_s += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        self.stats.forward_time_s += elapsed
+        if self.cost is not None:
+            self.cost.record(end - start, elapsed)
+            costs = self.cost.costs()
+            if self.cost.fitted:
+                self.stats.draft_cost, self.stats.token_cost = costs
         self.stats.forward_passes += 1
         self.stats.forward_tokens += end - start
         self.cache = out.cache if getattr(out, "cache", None) is not None else self.cache

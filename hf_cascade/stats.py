@@ -24,6 +24,11 @@ class LevelStats:
             caller synchronises; the acceptance check after each pass synchronises anyway.
         propose_calls (`int`): Max-Gram proposals made.
         propose_time_s (`float`): wall time spent making them.
+        draft_cost (`float`, *optional*): for a model whose forward passes were timed (`MaxGramConfig.measure_cost`),
+            the `draft_cost` fitted to them at the end of the call; `None` otherwise, and when the model ran fewer
+            than three one-token passes (a target that always reviews a neural draft): then the configured value
+            applied.
+        token_cost (`float`, *optional*): likewise, the fitted `token_cost`.
     """
 
     name: str
@@ -35,6 +40,8 @@ class LevelStats:
     forward_time_s: float = 0.0
     propose_calls: int = 0
     propose_time_s: float = 0.0
+    draft_cost: float | None = None
+    token_cost: float | None = None
 
     @property
     def acceptance_rate(self) -> float | None:

@@ -21,6 +21,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
+import hf_cascade
+
 VOCAB = 96
 
 
@@ -129,6 +131,24 @@ def prompt():
     torch.manual_seed(7)
     phrase = torch.randint(2, VOCAB, (6,))
     return torch.cat([torch.randint(2, VOCAB, (5,)), phrase, torch.randint(2, VOCAB, (4,)), phrase])[None]
+
+
+def max_gram_generate(model, prompt, max_new_tokens: int = 40, k: int = 8, **max_gram):
+    """Greedy Max-Gram-only cascade with `k_matrix=[[k]]` and the given `MaxGramConfig` fields.
+
+    Returns:
+        `(sequences, cascade_stats)`.
+    """
+    config = hf_cascade.CascadeConfig(k_matrix=[[k]], max_gram=max_gram)
+    out = model.generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        cascade_config=config,
+        return_dict_in_generate=True,
+    )
+    return out.sequences, out.cascade_stats
 
 
 class Recorder(BaseStreamer):

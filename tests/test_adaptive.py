@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import hf_cascade
-from hf_cascade.adaptive import AcceptanceTracker, draft_length, match_bucket
+from hf_cascade.adaptive import MATCH_PRIOR, AcceptanceTracker, draft_length, match_bucket, match_prior
+
+from conftest import max_gram_generate
 
 
 @pytest.mark.parametrize(
@@ -55,17 +56,20 @@ def test_tracker_prior_and_updates():
     assert tracker.rate("other") == pytest.approx(1 / 3) and tracker.rate("k") == pytest.approx(0.8)
 
 
+def test_tracker_prior_by_key():
+    tracker = AcceptanceTracker(match_prior, prior_strength=4.0)
+    assert [tracker.rate((0, b)) for b in range(5)] == pytest.approx(list(MATCH_PRIOR))
+    assert list(MATCH_PRIOR) == sorted(MATCH_PRIOR)  # a longer match is never trusted less
+    tracker.update((1, 4), accepted=6, rejected=True)  # prior 3.4 accepted, 0.6 rejected, worth 4 tokens
+    assert tracker.rate((1, 4)) == pytest.approx(9.4 / 11)
+    assert tracker.rate((0, 4)) == pytest.approx(0.85)  # keys are separate
+    assert draft_length(tracker.rate((0, 1)), 0.05, 16) == 3 and draft_length(tracker.rate((0, 4)), 0.05, 16) == 16
+
+
 def _stats(llama, prompt, adaptive):
-    config = hf_cascade.CascadeConfig(k_matrix=[[8]], max_gram={"adaptive_length": adaptive, "token_cost": 0.2})
-    out = llama.generate(
-        prompt,
-        max_new_tokens=40,
-        do_sample=False,
-        custom_generate=hf_cascade.generate,
-        cascade_config=config,
-        return_dict_in_generate=True,
-    )
-    return out.sequences, out.cascade_stats.levels[-1]
+    # measure_cost off: the drafts must follow the configured token_cost, not this machine's timings
+    sequences, stats = max_gram_generate(llama, prompt, adaptive_length=adaptive, token_cost=0.2, measure_cost=False)
+    return sequences, stats.levels[-1]
 
 
 def test_adaptive_only_changes_the_drafts(llama, prompt):

@@ -243,6 +243,16 @@ def test_run_benchmark_interleaves_and_checks(tiny_pair):
     by = {(r["category"], r["method"]): r for r in rows}
     assert by[("all", "greedy")]["speedup"] == pytest.approx(1.0)
     assert by[("all", "cascade:d")]["acceptance"].keys() == {"d", "max_gram"}
+    # MaxGramConfig.measure_cost: Max-Gram's reviewers were timed (the Max-Gram-only cascade's target, and drafter d
+    # in cascade:d, whose target always reviews d's draft, never runs a one-token pass and keeps the configured
+    # costs); greedy was not timed.
+    cascade_levels = by[("all", "cascade:d")]["levels"]
+    assert len(cascade_levels["d"]["fitted_cost"]) == 2 and "fitted_cost" not in cascade_levels["target"]
+    assert len(by[("all", "cascade")]["levels"]["target"]["fitted_cost"]) == 2
+    assert (
+        "fitted_cost" not in cascade_levels["max_gram"]
+        and "fitted_cost" not in by[("all", "greedy")]["levels"]["target"]
+    )
     assert all(r["identical"] for r in rows)
     assert 0 <= by[("all", "cascade")]["outside_forward_fraction"] < 1
 
@@ -342,6 +352,9 @@ def test_cli_bench_writes_reports(tiny_pair, prompt_file, tmp_path, capsys):
     assert {(r["category"], r["method"]) for r in data["summary"]} >= {("all", "cascade:d"), ("copy", "greedy")}
     report = (out / "report.md").read_text()
     assert "hf-cascade bench --target" in report and "Every run of every method produced exactly greedy's" in report
+    assert "| acceptance | fitted cost |" in report and re.search(
+        r"\| cascade:d \| d \| .* \| \d+\.\d\d \+ \d\.\d{3}k \|", report
+    )
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
     assert "cascade:d" in stdout and "NO" not in stdout
     assert to_json_dict  # the module-level API the CLI uses is importable

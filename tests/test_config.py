@@ -149,6 +149,7 @@ def test_to_dict_is_plain_json():
             "adaptive_length": True,
             "token_cost": 0.05,
             "draft_cost": 0.3,
+            "measure_cost": True,
         },
         "confidence_threshold": 0.4,
     }

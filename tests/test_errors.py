@@ -396,3 +396,5 @@ def test_max_gram_occurrence_and_token_cost_errors():
         MaxGramConfig(draft_cost=float("inf"))
     with pytest.raises(TypeError, match=r"MaxGramConfig.draft_cost must be a float >= 0, got '1'"):
         MaxGramConfig(draft_cost="1")
+    with pytest.raises(TypeError, match=r"MaxGramConfig.measure_cost must be a bool, got 'yes'"):
+        MaxGramConfig(measure_cost="yes")

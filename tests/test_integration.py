@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
 
 import hf_cascade
 
-from conftest import VOCAB, Recorder
+from conftest import VOCAB, Recorder, max_gram_generate
 
 NEW = 24
 
@@ -129,18 +129,11 @@ def test_bigram_table_fallback_used_and_lossless(llama, prompt, tmp_path):
     path = tmp_path / "bigram.safetensors"
     table.save(path)
     # Fixed-length proposals: this test is about the fallback table, not about the adaptive length cutting it.
-    max_gram = {"bigram_table": str(path), "min_ngram_size": 3, "adaptive_length": False}
-    config = hf_cascade.CascadeConfig(k_matrix=[[4]], max_gram=max_gram)
-    out = llama.generate(
-        prompt,
-        max_new_tokens=NEW,
-        do_sample=False,
-        custom_generate=hf_cascade.generate,
-        cascade_config=config,
-        return_dict_in_generate=True,
+    sequences, stats = max_gram_generate(
+        llama, prompt, NEW, k=4, bigram_table=str(path), min_ngram_size=3, adaptive_length=False
     )
-    assert torch.equal(out.sequences, llama.generate(prompt, max_new_tokens=NEW, do_sample=False))
-    max_gram = out.cascade_stats.levels[-1]
+    assert torch.equal(sequences, llama.generate(prompt, max_new_tokens=NEW, do_sample=False))
+    max_gram = stats.levels[-1]
     # With a model-built table and a random-weight model, the fallback drafts the model's own first choice often.
     assert max_gram.drafted > 0 and max_gram.accepted > 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import asdict
 from typing import Any
 
@@ -39,6 +40,10 @@ def _level_names(result: BenchmarkResult, label: str) -> dict[str, str]:
     return {f"assistant_{i}": name for i, name in enumerate(method.drafters)}
 
 
+def _fitted(cost: list[float] | None) -> str:
+    return f"{cost[0]:.2f} + {cost[1]:.3f}k" if cost else "-"
+
+
 def _cost(run: Any, costs: dict[str, float]) -> float:
     return sum(passes * costs[name] for name, passes in run.forward_passes.items())
 
@@ -49,7 +54,8 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
     tokens = seconds = outside = 0.0
     target_forwards = 0
     speedups, swi_params, swi_latency = [], [], []
-    levels: dict[str, dict[str, float]] = {}
+    levels: dict[str, dict[str, Any]] = {}
+    fitted: dict[str, list[tuple[float, float]]] = {}
     params = {name: cost.parameters for name, cost in result.costs.items()}
     latency = {name: cost.forward_s.get(1) for name, cost in result.costs.items()}
     identical = True
@@ -72,6 +78,9 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             level["forward_passes"] += passes
             level["forward_s"] += run.forward_seconds[name]
         for stats in run.levels:
+            name = "target" if stats["kind"] == "target" else names.get(stats["name"], stats["name"])
+            if stats.get("draft_cost") is not None:  # MaxGramConfig.measure_cost: fitted to this model's timings
+                fitted.setdefault(name, []).append((stats["draft_cost"], stats["token_cost"]))
             if stats["kind"] == "target":
                 continue
             level = levels.setdefault(names.get(stats["name"], stats["name"]), {"forward_passes": 0, "forward_s": 0.0})
@@ -79,6 +88,9 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             level["accepted"] = level.get("accepted", 0) + stats["accepted"]
             if stats["kind"] == "max_gram":
                 level["forward_s"] += stats["propose_time_s"]  # Max-Gram's cost is its proposal time
+    for name, costs in fitted.items():
+        level = levels.setdefault(name, {"forward_passes": 0, "forward_s": 0.0})
+        level["fitted_cost"] = [statistics.median(c[0] for c in costs), statistics.median(c[1] for c in costs)]
     acceptance = {
         name: (level["accepted"] / level["drafted"] if level["drafted"] else None)
         for name, level in levels.items()
@@ -213,10 +225,12 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "## Where the time goes (all prompts)",
         "",
         "Per model: forward passes and seconds inside them (Max-Gram: proposal time), draft tokens proposed and "
-        "accepted by the reviewer (cascade methods).",
+        "accepted by the reviewer (cascade methods); fitted cost: the `draft_cost + token_cost * k` fitted to the "
+        "model's own timed forward passes (`MaxGramConfig.measure_cost`; median over runs), which sets the length of "
+        "the Max-Gram drafts it reviews.",
         "",
-        "| method | model | forward passes | seconds | drafted | accepted | acceptance |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| method | model | forward passes | seconds | drafted | accepted | acceptance | fitted cost |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["category"] != "all":
@@ -225,7 +239,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
             lines.append(
                 f"| {r['method']} | {name} | {level['forward_passes']} | {level['forward_s']:.2f} "
                 f"| {level.get('drafted', '-')} | {level.get('accepted', '-')} "
-                f"| {_fmt(r['acceptance'].get(name), '.2f')} |"
+                f"| {_fmt(r['acceptance'].get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} |"
             )
     if result.costs:
         ks = sorted({k for c in result.costs.values() for k in c.forward_s})

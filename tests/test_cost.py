@@ -1,0 +1,113 @@
+"""Measured forward cost (`MaxGramConfig.measure_cost`): the fit, the recorder, and that it steers only the drafts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_cascade.config import MaxGramConfig
+from hf_cascade.cost import ForwardCostModel, cost_model_for, fit_draft_costs
+
+from conftest import max_gram_generate
+
+
+def _timings(draft_cost: float, token_cost: float, unit: float = 0.01, passes: int = 20) -> dict[int, list[float]]:
+    """Exact timings of the model `1 + draft_cost + token_cost * (n - 1)` one-token forwards for n = 1..17."""
+    seconds = {1: [unit] * passes}
+    for n in range(2, 18):
+        seconds[n] = [unit * (1 + draft_cost + token_cost * (n - 1))] * passes
+    return seconds
+
+
+def test_fit_recovers_the_line_from_many_passes():
+    draft_cost, token_cost = fit_draft_costs(_timings(0.6, 0.03), prior_draft_cost=0.3, prior_token_cost=0.05)
+    # 320 timed passes against a prior worth 4: the fit lands within 1% of the truth.
+    assert draft_cost == pytest.approx(0.6, abs=0.01) and token_cost == pytest.approx(0.03, abs=0.001)
+
+
+def test_fit_is_the_prior_without_enough_one_token_passes():
+    seconds = _timings(0.6, 0.03)
+    seconds[1] = seconds[1][:2]
+    assert fit_draft_costs(seconds, 0.3, 0.05) is None  # relative costs need one-token passes to relate to
+    assert fit_draft_costs({}, 0.3, 0.05) is None
+    model = ForwardCostModel(0.3, 0.05, refit_every=1)
+    for n in (2, 5, 9):
+        model.record(n, 0.01 * n)
+    assert model.costs() == (0.3, 0.05) and not model.fitted
+
+
+def test_fit_uses_medians_so_one_slow_pass_does_not_count():
+    seconds = _timings(0.0, 0.05)
+    seconds[2][0] = 10.0  # a page fault or a busy neighbour: 1000 one-token forwards
+    draft_cost, token_cost = fit_draft_costs(seconds, 0.3, 0.05)
+    assert draft_cost == pytest.approx(0.0, abs=0.02) and token_cost == pytest.approx(0.05, abs=0.002)
+
+
+def test_fit_stays_in_bounds():
+    # Multi-token forwards timed *faster* than one-token ones (noise): costs are clipped, never negative.
+    seconds = {1: [1.0] * 200, 2: [0.5] * 200, 9: [0.4] * 200}
+    draft_cost, token_cost = fit_draft_costs(seconds, 0.3, 0.05)
+    assert draft_cost == 0.0 and token_cost == 0.005
+
+
+def test_fit_ignores_prefill_sized_chunks():
+    seconds = _timings(0.2, 0.05)
+    with_prefill = {**seconds, 300: [50.0]}
+    assert fit_draft_costs(with_prefill, 0.3, 0.05) == fit_draft_costs(seconds, 0.3, 0.05)
+
+
+def test_cost_model_refits_every_few_passes():
+    model = ForwardCostModel(draft_cost=0.3, token_cost=0.05, refit_every=4)
+    for _ in range(3):
+        model.record(1, 0.01)
+    assert model.costs() == (0.3, 0.05) and not model.fitted  # 3 passes: no refit yet
+    model.record(300, 9.0)  # a prefill: not recorded
+    assert model.costs() == (0.3, 0.05)
+    for _ in range(4):
+        model.record(9, 0.01 * (1 + 0.8 * 8))  # 8 draft tokens cost 0.8 each
+    draft_cost, token_cost = model.costs()
+    assert model.fitted
+    # The timings pulled the fit away from the prior: an 8-token draft now costs far more than 0.3 + 8 * 0.05.
+    assert draft_cost + 8 * token_cost > 2.0
+
+
+def test_cost_model_window_forgets_old_passes():
+    model = ForwardCostModel(0.3, 0.05, window=4, refit_every=1)
+    for t in (1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.01, 0.01):
+        model.record(1, t)
+    assert list(model._seconds[1]) == [0.01] * 4
+
+
+def test_cost_model_for():
+    cpu = torch.device("cpu")
+    assert isinstance(cost_model_for(cpu, MaxGramConfig()), ForwardCostModel)
+    assert cost_model_for(cpu, MaxGramConfig(measure_cost=False)) is None
+    assert cost_model_for(cpu, MaxGramConfig(adaptive_length=False)) is None  # nothing to steer
+    assert cost_model_for(torch.device("cuda"), MaxGramConfig()) is None  # wall time of an async launch
+    assert cost_model_for(torch.device("meta"), MaxGramConfig()) is None
+
+
+def test_measured_costs_are_reported_and_output_unchanged(llama, prompt):
+    plain = llama.generate(prompt, max_new_tokens=40, do_sample=False)
+    measured, stats = max_gram_generate(llama, prompt)
+    fixed, fixed_stats = max_gram_generate(llama, prompt, measure_cost=False)
+    assert torch.equal(measured, plain) and torch.equal(fixed, plain)
+    assert stats.target.draft_cost is not None and stats.target.draft_cost >= 0
+    assert 0.005 <= stats.target.token_cost <= 0.95
+    assert fixed_stats.target.draft_cost is None and fixed_stats.target.token_cost is None
+    assert stats.to_dict()["levels"][0]["draft_cost"] == stats.target.draft_cost
+
+
+@pytest.mark.parametrize("costs, drafts", [((50.0, 0.9), False), ((0.0, 0.005), True)])
+def test_measured_costs_steer_the_drafts(llama, prompt, monkeypatch, costs, drafts):
+    """With measuring on, the fitted costs replace the configured ones: a prohibitive measured cost stops Max-Gram
+    drafting although the configured costs (free drafts) would draft, and a negligible one drafts although the
+    configured costs (prohibitive) would not."""
+    monkeypatch.setattr(ForwardCostModel, "costs", lambda self: costs)
+    configured = {"draft_cost": 0.0, "token_cost": 0.01} if not drafts else {"draft_cost": 50.0, "token_cost": 0.9}
+    sequences, stats = max_gram_generate(llama, prompt, **configured)
+    assert torch.equal(sequences, llama.generate(prompt, max_new_tokens=40, do_sample=False))
+    max_gram = stats.levels[-1]
+    assert (max_gram.drafted > 0) == drafts
+    _, unmeasured = max_gram_generate(llama, prompt, measure_cost=False, **configured)
+    assert (unmeasured.levels[-1].drafted > 0) != drafts
