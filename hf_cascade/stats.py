@@ -98,6 +98,11 @@ class CascadeStats:
                 f"{s.name:<14}{s.drafted:>9}{s.accepted:>10}{rate:>7}{s.forward_passes:>10}"
                 f"{s.forward_tokens:>12}{secs:>9.3f}"
             )
+        fitted = [f"{s.name} {s.draft_cost:.2f} + {s.token_cost:.3f}k" for s in self.levels if s.draft_cost is not None]
+        if fitted:
+            rows.append(
+                "fitted extra cost of reviewing a k-token Max-Gram draft, in one-token forwards: " + "; ".join(fitted)
+            )
         tpf = self.tokens_per_target_forward
         rows.append(
             f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s; {tpf:.2f} tokens per target forward"

@@ -96,6 +96,8 @@ def test_measured_costs_are_reported_and_output_unchanged(llama, prompt):
     assert 0.005 <= stats.target.token_cost <= 0.95
     assert fixed_stats.target.draft_cost is None and fixed_stats.target.token_cost is None
     assert stats.to_dict()["levels"][0]["draft_cost"] == stats.target.draft_cost
+    assert f"target {stats.target.draft_cost:.2f} + {stats.target.token_cost:.3f}k" in stats.summary()
+    assert "fitted extra cost" not in fixed_stats.summary()
 
 
 @pytest.mark.parametrize("costs, drafts", [((50.0, 0.9), False), ((0.0, 0.005), True)])
