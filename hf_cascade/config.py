@@ -60,8 +60,9 @@ class MaxGramConfig:
             kernels, about 1.1x after `hf_cascade.use_onednn_linear`), so a short, unsure
             proposal loses time even when it is sometimes accepted. With adaptive length, a proposal is made only
             when its expected accepted tokens exceed `draft_cost + token_cost * k`. Measure it with
-            `hf_cascade.benchmark.measure_cost`: `forward_s[2] / forward_s[1] - 1 - token_cost`. 0.3 fits
-            SmolLM2-135M on our 2-core machine (2 tokens cost about 1.3 one-token forwards) and scored better than
+            `hf_cascade.benchmark.measure_cost`: `forward_s[2] / forward_s[1] - 1 - token_cost`. 0.3 fitted
+            SmolLM2-135M on our 2-core machine when chosen (2 tokens cost about 1.3 one-token forwards; 1.65 on a
+            later day, 1.04 packed for oneDNN) and scored better than
             0 and 0.6 there on every prompt category (`docs/benchmarks.md`); set it near 1.0 for models whose
             multi-token forward costs twice a one-token one. With `measure_cost` (the default) this and
             `token_cost` are only the prior: the values fitted to the reviewer's timed forward passes replace them.
