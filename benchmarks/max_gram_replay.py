@@ -28,7 +28,7 @@ import math
 import statistics
 from collections.abc import Callable
 
-from hf_cascade.adaptive import AcceptanceTracker, draft_length, match_bucket, match_prior
+from hf_cascade.adaptive import AcceptanceTracker, draft_length, match_bucket, max_gram_tracker
 from hf_cascade.max_gram import MaxGramIndex
 
 MAX_NEW_TOKENS = 96
@@ -54,7 +54,7 @@ class MaxGramPolicy:
     def __init__(self, prompt: list[int], draft_cost: float, token_cost: float, prior: str, num_tokens: int = 16):
         self.index = MaxGramIndex(8, 1)
         self.index.extend(prompt)
-        self.tracker = AcceptanceTracker(match_prior, 4.0) if prior == "match" else AcceptanceTracker()
+        self.tracker = max_gram_tracker() if prior == "match" else AcceptanceTracker()
         self.draft_cost, self.token_cost, self.num_tokens = draft_cost, token_cost, num_tokens
         self.key = (0, 0)
 

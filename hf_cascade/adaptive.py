@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Hashable
 
-__all__ = ["MATCH_PRIOR", "AcceptanceTracker", "draft_length", "match_bucket", "match_prior"]
+__all__ = ["MATCH_PRIOR", "AcceptanceTracker", "draft_length", "match_bucket", "match_prior", "max_gram_tracker"]
 
 # Match lengths 1, 2, 3 and "4 or more"; 0 is the bigram fallback.
 _LONGEST_BUCKET = 4
@@ -93,3 +93,8 @@ class AcceptanceTracker:
             counts = self._counts[key] = self._prior(key)
         counts[0] += accepted
         counts[1] += int(rejected)
+
+
+def max_gram_tracker() -> AcceptanceTracker:
+    """The tracker the cascade cuts Max-Gram proposals with: `match_prior`, worth four tokens."""
+    return AcceptanceTracker(match_prior, prior_strength=4.0)

@@ -25,7 +25,7 @@ import torch
 from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .adaptive import AcceptanceTracker, draft_length, match_bucket, match_prior
+from .adaptive import draft_length, match_bucket, max_gram_tracker
 from .config import MaxGramConfig
 from .cost import ForwardCostModel
 from .max_gram import BigramTable, MaxGramIndex
@@ -141,9 +141,7 @@ class CascadeDrafter:
         self.stats = stats
         self.num_drafters = len(runners) + (max_gram is not None)
         self.max_gram_column = len(runners) if max_gram is not None else -1
-        self.tracker = (
-            AcceptanceTracker(match_prior, prior_strength=4.0) if (adaptive_max_gram and max_gram is not None) else None
-        )
+        self.tracker = max_gram_tracker() if (adaptive_max_gram and max_gram is not None) else None
         self.token_cost = token_cost
         self.draft_cost = draft_cost
         self.confidence_threshold = confidence_threshold

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_cascade.adaptive import MATCH_PRIOR, AcceptanceTracker, draft_length, match_bucket, match_prior
+from hf_cascade.adaptive import MATCH_PRIOR, AcceptanceTracker, draft_length, match_bucket, max_gram_tracker
 
 from conftest import max_gram_generate
 
@@ -57,7 +57,7 @@ def test_tracker_prior_and_updates():
 
 
 def test_tracker_prior_by_key():
-    tracker = AcceptanceTracker(match_prior, prior_strength=4.0)
+    tracker = max_gram_tracker()  # what the cascade uses
     assert [tracker.rate((0, b)) for b in range(5)] == pytest.approx(list(MATCH_PRIOR))
     assert list(MATCH_PRIOR) == sorted(MATCH_PRIOR)  # a longer match is never trusted less
     tracker.update((1, 4), accepted=6, rejected=True)  # prior 3.4 accepted, 0.6 rejected, worth 4 tokens
