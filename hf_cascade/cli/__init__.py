@@ -6,6 +6,7 @@ Subcommands (each has `--help`):
   cascade's answers to built-in prompts, then times greedy, transformers' prompt lookup and hf_cascade side by side.
 - `generate`: stream a cascade generation on any causal LM (Hub id, directory or GGUF), then print its statistics.
 - `bench`: interleaved, repeated benchmark of generation methods on prompt sets; JSON, Markdown and PNG reports.
+- `bigram`: build Max-Gram's bigram fallback table from a model's own next-token choices (`--bigram-table`).
 - `export-hub`: write a Hub-ready `custom_generate` repository (generate.py, requirements.txt, model card).
 - `card`: write the model-card section "Faster generation with hf_cascade" from a `bench` results file.
 """
@@ -18,11 +19,11 @@ from collections.abc import Sequence
 
 import torch
 
-from . import bench, demo, generate, hub
+from . import bench, bigram, demo, generate, hub
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = (demo, generate, bench, hub)
+_SUBCOMMANDS = (demo, generate, bench, bigram, hub)
 
 
 def build_parser() -> argparse.ArgumentParser:

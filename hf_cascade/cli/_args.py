@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-__all__ = ["DTYPE_CHOICES", "ONEDNN_HELP", "THREADS_HELP", "finite_float", "positive_int"]
+__all__ = [
+    "DTYPE_CHOICES",
+    "ONEDNN_HELP",
+    "THREADS_HELP",
+    "add_loading_args",
+    "add_model_source_args",
+    "finite_float",
+    "positive_int",
+]
 
 DTYPE_CHOICES = ("float32", "bfloat16", "float16")
 THREADS_HELP = (
@@ -36,3 +45,33 @@ def finite_float(text: str) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
     return value
+
+
+def add_loading_args(parser: Any, dtype_help: str = "parameter dtype (default: float32)") -> None:
+    """`--device`, `--dtype`, `--cache-dir`, `--threads` and `--onednn-linear`: how the models of `generate`, `bench`
+    and `bigram` are loaded (`_models.load_models` reads them)."""
+    parser.add_argument("--device", default="cpu", help="torch device for all models (default: cpu)")
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=dtype_help)
+    parser.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
+    parser.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
+    parser.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
+
+
+def add_model_source_args(parser: Any, flag: str, what: str, embedded_default: bool) -> None:
+    """`flag` (a Hub id, directory or .gguf file) and `--gguf-file`: where the main model of a subcommand comes from.
+
+    Args:
+        parser: the (sub)parser or argument group.
+        flag (`str`): `"--target"` or `"--model"`.
+        what (`str`): the model's role, for the help text.
+        embedded_default (`bool`): the flag may be left out for the embedded SmolLM2-135M-Instruct GGUF
+            (`_models.model_or_default`); otherwise it is required.
+    """
+    default = " (default: the embedded SmolLM2-135M-Instruct GGUF)" if embedded_default else ""
+    parser.add_argument(
+        flag,
+        required=not embedded_default,
+        metavar="ID_OR_PATH",
+        help=f"{what}: Hub id, model directory or .gguf file{default}",
+    )
+    parser.add_argument("--gguf-file", metavar="F", help=f"GGUF file name inside the {flag} directory or Hub repo")

@@ -9,12 +9,27 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_sources", "load_models", "log", "pack_all", "use_chat_template"]
+__all__ = ["check_sources", "load_models", "log", "model_or_default", "pack_all", "use_chat_template"]
 
 
 def log(message: str) -> None:
     """Progress and notes go to stderr, so stdout keeps only the generated text or the results."""
     print(message, file=sys.stderr, flush=True)
+
+
+def model_or_default(
+    parser: argparse.ArgumentParser, path: str | None, gguf_file: str | None, flag: str
+) -> tuple[str, str | None]:
+    """`(path, gguf_file)` as given, or the embedded SmolLM2-135M-Instruct GGUF when `path` is `None` (an argparse
+    error naming `flag` when its package is not installed)."""
+    if path is not None:
+        return path, gguf_file
+    from .. import loading
+
+    try:
+        return loading.default_model_path()
+    except FileNotFoundError as e:
+        parser.error(f"{flag} not given and {e}")
 
 
 def check_sources(

@@ -28,8 +28,8 @@ from ..benchmark import (
     summarize,
     write_reports,
 )
-from ._args import DTYPE_CHOICES, ONEDNN_HELP, THREADS_HELP, positive_int
-from ._models import check_sources, load_models, log, use_chat_template
+from ._args import add_loading_args, add_model_source_args, positive_int
+from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
 __all__ = ["add_parser", "run"]
 
@@ -48,12 +48,7 @@ def add_parser(sub: Any) -> None:
             "only) and cascade over all drafters. Exits with status 1 when an output differs from greedy's."
         ),
     )
-    p.add_argument(
-        "--target",
-        metavar="ID_OR_PATH",
-        help="target model: Hub id, directory or .gguf file (default: the embedded SmolLM2-135M-Instruct GGUF)",
-    )
-    p.add_argument("--gguf-file", metavar="F", help="GGUF file name inside the --target directory or Hub repo")
+    add_model_source_args(p, "--target", "target model", embedded_default=True)
     p.add_argument(
         "--drafter",
         action="append",
@@ -96,16 +91,9 @@ def add_parser(sub: Any) -> None:
     run_group.add_argument(
         "--no-chat-template", action="store_true", help="feed prompts as raw text instead of chat messages"
     )
-    run_group.add_argument("--device", default="cpu", help="torch device for all models (default: cpu)")
-    run_group.add_argument(
-        "--dtype",
-        choices=DTYPE_CHOICES,
-        default="float32",
-        help="parameter dtype (default: float32; exactness checks need float32, see docs/lossless.md)",
+    add_loading_args(
+        run_group, dtype_help="parameter dtype (default: float32; exactness checks need float32, see docs/lossless.md)"
     )
-    run_group.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
-    run_group.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
-    run_group.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
     out = p.add_argument_group("output")
     out.add_argument(
         "--out", default="bench-results", metavar="DIR", help="report directory (default: ./bench-results)"
@@ -182,7 +170,7 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..loading import default_model_path, encode_prompt, pad_token_id
+    from ..loading import encode_prompt, pad_token_id
 
     # Everything that can be checked without loading a model is checked first.
     drafter_paths = _parse_drafters(args, parser)
@@ -193,12 +181,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("the PNG plot needs matplotlib: pip install 'hf_cascade[bench]', or pass --no-plot")
-    target_path, gguf = args.target, args.gguf_file
-    if target_path is None:
-        try:
-            target_path, gguf = default_model_path()
-        except FileNotFoundError as e:
-            parser.error(f"--target not given and {e}")
+    target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
     check_sources(
         parser,
         args.device,

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ..config import CascadeConfig
-from ._args import DTYPE_CHOICES, ONEDNN_HELP, THREADS_HELP, finite_float, positive_int
+from ._args import add_loading_args, add_model_source_args, finite_float, positive_int
 from ._models import check_sources, load_models, log, use_chat_template
 
 __all__ = ["add_parser"]
@@ -28,8 +28,7 @@ def add_parser(sub: Any) -> None:
             "sampling distribution with --sample)."
         ),
     )
-    gen.add_argument("--target", required=True, metavar="ID_OR_PATH", help="Hub id, model directory or .gguf file")
-    gen.add_argument("--gguf-file", metavar="F", help="GGUF file name inside the --target directory or Hub repo")
+    add_model_source_args(gen, "--target", "the model whose output you get", embedded_default=False)
     gen.add_argument(
         "--assistant",
         action="append",
@@ -60,13 +59,17 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="use the Max-Gram statistical drafter at the bottom of the cascade (default: on)",
     )
+    gen.add_argument(
+        "--bigram-table",
+        metavar="FILE",
+        help="Max-Gram's fallback table for when nothing matches (built by `hf-cascade bigram`); overrides "
+        "--cascade-config",
+    )
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=finite_float, metavar="T", help="sampling temperature (needs --sample)")
     gen.add_argument("--top-p", type=finite_float, metavar="P", help="nucleus sampling mass in (0, 1] (needs --sample)")
     gen.add_argument("--seed", type=int, metavar="S", help="random seed for --sample")
     gen.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="default: 128")
-    gen.add_argument("--device", default="cpu", help="torch device for all models (default: cpu)")
-    gen.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help="parameter dtype (default: float32)")
     gen.add_argument(
         "--cascade-config",
         metavar="DIR_OR_FILE",
@@ -77,9 +80,7 @@ def add_parser(sub: Any) -> None:
         metavar="PATH",
         help='write {"cascade_stats": ..., "cascade_config": ..., "generated_text": ...} as JSON to PATH',
     )
-    gen.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
-    gen.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
-    gen.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
+    add_loading_args(gen)
     gen.set_defaults(func=run)
 
 
@@ -112,16 +113,33 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
         fields["lenience"] = args.lenience
     if args.max_gram is not None:
         fields["use_max_gram"] = args.max_gram
+    if args.bigram_table is not None:
+        _check_bigram_table(args.bigram_table, parser)
+        fields["max_gram"] = {**fields["max_gram"], "bigram_table": args.bigram_table}
     config = CascadeConfig.from_dict(fields)
     n_assistants = len(args.assistant)
     if n_assistants == 0 and not config.use_max_gram:
         parser.error("--no-max-gram leaves the cascade without a drafter; add --assistant MODEL or drop --no-max-gram")
+    if args.bigram_table is not None and not config.use_max_gram:
+        parser.error("--bigram-table is Max-Gram's fallback table; drop --no-max-gram or drop --bigram-table")
     try:
         config.resolved_k_matrix(n_assistants)
     except ValueError as e:
         source = "--k-matrix" if args.k_matrix is not None else "--cascade-config"
         parser.error(f"{source}: {e}")
     return config
+
+
+def _check_bigram_table(path: str, parser: argparse.ArgumentParser) -> None:
+    """Load the table once before any model, so a wrong path or file fails in a second, naming the flag."""
+    from ..max_gram import BigramTable
+
+    if not os.path.isfile(path):
+        parser.error(f"--bigram-table: {path} is not a file; build one with `hf-cascade bigram --model ... --out FILE`")
+    try:
+        BigramTable.load(path)
+    except (OSError, ValueError, TypeError) as e:
+        parser.error(f"--bigram-table: {e}")
 
 
 def _read_prompt(args: argparse.Namespace, parser: argparse.ArgumentParser) -> str:
