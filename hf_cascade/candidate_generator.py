@@ -84,9 +84,14 @@ class CascadeCandidateGenerator(CandidateGenerator):
         config = cascade_config if cascade_config is not None else CascadeConfig()
         self.max_length = generation_config.max_length
         self.stats = [LevelStats(f"assistant_{i}", "assistant") for i in range(len(assistant_models))]
+        do_sample = bool(generation_config.do_sample)
         runners = [
             self._runner(
-                model, stats, inputs_tensor, encoder_attention_mask, cost_model_for(model.device, config.max_gram)
+                model,
+                stats,
+                inputs_tensor,
+                encoder_attention_mask,
+                cost_model_for(model.device, config.max_gram, do_sample),
             )
             for model, stats in zip(assistant_models, self.stats, strict=True)
         ]
@@ -104,7 +109,7 @@ class CascadeCandidateGenerator(CandidateGenerator):
             runners=runners,
             k_matrix=config.resolved_k_matrix(len(assistant_models)),
             lenience=config.lenience,
-            do_sample=bool(generation_config.do_sample),
+            do_sample=do_sample,
             logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
             eos_token_ids=eos_token_ids(generation_config),
             vocab_size=vocab_size,

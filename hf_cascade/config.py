@@ -72,9 +72,11 @@ class MaxGramConfig:
             prior until enough passes were timed. The best values depend on the machine and the kernels far more
             than on the model (SmolLM2-135M on one 2-core CPU: a 2-token forward costs 1.65x a 1-token one with
             PyTorch's default fp32 kernels, 1.04x packed for oneDNN). Timed on CPU only (on CUDA a forward returns
-            before the GPU is done); elsewhere, and for a target run by transformers' own assisted-decoding loop,
-            the configured values are used. Drafts then depend on timings, so forward-pass counts may differ from
-            run to run; the output never does. `False` keeps the configured values (reproducible drafts).
+            before the GPU is done) and for greedy decoding only: when sampling, the drafts decide how many random
+            numbers are drawn, so the configured values apply and a seeded sampled run stays reproducible.
+            Elsewhere, and for a target run by transformers' own assisted-decoding loop, the configured values are
+            used too. Drafts then depend on timings, so forward-pass counts may differ from run to run; the output
+            never does. `False` keeps the configured values (reproducible drafts).
     """
 
     max_ngram_size: int = 8

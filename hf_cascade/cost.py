@@ -118,10 +118,12 @@ class ForwardCostModel:
         return self._costs
 
 
-def cost_model_for(device: torch.device, max_gram: MaxGramConfig) -> ForwardCostModel | None:
+def cost_model_for(device: torch.device, max_gram: MaxGramConfig, do_sample: bool = False) -> ForwardCostModel | None:
     """A `ForwardCostModel` for a reviewer on `device`, or `None` where the configured costs apply: measuring is off
-    (`max_gram.measure_cost`, `max_gram.adaptive_length`) or the device is not a CPU (a CUDA forward returns before
-    the GPU has finished, so its wall time says nothing about its cost)."""
-    if not (max_gram.measure_cost and max_gram.adaptive_length) or torch.device(device).type != "cpu":
+    (`max_gram.measure_cost`, `max_gram.adaptive_length`), the device is not a CPU (a CUDA forward returns before
+    the GPU has finished, so its wall time says nothing about its cost), or the call samples (`do_sample`): the drafts
+    decide how many random numbers a sampled call draws, so timing-dependent drafts would make the same seed give a
+    different text from run to run. Greedy output does not depend on the drafts."""
+    if not (max_gram.measure_cost and max_gram.adaptive_length) or do_sample or torch.device(device).type != "cpu":
         return None
     return ForwardCostModel(max_gram.draft_cost, max_gram.token_cost)

@@ -110,7 +110,7 @@ def generate(
         cache=cache,
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
-        cost=cost_model_for(model.device, config.max_gram),
+        cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
     )
     generator = CascadeCandidateGenerator(
         input_ids,

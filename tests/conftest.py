@@ -133,8 +133,8 @@ def prompt():
     return torch.cat([torch.randint(2, VOCAB, (5,)), phrase, torch.randint(2, VOCAB, (4,)), phrase])[None]
 
 
-def max_gram_generate(model, prompt, max_new_tokens: int = 40, k: int = 8, **max_gram):
-    """Greedy Max-Gram-only cascade with `k_matrix=[[k]]` and the given `MaxGramConfig` fields.
+def max_gram_generate(model, prompt, max_new_tokens: int = 40, k: int = 8, do_sample: bool = False, **max_gram):
+    """Max-Gram-only cascade (greedy unless `do_sample`) with `k_matrix=[[k]]` and the given `MaxGramConfig` fields.
 
     Returns:
         `(sequences, cascade_stats)`.
@@ -143,7 +143,7 @@ def max_gram_generate(model, prompt, max_new_tokens: int = 40, k: int = 8, **max
     out = model.generate(
         prompt,
         max_new_tokens=max_new_tokens,
-        do_sample=False,
+        do_sample=do_sample,
         custom_generate=hf_cascade.generate,
         cascade_config=config,
         return_dict_in_generate=True,

@@ -83,6 +83,7 @@ def test_cost_model_for():
     assert isinstance(cost_model_for(cpu, MaxGramConfig()), ForwardCostModel)
     assert cost_model_for(cpu, MaxGramConfig(measure_cost=False)) is None
     assert cost_model_for(cpu, MaxGramConfig(adaptive_length=False)) is None  # nothing to steer
+    assert cost_model_for(cpu, MaxGramConfig(), do_sample=True) is None  # a seeded sampled run must be reproducible
     assert cost_model_for(torch.device("cuda"), MaxGramConfig()) is None  # wall time of an async launch
     assert cost_model_for(torch.device("meta"), MaxGramConfig()) is None
 
@@ -113,3 +114,17 @@ def test_measured_costs_steer_the_drafts(llama, prompt, monkeypatch, costs, draf
     assert (max_gram.drafted > 0) == drafts
     _, unmeasured = max_gram_generate(llama, prompt, measure_cost=False, **configured)
     assert (unmeasured.levels[-1].drafted > 0) != drafts
+
+
+def test_sampling_keeps_the_configured_costs(llama, prompt, monkeypatch):
+    """A sampled call does not time its forwards: timing-dependent drafts would change how many random numbers are
+    drawn, so the same seed would give a different text from run to run. A measured cost that forbids drafting is
+    ignored there, and the same seed gives the same tokens."""
+    monkeypatch.setattr(ForwardCostModel, "costs", lambda self: (50.0, 0.9))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(7)
+        sequences, stats = max_gram_generate(llama, prompt, do_sample=True, draft_cost=0.0, token_cost=0.01)
+        runs.append(sequences)
+        assert stats.target.draft_cost is None and stats.levels[-1].drafted > 0
+    assert torch.equal(runs[0], runs[1])
