@@ -10,6 +10,7 @@ sequence on every call).
 from __future__ import annotations
 
 import inspect
+import operator
 import os
 from collections.abc import Iterable, Sequence
 
@@ -226,8 +227,13 @@ class BigramTable:
         """
         if getattr(model.config, "is_encoder_decoder", False):
             raise ValueError("BigramTable.from_model needs a decoder-only model; use from_corpus for encoder-decoders.")
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        try:
+            size = 0 if isinstance(batch_size, bool) else operator.index(batch_size)  # numpy and torch integers too
+        except TypeError:
+            size = 0
+        if size < 1:
             raise ValueError(f"BigramTable.from_model: batch_size must be a positive integer, got {batch_size!r}.")
+        batch_size = size
         vocab = model.config.get_text_config().vocab_size
         bos = model.config.bos_token_id if bos_token_id is None else bos_token_id
         device = next(model.parameters()).device

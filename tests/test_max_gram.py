@@ -324,6 +324,14 @@ def test_bigram_from_model_without_bos(llama):
             assert bigram.next_token(t) == int(logits.argmax())
 
 
+def test_bigram_from_model_accepts_numpy_batch_size(llama):
+    import numpy as np
+
+    assert torch.equal(
+        BigramTable.from_model(llama, batch_size=np.int64(40)).table, BigramTable.from_model(llama).table
+    )
+
+
 def test_bigram_from_model_rejects_encoder_decoder(t5):
     with pytest.raises(ValueError, match="decoder-only"):
         BigramTable.from_model(t5)

@@ -43,11 +43,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..max_gram import BigramTable
 
-    if os.path.exists(args.out) and not args.force:
-        parser.error(f"--out {args.out} already exists; add --force to overwrite it")
-    parent = os.path.dirname(os.path.abspath(args.out))
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        parser.error(f"--out {args.out}: {parent} is not a directory")
+    _check_out(args.out, args.force, parser)
     model_path, gguf = model_or_default(parser, args.model, args.gguf_file, "--model")
     check_sources(parser, args.device, model_path, gguf, [], "--model/--gguf-file", args.onednn_linear)
     models = load_models("bigram", args, model_path, gguf, {})
@@ -60,8 +56,25 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     except ValueError as e:
         print(f"hf-cascade bigram: error: {e}", file=sys.stderr)
         return 1
-    os.makedirs(parent, exist_ok=True)
     table.save(args.out)
     log(f"built a {table.vocab_size}-token bigram table in {time.perf_counter() - t0:.1f} s; wrote {args.out}")
     print(args.out)
     return 0
+
+
+def _check_out(out: str, force: bool, parser: argparse.ArgumentParser) -> None:
+    """Fail before the (minutes-long) build when `out` cannot be written: empty, a directory, an existing file
+    without `--force`, or a folder that cannot be created or written to. Creates the missing folders."""
+    if not out.strip():
+        parser.error("--out is empty; give the path of the .safetensors file to write")
+    if os.path.isdir(out):
+        parser.error(f"--out {out} is a directory; give the path of the .safetensors file to write")
+    if os.path.exists(out) and not force:
+        parser.error(f"--out {out} already exists; add --force to overwrite it")
+    parent = os.path.dirname(os.path.abspath(out))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out {out}: cannot create its folder ({e})")
+    if not os.access(parent, os.W_OK):
+        parser.error(f"--out {out}: the folder {parent} is not writable")

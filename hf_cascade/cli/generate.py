@@ -73,7 +73,8 @@ def add_parser(sub: Any) -> None:
     gen.add_argument(
         "--cascade-config",
         metavar="DIR_OR_FILE",
-        help="cascade_config.json, or a directory holding one; --k-matrix, --lenience and --max-gram override it",
+        help="cascade_config.json, or a directory holding one; --k-matrix, --lenience, --max-gram and "
+        "--bigram-table override it",
     )
     gen.add_argument(
         "--stats-json",
@@ -85,7 +86,8 @@ def add_parser(sub: Any) -> None:
 
 
 def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> CascadeConfig:
-    """`--cascade-config` with `--k-matrix`, `--lenience` and `--max-gram` applied on top; errors name the flag."""
+    """`--cascade-config` with `--k-matrix`, `--lenience`, `--max-gram` and `--bigram-table` applied on top; errors
+    name the flag."""
     base = CascadeConfig()
     if args.cascade_config is not None:
         if not os.path.exists(args.cascade_config):
@@ -118,10 +120,18 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
         fields["max_gram"] = {**fields["max_gram"], "bigram_table": args.bigram_table}
     config = CascadeConfig.from_dict(fields)
     n_assistants = len(args.assistant)
+    # Max-Gram is off either by --no-max-gram or by the --cascade-config file: name whichever the user gave.
+    no_max_gram = "--no-max-gram" if args.max_gram is False else f"--cascade-config {args.cascade_config}"
     if n_assistants == 0 and not config.use_max_gram:
-        parser.error("--no-max-gram leaves the cascade without a drafter; add --assistant MODEL or drop --no-max-gram")
+        parser.error(
+            f"{no_max_gram} leaves the cascade without a drafter (use_max_gram is false); add --assistant MODEL "
+            "or turn Max-Gram on (--max-gram)"
+        )
     if args.bigram_table is not None and not config.use_max_gram:
-        parser.error("--bigram-table is Max-Gram's fallback table; drop --no-max-gram or drop --bigram-table")
+        parser.error(
+            f"--bigram-table is Max-Gram's fallback table, but {no_max_gram} turns Max-Gram off; add --max-gram "
+            "or drop --bigram-table"
+        )
     try:
         config.resolved_k_matrix(n_assistants)
     except ValueError as e:
