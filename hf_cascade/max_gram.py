@@ -9,7 +9,6 @@ sequence on every call).
 
 from __future__ import annotations
 
-import inspect
 import operator
 import os
 from collections.abc import Iterable, Sequence
@@ -225,6 +224,8 @@ class BigramTable:
             bos_token_id (`int`, *optional*): prefix token; defaults to `model.config.bos_token_id`.
             progress (`bool`, *optional*, defaults to `False`): show a tqdm progress bar.
         """
+        from .runner import accepts_logits_to_keep
+
         if getattr(model.config, "is_encoder_decoder", False):
             raise ValueError("BigramTable.from_model needs a decoder-only model; use from_corpus for encoder-decoders.")
         try:
@@ -238,7 +239,7 @@ class BigramTable:
         bos = model.config.bos_token_id if bos_token_id is None else bos_token_id
         device = next(model.parameters()).device
         # Only the last position's logits are needed; the output layer dominates the cost.
-        extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+        extra = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
         starts = range(0, vocab, batch_size)
         if progress:
             from tqdm.auto import tqdm

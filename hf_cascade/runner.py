@@ -14,7 +14,12 @@ from transformers.cache_utils import Cache
 from .cost import ForwardCostModel
 from .stats import LevelStats
 
-__all__ = ["ModelRunner", "new_cache"]
+__all__ = ["ModelRunner", "accepts_logits_to_keep", "new_cache"]
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether `model.forward` takes `logits_to_keep` (computing the output layer only where logits are read)."""
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 def new_cache(model: torch.nn.Module) -> Cache:
@@ -64,7 +69,7 @@ class ModelRunner:
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
         self.cost = cost
-        self._logits_to_keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._logits_to_keep = accepts_logits_to_keep(model)
         self._checked_croppable = False
 
     def truncate_to(self, length: int) -> None:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["CascadeStats", "LevelStats"]
+__all__ = ["CascadeStats", "LevelStats", "format_fitted_cost"]
+
+
+def format_fitted_cost(draft_cost: float, token_cost: float) -> str:
+    """`"D.DD + T.TTTk"`: a fitted `draft_cost + token_cost * k`, as the summary and the bench report print it."""
+    return f"{draft_cost:.2f} + {token_cost:.3f}k"
 
 
 @dataclass
@@ -98,7 +103,11 @@ class CascadeStats:
                 f"{s.name:<14}{s.drafted:>9}{s.accepted:>10}{rate:>7}{s.forward_passes:>10}"
                 f"{s.forward_tokens:>12}{secs:>9.3f}"
             )
-        fitted = [f"{s.name} {s.draft_cost:.2f} + {s.token_cost:.3f}k" for s in self.levels if s.draft_cost is not None]
+        fitted = [
+            f"{s.name} {format_fitted_cost(s.draft_cost, s.token_cost)}"
+            for s in self.levels
+            if s.draft_cost is not None
+        ]
         if fitted:
             rows.append(
                 "fitted extra cost of reviewing a k-token Max-Gram draft, in one-token forwards: " + "; ".join(fitted)

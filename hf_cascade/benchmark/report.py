@@ -22,6 +22,7 @@ import statistics
 from dataclasses import asdict
 from typing import Any
 
+from ..stats import format_fitted_cost
 from .runner import BenchmarkResult, PromptResult
 
 __all__ = ["SCHEMA", "categories", "summarize", "to_json_dict", "to_markdown", "write_plot", "write_reports"]
@@ -41,7 +42,7 @@ def _level_names(result: BenchmarkResult, label: str) -> dict[str, str]:
 
 
 def _fitted(cost: list[float] | None) -> str:
-    return f"{cost[0]:.2f} + {cost[1]:.3f}k" if cost else "-"
+    return format_fitted_cost(*cost) if cost else "-"
 
 
 def _cost(run: Any, costs: dict[str, float]) -> float:

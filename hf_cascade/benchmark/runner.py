@@ -6,7 +6,6 @@ repeats drop single stalls. Every run's tokens are compared with greedy's: the b
 
 from __future__ import annotations
 
-import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 
 from ..cpu import count_parameters
-from ..runner import new_cache
+from ..runner import accepts_logits_to_keep, new_cache
 from .methods import Method, Run, run_method
 from .prompts import Prompt
 
@@ -106,7 +105,7 @@ def measure_cost(
     model(input_ids=context, cache=cache, use_cache=True)
     length = context.shape[1]
     cuda = model.device.type == "cuda"
-    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    keep = accepts_logits_to_keep(model)
     forward_s = {}
     for k in ks:
         chunk = context[:, -1:].repeat(1, k)
