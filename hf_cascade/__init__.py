@@ -7,6 +7,7 @@ statistical drafter draft in a vertical and horizontal cascade; the target revie
 from .candidate_generator import CascadeCandidateGenerator, MaxGramCandidateGenerator
 from .config import CascadeConfig, MaxGramConfig, default_k_matrix
 from .cpu import use_onednn_linear
+from .errors import CascadeError, CascadeTypeError, CascadeValueError
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
 from .loading import load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
@@ -20,7 +21,10 @@ __all__ = [
     "CascadeConfig",
     "CascadeDecoderOnlyOutput",
     "CascadeEncoderDecoderOutput",
+    "CascadeError",
     "CascadeStats",
+    "CascadeTypeError",
+    "CascadeValueError",
     "LevelStats",
     "MaxGramCandidateGenerator",
     "MaxGramConfig",

@@ -13,6 +13,7 @@ from transformers.generation.logits_process import LogitsProcessorList
 from .cascade import CascadeDrafter
 from .config import CascadeConfig, MaxGramConfig
 from .cost import ForwardCostModel, cost_model_for
+from .errors import CascadeValueError
 from .max_gram import BigramTable, MaxGramIndex
 from .runner import ModelRunner
 from .stats import LevelStats
@@ -38,7 +39,7 @@ def _bigram(table: BigramTable | str | None, vocab_size: int | None) -> BigramTa
     else:
         bigram = BigramTable.load(table)
     if bigram is not None and vocab_size is not None and bigram.vocab_size != vocab_size:
-        raise ValueError(
+        raise CascadeValueError(
             f"The Max-Gram bigram table covers {bigram.vocab_size} tokens but the target's vocabulary has "
             f"{vocab_size}; build the table for this vocabulary (BigramTable.from_model or from_corpus)."
         )
@@ -156,7 +157,7 @@ class CascadeCandidateGenerator(CandidateGenerator):
         """
         committed = self.drafter.committed
         if input_ids.shape[1] < committed:
-            raise ValueError(
+            raise CascadeValueError(
                 f"input_ids has {input_ids.shape[1]} tokens but {committed} were already committed; a "
                 "CascadeCandidateGenerator lives for one generate call, create a new one per call."
             )
@@ -217,7 +218,7 @@ class MaxGramCandidateGenerator(CascadeCandidateGenerator):
     ):
         needs_vocab = do_sample or bigram_table is not None or bool(logits_processor)
         if vocab_size is None and needs_vocab:
-            raise ValueError(
+            raise CascadeValueError(
                 "MaxGramCandidateGenerator needs vocab_size when do_sample, logits_processor or bigram_table is "
                 "given; pass vocab_size=model.config.get_text_config().vocab_size."
             )

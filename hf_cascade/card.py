@@ -8,6 +8,7 @@ from typing import Any
 
 from .benchmark.report import SCHEMA as BENCH_SCHEMA
 from .config import CascadeConfig
+from .errors import CascadeValueError
 from .hub import config_call
 
 __all__ = ["BENCH_SCHEMA", "SECTION_TITLE", "load_bench_results", "model_card_section", "recommended_method"]
@@ -38,28 +39,32 @@ def load_bench_results(results: str | os.PathLike | dict[str, Any]) -> dict[str,
             try:
                 results = json.load(f)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{source} is not valid JSON ({e}); pass the results.json of hf-cascade bench.") from e
+                raise CascadeValueError(
+                    f"{source} is not valid JSON ({e}); pass the results.json of hf-cascade bench."
+                ) from e
         if not isinstance(results, dict):
-            raise ValueError(f"{source} holds a JSON {type(results).__name__}, not the object hf-cascade bench writes.")
+            raise CascadeValueError(
+                f"{source} holds a JSON {type(results).__name__}, not the object hf-cascade bench writes."
+            )
     schema = results.get("schema")
     if schema is None:
-        raise ValueError(
+        raise CascadeValueError(
             f"{source} has no 'schema' field, so it is not a results file of hf-cascade bench "
             f"(expected schema {BENCH_SCHEMA!r})."
         )
     if schema != BENCH_SCHEMA:
-        raise ValueError(
+        raise CascadeValueError(
             f"{source} has schema {schema!r}, which this hf_cascade cannot read (it reads {BENCH_SCHEMA!r}); "
             "rerun the benchmark with this version or upgrade hf_cascade."
         )
     missing = [key for key in _TOP_KEYS if key not in results]
     if missing:
-        raise ValueError(f"{source} lacks the field(s) {missing} of schema {BENCH_SCHEMA!r}.")
+        raise CascadeValueError(f"{source} lacks the field(s) {missing} of schema {BENCH_SCHEMA!r}.")
     mismatches = list(results.get("mismatches") or [])
     not_identical = sorted({row["method"] for row in results["summary"] if row.get("identical") is False})
     if mismatches or not_identical:
         shown = "; ".join(mismatches[:3]) + (f" (+{len(mismatches) - 3} more)" if len(mismatches) > 3 else "")
-        raise ValueError(
+        raise CascadeValueError(
             f"{source} records outputs that differ from plain greedy decoding "
             f"({shown or 'methods ' + ', '.join(not_identical)}). A card must only advertise identical output: "
             "run the benchmark in float32 and investigate the mismatch first."
@@ -91,12 +96,12 @@ def recommended_method(
     if not candidates:
         measured = [m["label"] for m in results["methods"] if m.get("kind") == "cascade"]
         if cascade_config is not None:
-            raise ValueError(
+            raise CascadeValueError(
                 "No cascade method of the results was measured with the given cascade config "
                 f"({cascade_config.to_dict()}); measured cascade methods: {measured or 'none'}. Pass one of their "
                 "configurations, or omit --cascade-config to recommend the fastest."
             )
-        raise ValueError(
+        raise CascadeValueError(
             f"The results have no cascade method with identical output and a measured overall ('all') speedup "
             f"(cascade methods: {measured or 'none'}); benchmark at least one hf_cascade method."
         )
@@ -126,7 +131,7 @@ def model_card_section(
         `str`: Markdown, starting with `## Faster generation with hf_cascade`.
     """
     if not isinstance(target, str) or not target.strip():
-        raise ValueError(f"target must be the model's Hub id or name, got {target!r}.")
+        raise CascadeValueError(f"target must be the model's Hub id or name, got {target!r}.")
     results = load_bench_results(results)
     method, row = recommended_method(results, cascade_config)
     config = _method_config(method)

@@ -11,6 +11,8 @@ from typing import Any
 
 from transformers.utils import PushToHubMixin
 
+from .errors import CascadeTypeError, CascadeValueError
+
 __all__ = ["CONFIG_NAME", "CascadeConfig", "MaxGramConfig", "default_k_matrix"]
 
 CONFIG_NAME = "cascade_config.json"
@@ -19,9 +21,9 @@ _INT_LIST = re.compile(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]")  # a JSON list of int
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
+        raise CascadeTypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
     if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+        raise CascadeValueError(f"{name} must be >= {minimum}, got {value}.")
 
 
 @dataclass
@@ -98,33 +100,35 @@ class MaxGramConfig:
         _check_int("MaxGramConfig.min_ngram_size", self.min_ngram_size, 1)
         _check_int("MaxGramConfig.num_pred_tokens", self.num_pred_tokens, 1)
         if self.min_ngram_size > self.max_ngram_size:
-            raise ValueError(
+            raise CascadeValueError(
                 f"MaxGramConfig.min_ngram_size ({self.min_ngram_size}) must not exceed max_ngram_size "
                 f"({self.max_ngram_size}); lower min_ngram_size or raise max_ngram_size."
             )
         if self.occurrence not in ("latest", "earliest"):
-            raise ValueError(f"MaxGramConfig.occurrence must be 'latest' or 'earliest', got {self.occurrence!r}.")
+            raise CascadeValueError(
+                f"MaxGramConfig.occurrence must be 'latest' or 'earliest', got {self.occurrence!r}."
+            )
         if not isinstance(self.adaptive_length, bool):
-            raise TypeError(f"MaxGramConfig.adaptive_length must be a bool, got {self.adaptive_length!r}.")
+            raise CascadeTypeError(f"MaxGramConfig.adaptive_length must be a bool, got {self.adaptive_length!r}.")
         if not isinstance(self.measure_cost, bool):
-            raise TypeError(f"MaxGramConfig.measure_cost must be a bool, got {self.measure_cost!r}.")
+            raise CascadeTypeError(f"MaxGramConfig.measure_cost must be a bool, got {self.measure_cost!r}.")
         if isinstance(self.token_cost, bool) or not isinstance(self.token_cost, (int, float)):
-            raise TypeError(f"MaxGramConfig.token_cost must be a float in (0, 1), got {self.token_cost!r}.")
+            raise CascadeTypeError(f"MaxGramConfig.token_cost must be a float in (0, 1), got {self.token_cost!r}.")
         if not 0 < self.token_cost < 1:
-            raise ValueError(
+            raise CascadeValueError(
                 f"MaxGramConfig.token_cost must lie in (0, 1) (a fraction of one forward pass), got {self.token_cost}."
             )
         self.token_cost = float(self.token_cost)
         if isinstance(self.draft_cost, bool) or not isinstance(self.draft_cost, (int, float)):
-            raise TypeError(f"MaxGramConfig.draft_cost must be a float >= 0, got {self.draft_cost!r}.")
+            raise CascadeTypeError(f"MaxGramConfig.draft_cost must be a float >= 0, got {self.draft_cost!r}.")
         if not 0 <= self.draft_cost < math.inf:
-            raise ValueError(
+            raise CascadeValueError(
                 f"MaxGramConfig.draft_cost must be a finite number >= 0 (a fraction of one forward pass), "
                 f"got {self.draft_cost}."
             )
         self.draft_cost = float(self.draft_cost)
         if self.bigram_table is not None and not isinstance(self.bigram_table, (str, os.PathLike)):
-            raise TypeError(
+            raise CascadeTypeError(
                 "MaxGramConfig.bigram_table must be a path to a safetensors file saved with BigramTable.save, or None; "
                 f"got {type(self.bigram_table).__name__}."
             )
@@ -161,7 +165,7 @@ def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: i
     """
     n = num_assistants + int(use_max_gram)
     if n == 0:
-        raise ValueError(
+        raise CascadeValueError(
             "A cascade needs at least one drafter: pass assistant_models=[...] or set CascadeConfig.use_max_gram=True."
         )
     k = [[0] * n for _ in range(n)]
@@ -219,7 +223,7 @@ class CascadeConfig(PushToHubMixin):
             known = set(MaxGramConfig.__dataclass_fields__)
             unknown = sorted(set(self.max_gram) - known)
             if unknown:
-                raise ValueError(
+                raise CascadeValueError(
                     f"Unknown CascadeConfig.max_gram field(s) {unknown}; known fields are {sorted(known)}."
                 )
             self.max_gram = MaxGramConfig(**self.max_gram)
@@ -228,25 +232,25 @@ class CascadeConfig(PushToHubMixin):
     def validate(self) -> None:
         """Raise `ValueError`/`TypeError` naming the field when the configuration is invalid."""
         if isinstance(self.lenience, bool) or not isinstance(self.lenience, (int, float)):
-            raise TypeError(f"CascadeConfig.lenience must be a float >= 1, got {self.lenience!r}.")
+            raise CascadeTypeError(f"CascadeConfig.lenience must be a float >= 1, got {self.lenience!r}.")
         if not math.isfinite(self.lenience) or self.lenience < 1:
-            raise ValueError(
+            raise CascadeValueError(
                 f"CascadeConfig.lenience must be a finite number >= 1 (1 means exact reviews), got {self.lenience}."
             )
         self.lenience = float(self.lenience)
         if not isinstance(self.use_max_gram, bool):
-            raise TypeError(f"CascadeConfig.use_max_gram must be a bool, got {self.use_max_gram!r}.")
+            raise CascadeTypeError(f"CascadeConfig.use_max_gram must be a bool, got {self.use_max_gram!r}.")
         threshold = self.confidence_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise TypeError(f"CascadeConfig.confidence_threshold must be a float in [0, 1), got {threshold!r}.")
+            raise CascadeTypeError(f"CascadeConfig.confidence_threshold must be a float in [0, 1), got {threshold!r}.")
         if not 0 <= threshold < 1:
-            raise ValueError(
+            raise CascadeValueError(
                 f"CascadeConfig.confidence_threshold must lie in [0, 1) (a probability; 0 never stops early), "
                 f"got {threshold}."
             )
         self.confidence_threshold = float(threshold)
         if not isinstance(self.max_gram, MaxGramConfig):
-            raise TypeError(
+            raise CascadeTypeError(
                 f"CascadeConfig.max_gram must be a MaxGramConfig or a dict, got {type(self.max_gram).__name__}."
             )
         if self.k_matrix is not None:
@@ -266,7 +270,7 @@ class CascadeConfig(PushToHubMixin):
             return default_k_matrix(num_assistants, self.use_max_gram, self.max_gram.num_pred_tokens)
         if len(self.k_matrix) != n:
             drafters = f"{num_assistants} assistant model(s)" + (" + Max-Gram" if self.use_max_gram else "")
-            raise ValueError(
+            raise CascadeValueError(
                 f"CascadeConfig.k_matrix is {len(self.k_matrix)}x{len(self.k_matrix)} but the cascade has {n} "
                 f"drafter(s) ({drafters}); give one row and one column per drafter, or k_matrix=None for the default."
             )
@@ -280,11 +284,11 @@ class CascadeConfig(PushToHubMixin):
     def from_dict(cls, config_dict: dict[str, Any]) -> CascadeConfig:
         """Build a config from `to_dict()` output. Unknown keys raise `ValueError` (a typo must not be ignored)."""
         if not isinstance(config_dict, dict):
-            raise TypeError(f"CascadeConfig.from_dict expects a dict, got {type(config_dict).__name__}.")
+            raise CascadeTypeError(f"CascadeConfig.from_dict expects a dict, got {type(config_dict).__name__}.")
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(config_dict) - known)
         if unknown:
-            raise ValueError(f"Unknown CascadeConfig field(s) {unknown}; known fields are {sorted(known)}.")
+            raise CascadeValueError(f"Unknown CascadeConfig field(s) {unknown}; known fields are {sorted(known)}.")
         return cls(**config_dict)
 
     def to_json_string(self) -> str:
@@ -307,7 +311,7 @@ class CascadeConfig(PushToHubMixin):
             `str`: the path of the written `cascade_config.json`.
         """
         if os.path.isfile(save_directory):
-            raise ValueError(f"save_directory ({save_directory}) is a file; pass a directory.")
+            raise CascadeValueError(f"save_directory ({save_directory}) is a file; pass a directory.")
         os.makedirs(save_directory, exist_ok=True)
         path = os.path.join(save_directory, CONFIG_NAME)
         with open(path, "w", encoding="utf-8") as f:
@@ -388,28 +392,28 @@ class CascadeConfig(PushToHubMixin):
 
 def _validated_k_matrix(k_matrix: Any) -> list[list[int]]:
     if not isinstance(k_matrix, (list, tuple)) or not all(isinstance(row, (list, tuple)) for row in k_matrix):
-        raise TypeError(f"CascadeConfig.k_matrix must be a list of lists of ints, got {k_matrix!r}.")
+        raise CascadeTypeError(f"CascadeConfig.k_matrix must be a list of lists of ints, got {k_matrix!r}.")
     n = len(k_matrix)
     if n == 0:
-        raise ValueError("CascadeConfig.k_matrix is empty; give one row and one column per drafter, or None.")
+        raise CascadeValueError("CascadeConfig.k_matrix is empty; give one row and one column per drafter, or None.")
     for r, row in enumerate(k_matrix):
         if len(row) != n:
-            raise ValueError(
+            raise CascadeValueError(
                 f"CascadeConfig.k_matrix must be square: it has {n} rows but row {r} has {len(row)} entries "
                 f"({list(row)}). Give one row and one column per drafter."
             )
         for c, value in enumerate(row):
             if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"CascadeConfig.k_matrix[{r}][{c}] must be an int, got {value!r}.")
+                raise CascadeTypeError(f"CascadeConfig.k_matrix[{r}][{c}] must be an int, got {value!r}.")
             if value < 0:
-                raise ValueError(f"CascadeConfig.k_matrix[{r}][{c}] is {value}; token counts must be >= 0.")
+                raise CascadeValueError(f"CascadeConfig.k_matrix[{r}][{c}] is {value}; token counts must be >= 0.")
             if c < r and value != 0:
-                raise ValueError(
+                raise CascadeValueError(
                     f"CascadeConfig.k_matrix must be upper-triangular: entry [{r}][{c}] is {value}, but level {r} "
                     f"is reviewed by drafter {r - 1} and can only hold drafts of smaller drafters (columns >= {r})."
                 )
         if sum(row) == 0:
-            raise ValueError(
+            raise CascadeValueError(
                 f"CascadeConfig.k_matrix row {r} is all zeros, so level {r} would never draft; give at least one "
                 "positive entry per row."
             )

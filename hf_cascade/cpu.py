@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .errors import CascadeTypeError, CascadeValueError
+
 __all__ = ["OneDNNLinear", "count_parameters", "onednn_linear_available", "use_onednn_linear"]
 
 
@@ -76,26 +78,28 @@ def count_parameters(model: nn.Module) -> int:
 
 def _check_packable(model: nn.Module) -> None:
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+        raise CascadeTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
     if not onednn_linear_available():
-        raise ValueError(
+        raise CascadeValueError(
             f"use_onednn_linear: this PyTorch build ({torch.__version__}) lacks oneDNN or its packed-linear ops; "
             "use the model as it is."
         )
     devices = {p.device.type for p in model.parameters()}
     if devices - {"cpu"}:
-        raise ValueError(
+        raise CascadeValueError(
             f"use_onednn_linear: the model has parameters on {sorted(devices)}; oneDNN packing is for models on "
             "CPU only. Load the model with device='cpu' (and no offloading device_map), or skip the packing on GPU."
         )
     dtypes = {m.weight.dtype for m in model.modules() if type(m) is nn.Linear}
     if len(dtypes) > 1:
-        raise ValueError(f"use_onednn_linear: linear layers have mixed dtypes {sorted(map(str, dtypes))}; use one.")
+        raise CascadeValueError(
+            f"use_onednn_linear: linear layers have mixed dtypes {sorted(map(str, dtypes))}; use one."
+        )
     dtype = dtypes.pop() if dtypes else torch.float32
     try:  # Probe before touching the model, so an unsupported dtype leaves it unchanged.
         _reorder(torch.zeros(1, 1, dtype=dtype))
     except RuntimeError as e:
-        raise ValueError(
+        raise CascadeValueError(
             f"use_onednn_linear: dtype {dtype} is not supported by oneDNN on this CPU ({e}). "
             "Load the model with dtype=torch.float32."
         ) from e

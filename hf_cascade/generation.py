@@ -18,6 +18,7 @@ from .candidate_generator import CascadeCandidateGenerator
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
 from .cost import cost_model_for
+from .errors import CascadeTypeError, CascadeValueError
 from .runner import ModelRunner, new_cache
 from .stats import CascadeStats, LevelStats
 from .verification import review
@@ -91,9 +92,9 @@ def generate(
     is_encoder_decoder = bool(model.config.is_encoder_decoder)
     check_generation(input_ids, generation_config, model_kwargs, is_encoder_decoder)
     if synced_gpus:
-        raise ValueError("synced_gpus=True is not supported by the cascade.")
+        raise CascadeValueError("synced_gpus=True is not supported by the cascade.")
     if not assistants and not config.use_max_gram:
-        raise ValueError(
+        raise CascadeValueError(
             "The cascade has no drafter: pass assistant_models=[...] or keep CascadeConfig.use_max_gram=True."
         )
 
@@ -211,7 +212,7 @@ def enable(model: PreTrainedModel) -> PreTrainedModel:
         The same model, for chaining.
     """
     if not isinstance(model, PreTrainedModel):
-        raise TypeError(f"hf_cascade.enable expects a transformers PreTrainedModel, got {type(model).__name__}.")
+        raise CascadeTypeError(f"hf_cascade.enable expects a transformers PreTrainedModel, got {type(model).__name__}.")
     if "_hf_cascade_generate" in vars(model):
         return model
     original = model.generate
@@ -230,7 +231,7 @@ def enable(model: PreTrainedModel) -> PreTrainedModel:
                 **kwargs,
             )
         if kwargs.get("assistant_model") is not None:
-            raise ValueError(
+            raise CascadeValueError(
                 "assistant_model (transformers' single-drafter assisted generation) cannot be combined with the "
                 "cascade; put the model in assistant_models=[...] instead."
             )

@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 from .config import CONFIG_NAME, CascadeConfig
+from .errors import CascadeTypeError, CascadeValueError
 
 __all__ = [
     "GENERATE_PY",
@@ -77,24 +78,26 @@ def hub_generate(*args: Any, **kwargs: Any) -> Any:
     model = kwargs.pop("model", None)
     if model is None:
         if not args:
-            raise TypeError("hf_cascade's custom_generate entry point needs the model: call generate(model, ...).")
+            raise CascadeTypeError(
+                "hf_cascade's custom_generate entry point needs the model: call generate(model, ...)."
+            )
         model, *args = args
     if not isinstance(model, GenerationMixin):
-        raise TypeError(
+        raise CascadeTypeError(
             f"hf_cascade's custom_generate entry point expects a transformers model with generate(), got "
             f"{type(model).__name__}."
         )
     if kwargs.pop("assistant_model", None) is not None:
-        raise ValueError(
+        raise CascadeValueError(
             "assistant_model (transformers' single-drafter assisted generation) cannot be combined with the "
             "cascade; put the model in assistant_models=[...] instead."
         )
     if kwargs.pop("synced_gpus", None):
-        raise ValueError("synced_gpus=True is not supported by the cascade.")
+        raise CascadeValueError("synced_gpus=True is not supported by the cascade.")
     streamer = kwargs.pop("streamer", None)
     if streamer is not None:
         if kwargs.get("cascade_streamer") is not None:
-            raise ValueError("Pass the streamer once: streamer= or cascade_streamer=, not both.")
+            raise CascadeValueError("Pass the streamer once: streamer= or cascade_streamer=, not both.")
         kwargs["cascade_streamer"] = streamer
     # The class's generate, not `model.generate`: an instance-level replacement (this very function when the model
     # was loaded from a custom_generate repository, or `hf_cascade.enable`) would otherwise recurse or refuse.
@@ -169,13 +172,15 @@ def export_hub(
     """
     out_dir = os.fspath(out_dir)
     if os.path.isfile(out_dir):
-        raise ValueError(f"out_dir ({out_dir}) is a file; pass a directory for the custom_generate repository.")
+        raise CascadeValueError(f"out_dir ({out_dir}) is a file; pass a directory for the custom_generate repository.")
     if isinstance(cascade_config, dict):
         cascade_config = CascadeConfig.from_dict(cascade_config)
     elif cascade_config is not None and not isinstance(cascade_config, CascadeConfig):
-        raise TypeError(f"cascade_config must be a CascadeConfig, a dict or None, got {type(cascade_config).__name__}.")
+        raise CascadeTypeError(
+            f"cascade_config must be a CascadeConfig, a dict or None, got {type(cascade_config).__name__}."
+        )
     if assistants is not None and (isinstance(assistants, str) or not isinstance(assistants, (list, tuple))):
-        raise TypeError(f"assistants must be a list of Hub ids, got {assistants!r}; wrap one as [name].")
+        raise CascadeTypeError(f"assistants must be a list of Hub ids, got {assistants!r}; wrap one as [name].")
     files = {
         os.path.join("custom_generate", "generate.py"): GENERATE_PY,
         os.path.join("custom_generate", "requirements.txt"): "\n".join(requirements()) + "\n",

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .errors import CascadeValueError
+
 __all__ = [
     "encode_prompt",
     "pad_token_id",
@@ -85,7 +87,7 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
         return dtype
     if isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
         return _DTYPES[dtype.lower().removeprefix("torch.")]
-    raise ValueError(f"dtype must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}.")
+    raise CascadeValueError(f"dtype must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}.")
 
 
 def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None) -> tuple[str, str | None]:
@@ -106,11 +108,11 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
     path = os.path.expanduser(os.fspath(name_or_path))
     if os.path.isfile(path):
         if not path.lower().endswith(".gguf"):
-            raise ValueError(
+            raise CascadeValueError(
                 f"{name_or_path} is a file but not a .gguf file; pass a GGUF file, a model directory or a Hub id."
             )
         if gguf_file is not None and os.path.basename(gguf_file) != os.path.basename(path):
-            raise ValueError(
+            raise CascadeValueError(
                 f"Got the GGUF file path {name_or_path} and also gguf_file={gguf_file!r}; pass one or the other."
             )
         folder, name = os.path.split(os.path.abspath(path))
@@ -130,7 +132,7 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
             if len(ggufs) == 1:
                 return path, ggufs[0]
             if len(ggufs) > 1:
-                raise ValueError(
+                raise CascadeValueError(
                     f"Directory {name_or_path} holds several GGUF files ({', '.join(ggufs)}); choose one with "
                     "gguf_file= (CLI: --gguf-file)."
                 )
@@ -228,7 +230,7 @@ def _detach_gguf_quantizer(model: PreTrainedModel) -> None:
     """
     packed = sorted({type(m).__name__ for m in model.modules() if type(m).__name__.lower().startswith("gguf")})
     if packed:
-        raise ValueError(
+        raise CascadeValueError(
             f"The GGUF model kept packed layers ({', '.join(packed)}), which save_pretrained cannot write as plain "
             "weights; load without cache_dir, or load with quantization_config=GgufConfig(dequantize=True)."
         )
@@ -289,7 +291,7 @@ def encode_prompt(
         )
     else:
         if not isinstance(prompt, str):
-            raise ValueError("chat messages need chat_template=True; pass raw text to use chat_template=False")
+            raise CascadeValueError("chat messages need chat_template=True; pass raw text to use chat_template=False")
         inputs = tokenizer(prompt, return_tensors="pt")
     return {k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
 

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from .errors import CascadeTypeError, CascadeValueError
+
 __all__ = ["BigramTable", "MaxGramIndex"]
 
 
@@ -43,7 +45,7 @@ class MaxGramIndex:
         occurrence: str = "latest",
     ):
         if occurrence not in ("latest", "earliest"):
-            raise ValueError(f"occurrence must be 'latest' or 'earliest', got {occurrence!r}.")
+            raise CascadeValueError(f"occurrence must be 'latest' or 'earliest', got {occurrence!r}.")
         self.max_ngram_size = max_ngram_size
         self.min_ngram_size = min_ngram_size
         self._keep_latest = occurrence == "latest"
@@ -153,12 +155,14 @@ class BigramTable:
 
     def __init__(self, table: torch.Tensor):
         if not isinstance(table, torch.Tensor) or table.dim() != 1 or table.dtype not in (torch.int32, torch.int64):
-            raise TypeError(
+            raise CascadeTypeError(
                 "BigramTable expects a 1-D integer tensor of shape (vocab_size,) with -1 for 'no proposal'."
             )
         vocab = table.numel()
         if bool(((table < -1) | (table >= vocab)).any()):
-            raise ValueError(f"BigramTable entries must be -1 or token ids in [0, {vocab}); got out-of-range values.")
+            raise CascadeValueError(
+                f"BigramTable entries must be -1 or token ids in [0, {vocab}); got out-of-range values."
+            )
         self.table = table.to(torch.int64).cpu()
         self._list = self.table.tolist()  # Python list: O(1) scalar reads without tensor overhead
 
@@ -190,7 +194,7 @@ class BigramTable:
             return cls(table)
         a, b = torch.tensor(firsts, dtype=torch.int64), torch.tensor(seconds, dtype=torch.int64)
         if bool(((a < 0) | (a >= vocab_size) | (b < 0) | (b >= vocab_size)).any()):
-            raise ValueError(f"BigramTable.from_corpus: token ids must lie in [0, {vocab_size}).")
+            raise CascadeValueError(f"BigramTable.from_corpus: token ids must lie in [0, {vocab_size}).")
         pairs, counts = torch.unique(a * vocab_size + b, return_counts=True)  # sorted by (first, second)
         first, second = pairs // vocab_size, pairs % vocab_size
         # Stable sort by count (descending), then by first token: the first row of each group is its argmax,
@@ -227,13 +231,17 @@ class BigramTable:
         from .runner import accepts_logits_to_keep
 
         if getattr(model.config, "is_encoder_decoder", False):
-            raise ValueError("BigramTable.from_model needs a decoder-only model; use from_corpus for encoder-decoders.")
+            raise CascadeValueError(
+                "BigramTable.from_model needs a decoder-only model; use from_corpus for encoder-decoders."
+            )
         try:
             size = 0 if isinstance(batch_size, bool) else operator.index(batch_size)  # numpy and torch integers too
         except TypeError:
             size = 0
         if size < 1:
-            raise ValueError(f"BigramTable.from_model: batch_size must be a positive integer, got {batch_size!r}.")
+            raise CascadeValueError(
+                f"BigramTable.from_model: batch_size must be a positive integer, got {batch_size!r}."
+            )
         batch_size = size
         vocab = model.config.get_text_config().vocab_size
         bos = model.config.bos_token_id if bos_token_id is None else bos_token_id
@@ -269,12 +277,12 @@ class BigramTable:
         try:
             tensors = load_file(os.fspath(path))
         except SafetensorError as e:
-            raise ValueError(
+            raise CascadeValueError(
                 f"{path} is not a safetensors file ({e}); build a bigram table with BigramTable.save or "
                 "`hf-cascade bigram`."
             ) from None
         if "next_token" not in tensors:
-            raise ValueError(
+            raise CascadeValueError(
                 f"{path} is not a hf_cascade bigram table (no 'next_token' tensor); build one with BigramTable.save or "
                 "`hf-cascade bigram`."
             )

@@ -12,6 +12,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import Cache
 
 from .cost import ForwardCostModel
+from .errors import CascadeValueError
 from .stats import LevelStats
 
 __all__ = ["ModelRunner", "accepts_logits_to_keep", "new_cache"]
@@ -122,7 +123,7 @@ class ModelRunner:
         if not self._checked_croppable:
             # Linear-attention layers only know after their first update whether they can roll back.
             if not getattr(self.cache, "is_croppable", True):
-                raise ValueError(
+                raise CascadeValueError(
                     f"{type(self.model).__name__} uses a cache that cannot be cropped after a rejected draft "
                     "(linear attention or a fixed-size state); CS Drafting needs a croppable KV cache."
                 )

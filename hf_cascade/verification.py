@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .errors import CascadeValueError
+
 __all__ = ["greedy_review", "lenient_mixture", "review", "sampling_review"]
 
 _TINY = 1e-30
@@ -134,6 +136,6 @@ def review(
         n_accepted, next_token = greedy_review(scores, draft, lenience)
         return n_accepted, next_token, None
     if q is None:
-        raise ValueError("A sampling review needs the draft distributions q.")
+        raise CascadeValueError("A sampling review needs the draft distributions q.")
     probs = torch.softmax(scores, dim=-1)
     return sampling_review(probs, draft, q, lenience, need_emitted_q)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..config import CascadeConfig
+from ..errors import CascadeValueError
 
 __all__ = ["METHOD_KINDS", "ForwardTimer", "Method", "Run", "parse_method", "run_method"]
 
@@ -48,20 +49,24 @@ class Method:
 
     def __post_init__(self) -> None:
         if self.kind not in METHOD_KINDS:
-            raise ValueError(f"method {self.label!r}: unknown kind {self.kind!r}; use one of {', '.join(METHOD_KINDS)}")
+            raise CascadeValueError(
+                f"method {self.label!r}: unknown kind {self.kind!r}; use one of {', '.join(METHOD_KINDS)}"
+            )
         if self.kind == "assisted" and len(self.drafters) != 1:
-            raise ValueError(
+            raise CascadeValueError(
                 f"method {self.label!r}: transformers' assisted generation takes exactly one drafter, got "
                 f"{list(self.drafters)}; write assisted:NAME"
             )
         if self.kind in ("greedy", "prompt-lookup") and self.drafters:
-            raise ValueError(f"method {self.label!r}: {self.kind} takes no drafter models, got {list(self.drafters)}")
+            raise CascadeValueError(
+                f"method {self.label!r}: {self.kind} takes no drafter models, got {list(self.drafters)}"
+            )
         if self.cascade_config is not None and self.kind != "cascade":
-            raise ValueError(f"method {self.label!r}: only cascade methods take a @CONFIG")
+            raise CascadeValueError(f"method {self.label!r}: only cascade methods take a @CONFIG")
         if self.kind == "cascade":
             config = self.cascade_config or CascadeConfig()
             if not self.drafters and not config.use_max_gram:
-                raise ValueError(f"method {self.label!r}: a cascade without assistants needs use_max_gram=True")
+                raise CascadeValueError(f"method {self.label!r}: a cascade without assistants needs use_max_gram=True")
             config.resolved_k_matrix(len(self.drafters))  # raises a ValueError naming the k_matrix mismatch
 
 
@@ -76,28 +81,28 @@ def parse_method(spec: str) -> Method:
     if "=" in text.split("@", 1)[0]:
         label, text = (part.strip() for part in text.split("=", 1))
         if not label:
-            raise ValueError(f"method {spec!r}: empty label before '='")
+            raise CascadeValueError(f"method {spec!r}: empty label before '='")
     config = None
     if "@" in text:
         text, config_path = (part.strip() for part in text.split("@", 1))
         try:
             config = CascadeConfig.from_pretrained(config_path)
         except (OSError, ValueError, TypeError) as e:
-            raise ValueError(f"method {spec!r}: cannot read the cascade config {config_path!r}: {e}") from e
+            raise CascadeValueError(f"method {spec!r}: cannot read the cascade config {config_path!r}: {e}") from e
     kind, _, arg = text.partition(":")
     kind = kind.strip()
     if kind not in METHOD_KINDS:
-        raise ValueError(f"method {spec!r}: unknown kind {kind!r}; use one of {', '.join(METHOD_KINDS)}")
+        raise CascadeValueError(f"method {spec!r}: unknown kind {kind!r}; use one of {', '.join(METHOD_KINDS)}")
     drafters: tuple[str, ...] = ()
     lookup_tokens = 10
     if kind == "prompt-lookup" and arg:
         if not arg.isdigit() or int(arg) < 1:
-            raise ValueError(f"method {spec!r}: prompt-lookup:N needs a positive integer N, got {arg!r}")
+            raise CascadeValueError(f"method {spec!r}: prompt-lookup:N needs a positive integer N, got {arg!r}")
         lookup_tokens = int(arg)
     elif arg:
         drafters = tuple(name.strip() for name in arg.split(","))
         if any(not name for name in drafters):
-            raise ValueError(f"method {spec!r}: empty drafter name in {arg!r}")
+            raise CascadeValueError(f"method {spec!r}: empty drafter name in {arg!r}")
     if label is None:
         label = kind if not arg else f"{kind}:{arg}"
     return Method(label=label, kind=kind, drafters=drafters, cascade_config=config, lookup_tokens=lookup_tokens)

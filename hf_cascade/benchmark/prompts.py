@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from ..errors import CascadeValueError
+
 __all__ = ["BUILTIN_SETS", "DATASETS", "Prompt", "load_builtin", "load_dataset_file", "load_jsonl", "sample"]
 
 BUILTIN_SETS = ("grounded", "math", "chat")
@@ -54,12 +56,12 @@ class Prompt:
 
 def _parse_record(record: Any, where: str) -> Prompt:
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        raise CascadeValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
     missing = [key for key in ("id", "category", "prompt") if key not in record]
     if missing:
-        raise ValueError(f"{where}: missing key(s) {missing}; each line needs 'id', 'category' and 'prompt'")
+        raise CascadeValueError(f"{where}: missing key(s) {missing}; each line needs 'id', 'category' and 'prompt'")
     if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        raise ValueError(f"{where}: 'prompt' must be a non-empty string")
+        raise CascadeValueError(f"{where}: 'prompt' must be a non-empty string")
     answer = record.get("answer")
     return Prompt(str(record["id"]), str(record["category"]), record["prompt"], None if answer is None else str(answer))
 
@@ -79,7 +81,7 @@ def load_jsonl(path: str | os.PathLike) -> list[Prompt]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
+                raise CascadeValueError(f"{where}: not valid JSON ({e})") from None
             prompts.append(_parse_record(record, where))
     _check_unique(prompts, str(path))
     return prompts
@@ -88,7 +90,7 @@ def load_jsonl(path: str | os.PathLike) -> list[Prompt]:
 def load_builtin(name: str) -> list[Prompt]:
     """One of the prompt sets shipped with hf_cascade (`BUILTIN_SETS`)."""
     if name not in BUILTIN_SETS:
-        raise ValueError(f"unknown built-in prompt set {name!r}; choose from {', '.join(BUILTIN_SETS)}")
+        raise CascadeValueError(f"unknown built-in prompt set {name!r}; choose from {', '.join(BUILTIN_SETS)}")
     with resources.as_file(resources.files(__package__) / "prompts" / f"{name}.jsonl") as path:
         return load_jsonl(path)
 
@@ -99,7 +101,7 @@ def sample(prompts: list[Prompt], n: int | None, seed: int = 0) -> list[Prompt]:
     if n is None or n >= len(prompts):
         return list(prompts)
     if n < 1:
-        raise ValueError(f"sample size must be >= 1, got {n}")
+        raise CascadeValueError(f"sample size must be >= 1, got {n}")
     keep = sorted(random.Random(seed).sample(range(len(prompts)), n))
     return [prompts[i] for i in keep]
 
@@ -108,7 +110,7 @@ def _check_unique(prompts: list[Prompt], where: str) -> None:
     seen: set[str] = set()
     for prompt in prompts:
         if prompt.id in seen:
-            raise ValueError(f"{where}: duplicate prompt id {prompt.id!r}")
+            raise CascadeValueError(f"{where}: duplicate prompt id {prompt.id!r}")
         seen.add(prompt.id)
 
 
@@ -124,7 +126,7 @@ def _gsm8k(path: str) -> list[Prompt]:
     prompts = []
     for i, row in enumerate(rows):
         if "question" not in row:
-            raise ValueError(f"{path}, record {i + 1}: not GSM8K (no 'question' key)")
+            raise CascadeValueError(f"{path}, record {i + 1}: not GSM8K (no 'question' key)")
         answer = str(row.get("answer", "")).rsplit("####", 1)[-1].strip() or None
         prompts.append(Prompt(f"gsm8k-{i}", "gsm8k", GSM8K_FORMAT.format(question=row["question"].strip()), answer))
     return prompts
@@ -134,7 +136,7 @@ def _mt_bench(path: str) -> list[Prompt]:
     prompts = []
     for i, row in enumerate(_read_json_lines(path)):
         if "turns" not in row or "category" not in row:
-            raise ValueError(f"{path}, record {i + 1}: not MT-Bench (needs 'turns' and 'category')")
+            raise CascadeValueError(f"{path}, record {i + 1}: not MT-Bench (needs 'turns' and 'category')")
         # First turns only: a second turn continues the model's own first answer, which differs between models.
         prompts.append(Prompt(f"mt-bench-{row.get('question_id', i)}", row["category"], row["turns"][0]))
     return prompts
@@ -144,7 +146,7 @@ def _humaneval(path: str) -> list[Prompt]:
     prompts = []
     for i, row in enumerate(_read_json_lines(path)):
         if "prompt" not in row:
-            raise ValueError(f"{path}, record {i + 1}: not HumanEval (no 'prompt' key)")
+            raise CascadeValueError(f"{path}, record {i + 1}: not HumanEval (no 'prompt' key)")
         task = str(row.get("task_id", i)).replace("/", "-").lower()
         prompts.append(Prompt(task, "humaneval", HUMANEVAL_FORMAT.format(prompt=row["prompt"])))
     return prompts
@@ -159,13 +161,13 @@ def _mmlu(path: str) -> list[Prompt]:
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".csv"))
         if not files:
-            raise ValueError(f"{path}: no MMLU *.csv files in this directory")
+            raise CascadeValueError(f"{path}: no MMLU *.csv files in this directory")
         return [p for f in files for p in _mmlu(f)]
     prompts = []
     if path.endswith((".jsonl", ".jsonl.gz")):
         for i, row in enumerate(_read_json_lines(path)):
             if "question" not in row or "choices" not in row:
-                raise ValueError(f"{path}, record {i + 1}: MMLU JSONL needs 'question' and 'choices'")
+                raise CascadeValueError(f"{path}, record {i + 1}: MMLU JSONL needs 'question' and 'choices'")
             subject = row.get("subject") or "mmlu"
             answer = row.get("answer")
             if isinstance(answer, int):
@@ -178,7 +180,7 @@ def _mmlu(path: str) -> list[Prompt]:
     with open(path, encoding="utf-8", newline="") as f:
         for i, row in enumerate(csv.reader(f)):
             if len(row) != 6:  # question, four choices, answer letter; the original files have no header
-                raise ValueError(f"{path}, row {i + 1}: an MMLU CSV row has 6 fields, got {len(row)}")
+                raise CascadeValueError(f"{path}, row {i + 1}: an MMLU CSV row has 6 fields, got {len(row)}")
             prompts.append(Prompt(f"mmlu-{subject}-{i}", subject, _mmlu_prompt(row[0], row[1:5]), row[5]))
     return prompts
 
@@ -198,14 +200,14 @@ def load_dataset_file(name: str, path: str | os.PathLike) -> list[Prompt]:
         `OSError`: when the file cannot be read.
     """
     if name not in _READERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        raise CascadeValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{name} data file {path} does not exist")
     try:
         prompts = _READERS[name](path)
     except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile) as e:
-        raise ValueError(f"{path} is not a readable {name} file: {e}") from None
+        raise CascadeValueError(f"{path} is not a readable {name} file: {e}") from None
     if not prompts:
-        raise ValueError(f"{path}: no {name} records found")
+        raise CascadeValueError(f"{path}: no {name} records found")
     return prompts

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..cpu import count_parameters
+from ..errors import CascadeValueError
 from ..runner import accepts_logits_to_keep, new_cache
 from .methods import Method, Run, run_method
 from .prompts import Prompt
@@ -158,15 +159,17 @@ def run_benchmark(
         `BenchmarkResult`
     """
     if not methods or methods[0].kind != "greedy":
-        raise ValueError("the first method must be greedy: it is the reference for speedups and exactness")
+        raise CascadeValueError("the first method must be greedy: it is the reference for speedups and exactness")
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"method labels must be unique, got {labels}")
+        raise CascadeValueError(f"method labels must be unique, got {labels}")
     missing = sorted({name for m in methods for name in m.drafters} - set(drafters))
     if missing:
-        raise ValueError(f"methods use drafter(s) {missing} that are not registered; registered: {sorted(drafters)}")
+        raise CascadeValueError(
+            f"methods use drafter(s) {missing} that are not registered; registered: {sorted(drafters)}"
+        )
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise CascadeValueError(f"repeats must be >= 1, got {repeats}")
     t_start = time.perf_counter()
     costs: dict[str, ModelCost] = {}
     if measure_costs and encoded:
