@@ -59,7 +59,7 @@ assert not result.mismatches, result.mismatches  # every run must equal greedy's
 for row in summarize(result):
     if row["category"] == "all":
         print(
-            f"{row['method']:<10} speedup {row['speedup']:.2f}x, {row['tokens_per_target_forward']:.2f} tokens/target fwd"
+            f"{row.method:<10} speedup {row.speedup:.2f}x, {row.tokens_per_target_forward:.2f} tokens/target fwd"
         )
 print(to_markdown(result).splitlines()[0])
 with tempfile.TemporaryDirectory() as out:
