@@ -195,7 +195,8 @@ def run_benchmark(
         generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
         repeats (`int`): timed runs of each method per prompt; the report uses medians.
         warmup_tokens (`int`): each method first runs once untimed on the first prompt for this many tokens.
-        settings, machine (`dict`, *optional*): recorded in the result as they are.
+        settings (`dict`, *optional*): how the benchmark was run, recorded in the result as it is.
+        machine (`dict`, *optional*): `machine_info()` of this machine, recorded in the result as it is.
         measure_costs (`bool`): time k-token forwards of each model (for the latency SWI and the report).
         progress (`Callable[[int], Any]`, *optional*): called with 0 when the timed runs start (after the cost
             measurement and the warm-up, which can take minutes: a progress bar started then gives a sound ETA), then
