@@ -104,6 +104,19 @@ def test_bundle_is_the_installed_generation_code_and_imports_no_hf_cascade(repo)
                 assert all(t.split(".")[0] != "hf_cascade" for t in top), (name, top)
 
 
+def test_transformers_loader_finds_the_whole_bundle_and_only_installed_imports(repo):
+    """What transformers' own loader reads (Hub repos: each file is downloaded and its imports checked)."""
+    from transformers.dynamic_module_utils import get_imports, get_relative_import_files
+
+    folder = Path(repo, "custom_generate")
+    copied = {Path(p).name for p in get_relative_import_files(str(folder / "generate.py"))}
+    assert copied == set(bundled_sources())  # every bundled module is reached, and nothing the bundle lacks
+    imported = set().union(*(get_imports(str(folder / name)) for name in [*copied, "generate.py"]))
+    third_party = {name for name in imported if name not in sys.stdlib_module_names}
+    # requirements.txt plus what transformers itself depends on (so any transformers install has them)
+    assert third_party <= {"torch", "transformers", "safetensors", "huggingface_hub", "tqdm"}, third_party
+
+
 def test_exported_folder_runs_without_hf_cascade_installed(repo, tmp_path):
     """In a fresh interpreter where `import hf_cascade` fails, the folder runs on transformers alone; greedy exact."""
     script = textwrap.dedent(
