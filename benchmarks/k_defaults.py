@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 
 import torch
 import transformers
 
 import hf_cascade
+from hf_cascade.benchmark import measure_cost
 from hf_cascade.cli.demo import DEMO_PROMPTS
 from hf_cascade.loading import default_model_path, load_model_and_tokenizer
 
@@ -65,24 +65,11 @@ def variants() -> dict[str, hf_cascade.CascadeConfig]:
     }
 
 
-@torch.no_grad()
 def per_token_cost(model, prompt_ids: torch.Tensor, k: int = 8, repeats: int = 15) -> float:
-    """`c` in `cost(k) = 1 + c * (k - 1)`, from median timings of 1-token and k-token forwards after a prefill."""
-
-    def timed(n: int) -> float:
-        out = model(prompt_ids, use_cache=True)
-        cache = out.cache
-        step = torch.full((1, n), 42, dtype=torch.long)
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(step, cache=cache, use_cache=True)
-            samples.append(time.perf_counter() - t0)
-            cache.crop(-n)
-        return statistics.median(samples)
-
-    one, many = timed(1), timed(k)
-    return max(many / one - 1.0, 0.0) / (k - 1)
+    """`c` in `cost(k) = 1 + c * (k - 1)`, from the library's median timings of 1-token and k-token forwards after a
+    prefill (`hf_cascade.benchmark.measure_cost`, the numbers `hf-cascade bench` reports)."""
+    forward_s = measure_cost(model, prompt_ids, ks=(1, k), repeats=repeats).forward_s
+    return max(forward_s[k] / forward_s[1] - 1.0, 0.0) / (k - 1)
 
 
 def main() -> None:

@@ -57,10 +57,8 @@ result = run_benchmark(
 assert not result.mismatches, result.mismatches  # every run must equal greedy's tokens
 
 for row in summarize(result):
-    if row["category"] == "all":
-        print(
-            f"{row['method']:<10} speedup {row['speedup']:.2f}x, {row['tokens_per_target_forward']:.2f} tokens/target fwd"
-        )
+    if row.category == "all":
+        print(f"{row.method:<10} speedup {row.speedup:.2f}x, {row.tokens_per_target_forward:.2f} tokens/target fwd")
 print(to_markdown(result).splitlines()[0])
 with tempfile.TemporaryDirectory() as out:
     print(write_reports(result, out, command=None, plot=False))  # results.json + report.md (plot=True needs matplotlib)

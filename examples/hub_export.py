@@ -1,8 +1,8 @@
 """Publishing the cascade on the Hub: a custom_generate repository and a shared cascade_config.json. Runs offline.
 
-`hf-cascade export-hub OUT_DIR` (or `hf_cascade.hub.export_hub`) writes a repository whose
-`custom_generate/generate.py` delegates to the installed hf_cascade. Here it is used from a local folder; after
-`hf upload USER/REPO OUT_DIR` the same call works with `custom_generate="USER/REPO"`.
+`hf-cascade export-hub OUT_DIR` (or `hf_cascade.hub.export_hub`) writes a repository whose `custom_generate/` holds
+`generate.py` and a copy of hf_cascade's generation modules, so users need transformers alone. Here it is used from
+a local folder; after `hf upload USER/REPO OUT_DIR` the same call works with `custom_generate="USER/REPO"`.
 """
 
 import tempfile
@@ -43,7 +43,7 @@ with tempfile.TemporaryDirectory() as repo:
         custom_generate=repo,
         trust_remote_code=True,
         assistant_models=[assistant],
-        cascade_config=hf_cascade.CascadeConfig.from_pretrained(repo),  # the shipped cascade_config.json
+        cascade_config=config.to_dict(),  # a dict of fields: what a user without hf_cascade installed passes
         max_new_tokens=24,
         do_sample=False,
     )

@@ -17,6 +17,7 @@ from hf_cascade.benchmark import (
     BUILTIN_SETS,
     BenchmarkResult,
     Method,
+    Mismatch,
     ModelCost,
     Prompt,
     PromptResult,
@@ -31,7 +32,7 @@ from hf_cascade.benchmark import (
     to_json_dict,
     to_markdown,
 )
-from hf_cascade.benchmark.report import SCHEMA
+from hf_cascade.benchmark.report import SCHEMA, SummaryRow
 
 PROMPTS = [
     ("p0", "copy", "w1 w2 w3 w4 w5 w9 w1 w2 w3 w4 w5 w7 w1 w2 w3"),
@@ -223,8 +224,16 @@ def test_run_benchmark_interleaves_and_checks(tiny_pair):
         repeats=2,
         warmup_tokens=4,
         progress=order.append,
+        status=order.append,
     )
-    assert len(order) == 3 * 5 * 2
+    # Status lines for the untimed phases (cost of each model, warm-up of each method), then 0 when the timed runs
+    # start (a progress bar begins there, so its ETA ignores the untimed minutes), then 1 per timed run.
+    phases = [line.split(":")[0] for line in order if isinstance(line, str)]
+    assert phases == ["measuring forward-pass cost 1/2", "measuring forward-pass cost 2/2"] + [
+        f"warm-up {i}/5" for i in range(1, 6)
+    ]
+    counts = [n for n in order if not isinstance(n, str)]
+    assert order.index(0) == len(phases) and counts == [0] + [1] * (3 * 5 * 2)
     assert result.mismatches == []
     for p in result.prompts:
         assert all(len(runs) == 2 for runs in p.runs.values())
@@ -238,23 +247,22 @@ def test_run_benchmark_interleaves_and_checks(tiny_pair):
     assert set(result.costs) == {"target", "d"}
     assert all(set(c.forward_s) == {1, 2, 4, 8} and c.parameters > 0 for c in result.costs.values())
     rows = summarize(result)
-    assert [(r["category"], r["method"]) for r in rows][:5] == [("copy", m.label) for m in METHODS]
-    assert {r["category"] for r in rows} == {"copy", "other", "all"}
-    by = {(r["category"], r["method"]): r for r in rows}
-    assert by[("all", "greedy")]["speedup"] == pytest.approx(1.0)
-    assert by[("all", "cascade:d")]["acceptance"].keys() == {"d", "max_gram"}
+    assert [(r.category, r.method) for r in rows][:5] == [("copy", m.label) for m in METHODS]
+    assert {r.category for r in rows} == {"copy", "other", "all"}
+    by = {(r.category, r.method): r for r in rows}
+    assert by[("all", "greedy")].speedup == pytest.approx(1.0)
+    assert by[("all", "cascade:d")].acceptance.keys() == {"d", "max_gram"}
     # MaxGramConfig.measure_cost: Max-Gram's reviewers were timed (the Max-Gram-only cascade's target, and drafter d
     # in cascade:d, whose target always reviews d's draft, never runs a one-token pass and keeps the configured
     # costs); greedy was not timed.
-    cascade_levels = by[("all", "cascade:d")]["levels"]
+    cascade_levels = by[("all", "cascade:d")].levels
     assert len(cascade_levels["d"]["fitted_cost"]) == 2 and "fitted_cost" not in cascade_levels["target"]
-    assert len(by[("all", "cascade")]["levels"]["target"]["fitted_cost"]) == 2
+    assert len(by[("all", "cascade")].levels["target"]["fitted_cost"]) == 2
     assert (
-        "fitted_cost" not in cascade_levels["max_gram"]
-        and "fitted_cost" not in by[("all", "greedy")]["levels"]["target"]
+        "fitted_cost" not in cascade_levels["max_gram"] and "fitted_cost" not in by[("all", "greedy")].levels["target"]
     )
-    assert all(r["identical"] for r in rows)
-    assert 0 <= by[("all", "cascade")]["outside_forward_fraction"] < 1
+    assert all(r.identical for r in rows)
+    assert 0 <= by[("all", "cascade")].outside_forward_fraction < 1
 
 
 def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
@@ -279,9 +287,32 @@ def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
         repeats=1,
         measure_costs=False,
     )
-    assert result.mismatches == ["prompt p0: cascade (repeat 1) differs from greedy from new token 6"]
-    assert [r["identical"] for r in summarize(result)] == [True, False]
+    assert result.mismatches == [Mismatch("p0", "cascade", "cascade", 6, 1)] and result.mismatches[0].is_cascade
+    assert str(result.mismatches[0]) == "prompt p0: cascade (repeat 1) differs from greedy from new token 6"
+    assert to_json_dict(result)["mismatches"] == [str(result.mismatches[0])]  # results.json keeps its strings
+    assert [r.identical for r in summarize(result)] == [True, False]
     assert "## OUTPUT MISMATCHES" in to_markdown(result)
+
+
+def test_cli_bench_progress_bar_starts_with_the_timed_runs(tiny_pair, prompt_file, tmp_path, capsys, monkeypatch):
+    """The bar is created after the cost measurement and warm-up, so its elapsed time and ETA cover timed runs only."""
+    import tqdm.auto
+
+    created = []
+    real = tqdm.auto.tqdm
+
+    def recording_tqdm(*args, **kwargs):
+        if kwargs.get("unit") == "run":  # the benchmark's bar (transformers' weight loading has its own)
+            created.append(capsys.readouterr().err)  # what was printed before the bar
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", recording_tqdm)
+    *_, target_dir, _ = tiny_pair
+    argv = ["bench", "--target", target_dir, "--prompts", prompt_file, "--method", "cascade", "--no-plot"]
+    status, _, err = run_cli([*argv, "--max-new-tokens", "4", "--repeats", "1", "--out", str(tmp_path)], capsys)
+    assert status == 0 and len(created) == 1
+    assert "measuring forward-pass cost 1/1: target" in created[0] and "warm-up 2/2: cascade" in created[0]
+    assert "warm-up" not in err and "measuring" not in err  # all of them were printed before the bar started
 
 
 @pytest.mark.parametrize(
@@ -320,13 +351,13 @@ def test_swi_and_speedup_arithmetic():
         machine={},
     )
     greedy, cs = summarize(result)
-    assert greedy["speedup"] == pytest.approx(1.0) and greedy["swi_params"] == pytest.approx(1.0)
-    assert cs["speedup"] == pytest.approx(2.0)  # median of greedy's 2 runs is the 2.0 s one (lower middle)
-    assert cs["swi_params"] == pytest.approx(1000 / (400 + 80))
-    assert cs["swi_latency"] == pytest.approx(2.0 / (0.8 + 0.4))
-    assert cs["outside_forward_fraction"] == pytest.approx(0.2)
-    assert greedy["outside_forward_fraction"] == pytest.approx(0.1)
-    assert cs["tokens_per_target_forward"] == pytest.approx(2.5)
+    assert greedy.speedup == pytest.approx(1.0) and greedy.swi_params == pytest.approx(1.0)
+    assert cs.speedup == pytest.approx(2.0)  # median of greedy's 2 runs is the 2.0 s one (lower middle)
+    assert cs.swi_params == pytest.approx(1000 / (400 + 80))
+    assert cs.swi_latency == pytest.approx(2.0 / (0.8 + 0.4))
+    assert cs.outside_forward_fraction == pytest.approx(0.2)
+    assert greedy.outside_forward_fraction == pytest.approx(0.1)
+    assert cs.tokens_per_target_forward == pytest.approx(2.5)
 
 
 # ------------------------------------------------------------------------------------------------ the CLI
@@ -357,7 +388,10 @@ def test_cli_bench_writes_reports(tiny_pair, prompt_file, tmp_path, capsys):
     )
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
     assert "cascade:d" in stdout and "NO" not in stdout
-    assert to_json_dict  # the module-level API the CLI uses is importable
+    # What the minutes before the timed runs are spent on is said, phase by phase.
+    assert "measuring forward-pass cost 1/2: target" in err and "warm-up 5/5: cascade:d" in err
+    # The committed-schema round trip: the file the CLI wrote loads as summary rows again.
+    assert [SummaryRow.from_dict(r, "x").to_dict() for r in data["summary"]] == data["summary"]
 
 
 def test_cli_bench_methods_and_builtin(tiny_pair, tmp_path, capsys):

@@ -8,20 +8,23 @@ pass), `report` (summaries, JSON, Markdown, PNG) and `machine` (what it ran on).
 from .machine import busy_warning, describe_machine, machine_info
 from .methods import Method, Run, parse_method, run_method
 from .prompts import BUILTIN_SETS, DATASETS, Prompt, load_builtin, load_dataset_file, load_jsonl, sample
-from .report import summarize, to_json_dict, to_markdown, write_plot, write_reports
-from .runner import BenchmarkResult, ModelCost, PromptResult, measure_cost, run_benchmark
+from .report import SummaryRow, fmt, summarize, to_json_dict, to_markdown, write_plot, write_reports
+from .runner import BenchmarkResult, Mismatch, ModelCost, PromptResult, measure_cost, run_benchmark
 
 __all__ = [
     "BUILTIN_SETS",
     "DATASETS",
     "BenchmarkResult",
     "Method",
+    "Mismatch",
     "ModelCost",
     "Prompt",
     "PromptResult",
     "Run",
+    "SummaryRow",
     "busy_warning",
     "describe_machine",
+    "fmt",
     "load_builtin",
     "load_dataset_file",
     "load_jsonl",

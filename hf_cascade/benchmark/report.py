@@ -19,15 +19,167 @@ import json
 import math
 import os
 import statistics
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from ..errors import CascadeValueError
 from ..stats import format_fitted_cost
 from .runner import BenchmarkResult, PromptResult
 
-__all__ = ["SCHEMA", "categories", "summarize", "to_json_dict", "to_markdown", "write_plot", "write_reports"]
+__all__ = [
+    "SCHEMA",
+    "SummaryRow",
+    "categories",
+    "fmt",
+    "summarize",
+    "to_json_dict",
+    "to_markdown",
+    "write_plot",
+    "write_reports",
+]
 
 SCHEMA = "hf_cascade.bench/1"
+
+
+@dataclass
+class SummaryRow:
+    """One method over the prompts of one category (`"all"`: every prompt); a row of `results.json`'s `summary`.
+
+    Args:
+        method (`str`): the method's label.
+        category (`str`): the prompt category, or `"all"`.
+        prompts (`int`): number of prompts.
+        new_tokens (`int`): new tokens over the prompts (median runs).
+        seconds (`float`): wall time over the prompts (median runs).
+        tokens_per_s (`float`, *optional*): `new_tokens / seconds`.
+        speedup (`float`, *optional*): geometric mean over prompts of tokens/s relative to greedy; `None` when no
+            prompt had a measurable time.
+        target_forwards (`int`): forward passes of the target.
+        tokens_per_target_forward (`float`, *optional*): `new_tokens / target_forwards`.
+        swi_params (`float`, *optional*): SWI with parameter counts as the cost of a pass.
+        swi_latency (`float`, *optional*): SWI with measured 1-token latencies as the cost of a pass.
+        outside_forward_fraction (`float`, *optional*): share of the wall time outside any forward pass.
+        acceptance (`dict[str, float | None]`): per drafter, accepted / drafted tokens.
+        levels (`dict[str, dict]`): per model: `forward_passes`, `forward_s`, and for drafters `drafted`,
+            `accepted`, optionally `fitted_cost` (`[draft_cost, token_cost]`).
+        identical (`bool`): every run of every prompt produced greedy's tokens.
+    """
+
+    method: str
+    category: str
+    prompts: int
+    new_tokens: int
+    seconds: float
+    tokens_per_s: float | None
+    speedup: float | None
+    target_forwards: int
+    tokens_per_target_forward: float | None
+    swi_params: float | None
+    swi_latency: float | None
+    outside_forward_fraction: float | None
+    acceptance: dict[str, float | None] = field(default_factory=dict)
+    levels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    identical: bool = True
+
+    @property
+    def outside_forward_percent(self) -> float | None:
+        """`outside_forward_fraction` in percent."""
+        return None if self.outside_forward_fraction is None else 100 * self.outside_forward_fraction
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of schema `hf_cascade.bench/1` (same keys as the fields)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str) -> SummaryRow:
+        """Check and read a summary row of `results.json`; refuses what a report must never print (nan, speedups <= 0).
+
+        Args:
+            data (`dict`): the row as parsed from JSON. `method`, `category` and `identical` are required; the other
+                fields may be missing (older files) and default to `None`/0/empty.
+            where (`str`): where the row comes from, for messages (e.g. `"results.json: summary[3]"`).
+
+        Raises:
+            `CascadeValueError`: naming `where`, the field, its value and what it must be.
+        """
+        if not isinstance(data, dict):
+            raise CascadeValueError(f"{where} is a JSON {type(data).__name__}, not an object (one summary row).")
+        values = {}
+        for f in fields(cls):
+            value = data.get(f.name)
+            if value is None and f.name in _ROW_DEFAULTS:  # missing or null: older files lack some fields
+                default = _ROW_DEFAULTS[f.name]
+                values[f.name] = dict(default) if isinstance(default, dict) else default
+                continue
+            check = _ROW_CHECKS[f.name]
+            if not check[0](value):
+                raise CascadeValueError(
+                    f"{where}: field {f.name!r} is {value!r}; it must be {check[1]}. The file was edited or written "
+                    "by a broken run: rerun hf-cascade bench."
+                )
+            values[f.name] = value
+        return cls(**values)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _fraction(value: Any) -> bool:
+    return value is None or (_number(value) and 0 <= value <= 1)
+
+
+def _positive(value: Any) -> bool:
+    return value is None or (_number(value) and value > 0)
+
+
+# field -> (check, what it must be); fields in _ROW_DEFAULTS may be missing or null.
+_ROW_CHECKS = {
+    "method": (lambda v: isinstance(v, str) and bool(v), "a non-empty string (a method label)"),
+    "category": (lambda v: isinstance(v, str) and bool(v), "a non-empty string (a category or 'all')"),
+    "prompts": (_count, "an integer >= 0"),
+    "new_tokens": (_count, "an integer >= 0"),
+    "seconds": (lambda v: _number(v) and v >= 0, "a finite number >= 0"),
+    "tokens_per_s": (_positive, "a finite number > 0 or null"),
+    "speedup": (_positive, "a finite number > 0 or null (a ratio of tokens/s)"),
+    "target_forwards": (_count, "an integer >= 0"),
+    "tokens_per_target_forward": (_positive, "a finite number > 0 or null"),
+    "swi_params": (_positive, "a finite number > 0 or null"),
+    "swi_latency": (_positive, "a finite number > 0 or null"),
+    "outside_forward_fraction": (_fraction, "a number from 0 to 1 or null"),
+    "acceptance": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and _fraction(r) for k, r in v.items()),
+        "an object of model name -> number from 0 to 1 or null",
+    ),
+    "levels": (
+        lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, dict) for k, x in v.items()),
+        "an object of model name -> object",
+    ),
+    "identical": (lambda v: isinstance(v, bool), "true or false"),
+}
+_ROW_DEFAULTS: dict[str, Any] = {
+    "prompts": 0,
+    "new_tokens": 0,
+    "seconds": 0.0,
+    "tokens_per_s": None,
+    "speedup": None,
+    "target_forwards": 0,
+    "tokens_per_target_forward": None,
+    "swi_params": None,
+    "swi_latency": None,
+    "outside_forward_fraction": None,
+    "acceptance": {},
+    "levels": {},
+}
+
+
+def fmt(value: float | None, spec: str, suffix: str = "", missing: str = "-") -> str:
+    """`value` formatted with `spec` and `suffix`, or `missing` when it is `None` (e.g. `fmt(1.234, ".2f", "x")`)."""
+    return missing if value is None else f"{value:{spec}}{suffix}"
 
 
 def _geomean(values: list[float]) -> float | None:
@@ -49,7 +201,7 @@ def _cost(run: Any, costs: dict[str, float]) -> float:
     return sum(passes * costs[name] for name, passes in run.forward_passes.items())
 
 
-def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: list[PromptResult]) -> dict[str, Any]:
+def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: list[PromptResult]) -> SummaryRow:
     reference = result.methods[0].label
     names = _level_names(result, label)
     tokens = seconds = outside = 0.0
@@ -97,23 +249,23 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
         for name, level in levels.items()
         if "drafted" in level
     }
-    return {
-        "method": label,
-        "category": category,
-        "prompts": len(prompts),
-        "new_tokens": int(tokens),
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds if seconds else None,
-        "speedup": _geomean(speedups),
-        "target_forwards": target_forwards,
-        "tokens_per_target_forward": tokens / target_forwards if target_forwards else None,
-        "swi_params": _geomean(swi_params),
-        "swi_latency": _geomean(swi_latency),
-        "outside_forward_fraction": outside / seconds if seconds else None,
-        "acceptance": acceptance,
-        "levels": levels,
-        "identical": identical,
-    }
+    return SummaryRow(
+        method=label,
+        category=category,
+        prompts=len(prompts),
+        new_tokens=int(tokens),
+        seconds=seconds,
+        tokens_per_s=tokens / seconds if seconds else None,
+        speedup=_geomean(speedups),
+        target_forwards=target_forwards,
+        tokens_per_target_forward=tokens / target_forwards if target_forwards else None,
+        swi_params=_geomean(swi_params),
+        swi_latency=_geomean(swi_latency),
+        outside_forward_fraction=outside / seconds if seconds else None,
+        acceptance=acceptance,
+        levels=levels,
+        identical=identical,
+    )
 
 
 def categories(result: BenchmarkResult) -> list[str]:
@@ -121,7 +273,7 @@ def categories(result: BenchmarkResult) -> list[str]:
     return list(dict.fromkeys(p.prompt.category for p in result.prompts))
 
 
-def summarize(result: BenchmarkResult) -> list[dict[str, Any]]:
+def summarize(result: BenchmarkResult) -> list[SummaryRow]:
     """One summary row per method and category, then per method over all prompts (`category == "all"`)."""
     rows = []
     groups = [(c, [p for p in result.prompts if p.prompt.category == c]) for c in categories(result)]
@@ -166,13 +318,9 @@ def to_json_dict(result: BenchmarkResult) -> dict[str, Any]:
             }
             for p in result.prompts
         ],
-        "summary": summarize(result),
-        "mismatches": list(result.mismatches),
+        "summary": [row.to_dict() for row in summarize(result)],
+        "mismatches": [str(m) for m in result.mismatches],
     }
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else f"{value:{spec}}{suffix}"
 
 
 def _duration(seconds: float) -> str:
@@ -215,11 +363,10 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['category']} | {r['method']} | {r['prompts']} | {_fmt(r['tokens_per_s'], '.2f')} "
-            f"| {_fmt(r['speedup'], '.2f', 'x')} | {r['target_forwards']} | {_fmt(r['tokens_per_target_forward'], '.2f')} "
-            f"| {_fmt(r['swi_params'], '.2f')} | {_fmt(r['swi_latency'], '.2f')} "
-            f"| {_fmt(r['outside_forward_fraction'] and 100 * r['outside_forward_fraction'], '.1f', '%')} "
-            f"| {'yes' if r['identical'] else '**NO**'} |"
+            f"| {r.category} | {r.method} | {r.prompts} | {fmt(r.tokens_per_s, '.2f')} "
+            f"| {fmt(r.speedup, '.2f', 'x')} | {r.target_forwards} | {fmt(r.tokens_per_target_forward, '.2f')} "
+            f"| {fmt(r.swi_params, '.2f')} | {fmt(r.swi_latency, '.2f')} | {fmt(r.outside_forward_percent, '.1f', '%')} "
+            f"| {'yes' if r.identical else '**NO**'} |"
         )
     lines += [
         "",
@@ -234,13 +381,13 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
-        if r["category"] != "all":
+        if r.category != "all":
             continue
-        for name, level in r["levels"].items():
+        for name, level in r.levels.items():
             lines.append(
-                f"| {r['method']} | {name} | {level['forward_passes']} | {level['forward_s']:.2f} "
+                f"| {r.method} | {name} | {level['forward_passes']} | {level['forward_s']:.2f} "
                 f"| {level.get('drafted', '-')} | {level.get('accepted', '-')} "
-                f"| {_fmt(r['acceptance'].get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} |"
+                f"| {fmt(r.acceptance.get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} |"
             )
     if result.costs:
         ks = sorted({k for c in result.costs.values() for k in c.forward_s})
@@ -288,13 +435,13 @@ def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> None:
         import matplotlib.pyplot as plt
     except ImportError as e:
         raise ImportError("the PNG plot needs matplotlib: pip install 'hf_cascade[bench]' (or pass --no-plot)") from e
-    rows = [r for r in summarize(result) if r["method"] != result.methods[0].label]
-    cats = list(dict.fromkeys(r["category"] for r in rows))
-    labels = list(dict.fromkeys(r["method"] for r in rows))
+    rows = [r for r in summarize(result) if r.method != result.methods[0].label]
+    cats = list(dict.fromkeys(r.category for r in rows))
+    labels = list(dict.fromkeys(r.method for r in rows))
     width = 0.8 / max(1, len(labels))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(cats) + 2), 4.0))
     for i, label in enumerate(labels):
-        values = [next(r["speedup"] or 0 for r in rows if r["method"] == label and r["category"] == c) for c in cats]
+        values = [next(r.speedup or 0 for r in rows if r.method == label and r.category == c) for c in cats]
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(cats))]
         bars = ax.bar(xs, values, width, label=label)
         ax.bar_label(bars, fmt="%.2f", fontsize=7)

@@ -20,7 +20,46 @@ from ..runner import accepts_logits_to_keep, new_cache
 from .methods import Method, Run, run_method
 from .prompts import Prompt
 
-__all__ = ["BenchmarkResult", "ModelCost", "PromptResult", "measure_cost", "run_benchmark"]
+__all__ = [
+    "BenchmarkResult",
+    "Mismatch",
+    "ModelCost",
+    "PromptResult",
+    "first_difference",
+    "measure_cost",
+    "run_benchmark",
+]
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A run whose new tokens differ from greedy's (an error, never a footnote).
+
+    Args:
+        prompt_id (`str`): the prompt's id.
+        method (`str`): the label of the method that differed.
+        kind (`str`): that method's kind (`"prompt-lookup"`, `"assisted"`, `"cascade"`, ...): `"cascade"` is
+            hf_cascade's own, the others are transformers' methods.
+        first_difference (`int`): index of the first new token that differs.
+        repeat (`int`, *optional*): which timed repeat (1-based); `None` for a run outside the repeats.
+    """
+
+    prompt_id: str
+    method: str
+    kind: str
+    first_difference: int
+    repeat: int | None = None
+
+    @property
+    def is_cascade(self) -> bool:
+        """Whether the run was hf_cascade's (a bug of ours) rather than one of transformers' methods."""
+        return self.kind == "cascade"
+
+    def __str__(self) -> str:  # the text results.json records (schema hf_cascade.bench/1)
+        repeat = f" (repeat {self.repeat})" if self.repeat is not None else ""
+        return (
+            f"prompt {self.prompt_id}: {self.method}{repeat} differs from greedy from new token {self.first_difference}"
+        )
 
 
 @dataclass
@@ -68,7 +107,7 @@ class BenchmarkResult:
         costs (`dict[str, ModelCost]`): `"target"` and each drafter name -> its cost.
         settings (`dict`): how the benchmark was run (models, dtype, device, max_new_tokens, repeats, ...).
         machine (`dict`): `machine_info()` of the machine it ran on.
-        mismatches (`list[str]`): every run whose tokens differ from greedy's (an error, not a footnote).
+        mismatches (`list[Mismatch]`): every run whose tokens differ from greedy's (an error, not a footnote).
         wall_time_s (`float`): total time of the benchmark, warm-up and cost measurement included.
     """
 
@@ -77,20 +116,24 @@ class BenchmarkResult:
     costs: dict[str, ModelCost]
     settings: dict[str, Any]
     machine: dict[str, Any]
-    mismatches: list[str] = field(default_factory=list)
+    mismatches: list[Mismatch] = field(default_factory=list)
     wall_time_s: float = 0.0
 
 
-def _first_difference(a: list[int], b: list[int]) -> int:
+def first_difference(a: list[int], b: list[int]) -> int:
+    """Index of the first position where `a` and `b` differ (the shorter length if one is a prefix of the other)."""
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))
 
 
+COST_KS = (1, 2, 4, 8)  # the chunk sizes whose forward pass the benchmark times
+
+
 @torch.no_grad()
 def measure_cost(
-    model: torch.nn.Module, context: torch.Tensor, ks: tuple[int, ...] = (1, 2, 4, 8), repeats: int = 5
+    model: torch.nn.Module, context: torch.Tensor, ks: tuple[int, ...] = COST_KS, repeats: int = 5
 ) -> ModelCost:
     """Median wall time of a k-token forward pass after `context` is in the KV cache.
 
@@ -140,6 +183,7 @@ def run_benchmark(
     machine: dict[str, Any] | None = None,
     measure_costs: bool = True,
     progress: Callable[[int], Any] | None = None,
+    status: Callable[[str], Any] | None = None,
 ) -> BenchmarkResult:
     """Benchmark `methods` on `encoded` prompts.
 
@@ -151,9 +195,14 @@ def run_benchmark(
         generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
         repeats (`int`): timed runs of each method per prompt; the report uses medians.
         warmup_tokens (`int`): each method first runs once untimed on the first prompt for this many tokens.
-        settings, machine (`dict`, *optional*): recorded in the result as they are.
+        settings (`dict`, *optional*): how the benchmark was run, recorded in the result as it is.
+        machine (`dict`, *optional*): `machine_info()` of this machine, recorded in the result as it is.
         measure_costs (`bool`): time k-token forwards of each model (for the latency SWI and the report).
-        progress (`Callable[[int], Any]`, *optional*): called with 1 after every timed run (e.g. `tqdm.update`).
+        progress (`Callable[[int], Any]`, *optional*): called with 0 when the timed runs start (after the cost
+            measurement and the warm-up, which can take minutes: a progress bar started then gives a sound ETA), then
+            with 1 after every timed run (e.g. `tqdm.update`).
+        status (`Callable[[str], Any]`, *optional*): called with a one-line description before each untimed phase
+            (each model's cost measurement, each method's warm-up), e.g. `print`.
 
     Returns:
         `BenchmarkResult`
@@ -170,20 +219,26 @@ def run_benchmark(
         )
     if repeats < 1:
         raise CascadeValueError(f"repeats must be >= 1, got {repeats}")
+    say = status or (lambda line: None)
     t_start = time.perf_counter()
     costs: dict[str, ModelCost] = {}
     if measure_costs and encoded:
         context = encoded[0][1]["input_ids"]
-        for name, model in {"target": target, **drafters}.items():
+        models = {"target": target, **drafters}
+        for i, (name, model) in enumerate(models.items(), 1):
+            say(f"measuring forward-pass cost {i}/{len(models)}: {name} ({', '.join(map(str, COST_KS))} tokens)")
             costs[name] = measure_cost(model, context)
 
     if encoded and warmup_tokens > 0:  # first calls allocate memory and pick kernels
         warm = {**generation_kwargs, "max_new_tokens": warmup_tokens}
-        for method in methods:
+        for i, method in enumerate(methods, 1):
+            say(f"warm-up {i}/{len(methods)}: {method.label} on the first prompt ({warmup_tokens} tokens, untimed)")
             run_method(method, target, drafters, encoded[0][1], warm)
 
     results = []
     mismatches = []
+    if progress is not None:
+        progress(0)
     for prompt, inputs in encoded:
         result = PromptResult(prompt, inputs["input_ids"].shape[1], {label: [] for label in labels})
         for _ in range(repeats):
@@ -193,12 +248,11 @@ def run_benchmark(
                 if progress is not None:
                     progress(1)
         reference = result.runs[labels[0]][0].ids
-        for label, runs in result.runs.items():
-            for i, run in enumerate(runs):
+        for method in methods:
+            for i, run in enumerate(result.runs[method.label]):
                 if run.ids != reference:
                     mismatches.append(
-                        f"prompt {prompt.id}: {label} (repeat {i + 1}) differs from greedy from new token "
-                        f"{_first_difference(run.ids, reference)}"
+                        Mismatch(prompt.id, method.label, method.kind, first_difference(run.ids, reference), i + 1)
                     )
         results.append(result)
     return BenchmarkResult(

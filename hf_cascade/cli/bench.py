@@ -18,6 +18,7 @@ from ..benchmark import (
     Method,
     busy_warning,
     describe_machine,
+    fmt,
     load_builtin,
     load_dataset_file,
     load_jsonl,
@@ -233,10 +234,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     total = len(prompts) * len(methods) * args.repeats
     log(f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs")
     bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=total, unit="run", file=sys.stderr)
+    def progress(n: int) -> None:
+        # The bar starts with the timed runs: the cost measurement and the warm-up before them (minutes on a large
+        # model) would otherwise count as time spent on 0 runs and make the ETA nonsense.
+        nonlocal bar
+        if bar is None:
+            from tqdm.auto import tqdm
+
+            log(f"timed runs: {total}")
+            bar = tqdm(total=total, unit="run", file=sys.stderr)
+        bar.update(n)
+
     try:
         result = run_benchmark(
             target,
@@ -248,7 +257,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             warmup_tokens=args.warmup_tokens,
             settings=settings,
             machine=machine,
-            progress=bar.update if bar is not None else None,
+            progress=None if args.no_progress else progress,
+            status=log,
         )
     finally:
         if bar is not None:
@@ -268,8 +278,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _print_summary(result: Any) -> None:
     print(f"{'category':<14}{'method':<28}{'tok/s':>8}{'speedup':>9}{'tok/fwd':>9}{'outside':>9}  identical")
     for r in summarize(result):
-        tpf = r["tokens_per_target_forward"]
         print(
-            f"{r['category']:<14}{r['method']:<28}{r['tokens_per_s'] or 0:>8.2f}{r['speedup'] or 0:>8.2f}x"
-            f"{tpf or 0:>9.2f}{100 * (r['outside_forward_fraction'] or 0):>8.1f}%  {'yes' if r['identical'] else 'NO'}"
+            f"{r.category:<14}{r.method:<28}{fmt(r.tokens_per_s, '.2f'):>8}{fmt(r.speedup, '.2f', 'x'):>9}"
+            f"{fmt(r.tokens_per_target_forward, '.2f'):>9}{fmt(r.outside_forward_percent, '.1f', '%'):>9}  {'yes' if r.identical else 'NO'}"
         )

@@ -14,7 +14,19 @@ from typing import Any
 
 import torch
 
-from ..benchmark import Method, Prompt, busy_warning, describe_machine, machine_info, run_benchmark, summarize
+from ..benchmark import (
+    Method,
+    Mismatch,
+    Prompt,
+    SummaryRow,
+    busy_warning,
+    describe_machine,
+    fmt,
+    machine_info,
+    run_benchmark,
+    summarize,
+)
+from ..benchmark.runner import first_difference
 from ._args import ONEDNN_HELP, THREADS_HELP, positive_int
 from ._models import pack_all
 
@@ -90,17 +102,16 @@ def add_parser(sub: Any) -> None:
     demo.set_defaults(func=run)
 
 
-def _table(rows: list[dict[str, Any]]) -> list[str]:
+def _table(rows: list[SummaryRow]) -> list[str]:
     lines = [
         f"  {'method':<15}{'time s':>8}{'tokens':>8}{'tok/s':>8}{'speedup':>9}{'target fwd':>12}{'tok/fwd':>9}"
         "  same as greedy"
     ]
     for r in rows:
-        same = "(reference)" if r["method"] == "greedy" else ("yes" if r["identical"] else "MISMATCH")
-        tpf = f"{r['tokens_per_target_forward']:.2f}" if r["tokens_per_target_forward"] else "-"
+        same = "(reference)" if r.method == "greedy" else ("yes" if r.identical else "MISMATCH")
         lines.append(
-            f"  {r['method']:<15}{r['seconds']:>8.2f}{r['new_tokens']:>8}{r['tokens_per_s'] or 0:>8.1f}"
-            f"{r['speedup'] or 0:>8.2f}x{r['target_forwards']:>12}{tpf:>9}  {same}"
+            f"  {r.method:<15}{r.seconds:>8.2f}{r.new_tokens:>8}{fmt(r.tokens_per_s, '.1f'):>8}"
+            f"{fmt(r.speedup, '.2f', 'x'):>9}{r.target_forwards:>12}{fmt(r.tokens_per_target_forward, '.2f'):>9}  {same}"
         )
     return lines
 
@@ -195,10 +206,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     rows = summarize(result)
     for i, p in enumerate(prompts, 1):
         print(f"\nprompt {i}: {p.category}")
-        print("\n".join(_table([r for r in rows if r["category"] == p.category])))
+        print("\n".join(_table([r for r in rows if r.category == p.category])))
     if len(prompts) > 1:
         print(f"\noverall ({len(prompts)} prompts, up to {n} new tokens each; speedup: geometric mean over prompts)")
-        print("\n".join(_table([r for r in rows if r["category"] == "all"])))
+        print("\n".join(_table([r for r in rows if r.category == "all"])))
     print(
         "\ntarget fwd: forward passes of the target model. tok/fwd: new tokens per target forward. "
         "speedup: tokens/s over greedy's."
@@ -207,11 +218,12 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     mismatches = list(result.mismatches)
     for p, ids, res in zip(prompts, streamed, result.prompts, strict=True):
-        if ids != res.runs["greedy"][0].ids:
-            mismatches.append(f"prompt {p.id}: the streamed hf_cascade run differs from greedy")
-    for m in (m for m in mismatches if "hf_cascade" not in m):
+        reference = res.runs["greedy"][0].ids
+        if ids != reference:
+            mismatches.append(Mismatch(p.id, "hf_cascade (streamed)", "cascade", first_difference(ids, reference)))
+    for m in (m for m in mismatches if not m.is_cascade):
         print(f"warning (transformers, not hf_cascade): {m}")
-    cascade_bad = [m for m in mismatches if "hf_cascade" in m]
+    cascade_bad = [m for m in mismatches if m.is_cascade]
     if cascade_bad:
         banner = "!" * 78
         print(f"\n{banner}\nMISMATCH: hf_cascade's output is not identical to greedy decoding:", file=sys.stderr)

@@ -18,8 +18,9 @@ def add_parser(sub: Any) -> None:
         "export-hub",
         help="write a Hub-ready custom_generate repository that runs the cascade",
         description=(
-            "Write OUT_DIR/custom_generate/generate.py (delegating to the installed hf_cascade), "
-            "custom_generate/requirements.txt and a README.md model card (tags custom_generate, speculative-decoding). "
+            "Write OUT_DIR/custom_generate/generate.py with a copy of hf_cascade's generation modules beside it (so "
+            "users need transformers alone), custom_generate/requirements.txt and a README.md model card (tags "
+            "custom_generate, speculative-decoding). "
             "Then model.generate(..., custom_generate=OUT_DIR or the pushed repo id, trust_remote_code=True, "
             "assistant_models=[...], cascade_config=...) runs the cascade. Upload with `hf upload REPO_ID OUT_DIR`."
         ),
@@ -39,7 +40,11 @@ def add_parser(sub: Any) -> None:
         help="Hub id of a recommended assistant model; repeat for several, largest first",
     )
     export.add_argument("--repo-id", metavar="ID", help="the Hub id the folder will be pushed to (for the examples)")
-    export.add_argument("--force", action="store_true", help="overwrite files that already exist in OUT_DIR")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite files that already exist in OUT_DIR (a symbolic link is replaced, never written through)",
+    )
     export.set_defaults(func=run_export)
 
     card = sub.add_parser(
@@ -74,7 +79,8 @@ def _load_config(path: str | None, parser: argparse.ArgumentParser) -> CascadeCo
 
 
 def run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from ..hub import export_hub
+    from ..errors import CascadeError
+    from ..hub import ExistingFilesError, export_hub
 
     config = _load_config(args.cascade_config, parser)
     try:
@@ -86,7 +92,9 @@ def run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             repo_id=args.repo_id,
             overwrite=args.force,
         )
-    except (FileExistsError, ValueError) as e:
+    except ExistingFilesError as e:  # the Python message says overwrite=True; a CLI user needs the flag
+        parser.error(str(e.for_option("--force")))
+    except (CascadeError, OSError) as e:
         parser.error(str(e))
     for path in written:
         print(path)
@@ -100,19 +108,30 @@ def run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
 
 def run_card(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..card import model_card_section
+    from ..errors import CascadeError
 
     config = _load_config(args.cascade_config, parser)
     if not os.path.isfile(args.results):
         parser.error(f"--results: {args.results} is not a file (give the results.json of hf-cascade bench)")
+    if args.out is not None:  # checked before the work, so a typo in --out fails at once
+        folder = os.path.dirname(os.path.abspath(args.out))
+        if os.path.isdir(args.out):
+            parser.error(f"--out: {args.out} is a directory; give the Markdown file to write, e.g. {args.out}/card.md")
+        if not os.path.isdir(folder):
+            parser.error(f"--out: the folder {folder} of {args.out} does not exist; create it first")
     try:
         text = model_card_section(args.results, args.target, cascade_config=config)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-        parser.error(f"--results {args.results}: {detail}")
+    except CascadeError as e:  # the message names the file and the field; anything else is a bug: traceback
+        parser.error(str(e))
+    except OSError as e:
+        parser.error(f"--results {args.results}: {e}")
     if args.out is None:
         sys.stdout.write(text)
-    else:
+        return 0
+    try:
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(text)
-        print(f"wrote {args.out}", file=sys.stderr)
+    except OSError as e:
+        parser.error(f"--out {args.out}: {e}")
+    print(f"wrote {args.out}", file=sys.stderr)
     return 0
