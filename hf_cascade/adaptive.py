@@ -14,9 +14,19 @@ changes the output, only the drafts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
-__all__ = ["MATCH_PRIOR", "AcceptanceTracker", "draft_length", "match_bucket", "match_prior", "max_gram_tracker"]
+from .max_gram import BigramTable, MaxGramIndex
+
+__all__ = [
+    "MATCH_PRIOR",
+    "AcceptanceTracker",
+    "adaptive_proposal",
+    "draft_length",
+    "match_bucket",
+    "match_prior",
+    "max_gram_tracker",
+]
 
 # Match lengths 1, 2, 3 and "4 or more"; 0 is the bigram fallback.
 _LONGEST_BUCKET = 4
@@ -98,3 +108,36 @@ class AcceptanceTracker:
 def max_gram_tracker() -> AcceptanceTracker:
     """The tracker the cascade cuts Max-Gram proposals with: `match_prior`, worth four tokens."""
     return AcceptanceTracker(match_prior, prior_strength=4.0)
+
+
+def adaptive_proposal(
+    index: MaxGramIndex,
+    context: Sequence[int],
+    num_tokens: int,
+    level: int,
+    tracker: AcceptanceTracker | None,
+    costs: tuple[float, float],
+    bigram: BigramTable | None = None,
+) -> tuple[list[int], tuple[int, int]]:
+    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
+    replays) for the model reviewing `level`.
+
+    Args:
+        index (`MaxGramIndex`): the row's index.
+        context (`Sequence[int]`): the current sequence.
+        num_tokens (`int`): the most tokens to propose (the k-matrix entry, the room left).
+        level (`int`): the level whose reviewer will see the proposal (0: the target).
+        tracker (`AcceptanceTracker`, *optional*): acceptance per `(level, match bucket)`; `None` keeps the whole
+            proposal (a fixed length, as prompt lookup).
+        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of that reviewer, see `draft_length`.
+        bigram (`BigramTable`, *optional*): Max-Gram's fallback table.
+
+    Returns:
+        `(tokens, key)`: the proposal and its tracker key `(level, match bucket)`, to `update` with the review.
+    """
+    tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
+    key = (level, match_bucket(match_length))
+    if tracker is not None:
+        draft_cost, token_cost = costs
+        tokens = tokens[: draft_length(tracker.rate(key), token_cost, len(tokens), draft_cost)]
+    return tokens, key

@@ -14,7 +14,7 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
-from .candidate_generator import CascadeCandidateGenerator
+from .cascade import CascadeDrafter
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
 from .cost import cost_model_for
@@ -113,7 +113,7 @@ def generate(
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
     )
-    generator = CascadeCandidateGenerator(
+    drafter = CascadeDrafter.from_config(
         input_ids,
         assistants,
         config,
@@ -124,8 +124,7 @@ def generate(
         encoder_attention_mask=encoder_mask,
         target_cost=target.cost,
     )
-    drafter = generator.drafter
-    stats = CascadeStats(levels=[target_stats, *generator.stats])
+    stats = CascadeStats(levels=[target_stats, *drafter.stats])
     do_sample = bool(generation_config.do_sample)
     max_length = generation_config.max_length
     other_criteria = StoppingCriteriaList(
@@ -176,9 +175,16 @@ def generate(
 
 
 def _stop_within(
-    kept: list[int], drafter: Any, criteria: StoppingCriteriaList, step_scores: torch.Tensor
+    kept: list[int], drafter: CascadeDrafter, criteria: StoppingCriteriaList, step_scores: torch.Tensor
 ) -> tuple[list[int], bool]:
     """Cut `kept` at the first token after which generation stops (EOS or a user criterion), as plain decoding would.
+
+    Args:
+        kept (`list[int]`): the tokens the target's review yields after the committed prefix.
+        drafter (`CascadeDrafter`): gives the committed prefix, the EOS tokens and the device.
+        criteria (`StoppingCriteriaList`): the user's criteria (max length and EOS are handled here and by the loop).
+        step_scores (`torch.FloatTensor` of shape `(len(kept), vocab_size)` or more rows): the target's scores, row
+            `i` for `kept[i]`.
 
     Returns:
         `(kept, finished)`.
