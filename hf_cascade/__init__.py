@@ -11,6 +11,7 @@ from .errors import CascadeError, CascadeTypeError, CascadeValueError
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
 from .loading import load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
+from .memory import MaxGramMemory
 from .stats import CascadeStats, LevelStats
 
 __version__ = "0.1.0"
@@ -29,6 +30,7 @@ __all__ = [
     "MaxGramCandidateGenerator",
     "MaxGramConfig",
     "MaxGramIndex",
+    "MaxGramMemory",
     "default_k_matrix",
     "disable",
     "enable",

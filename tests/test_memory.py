@@ -1,0 +1,208 @@
+"""MaxGramMemory on literal token lists: frequency ranking, eviction, save/load, threads, errors."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import sys
+import threading
+
+import pytest
+import torch
+
+from hf_cascade import CascadeTypeError, CascadeValueError, MaxGramMemory
+
+
+def counts(memory: MaxGramMemory) -> dict:
+    """The memory's index as n-gram -> {next token: count}."""
+    return {key: {tok: entry[0] for tok, entry in followers.items()} for key, followers in memory._table.items()}
+
+
+def rebuilt(memory: MaxGramMemory) -> dict:
+    """`counts` of a fresh memory holding the same documents: what eviction must leave behind."""
+    fresh = MaxGramMemory(max_ngram_size=memory.max_ngram_size, min_ngram_size=memory.min_ngram_size)
+    for doc in memory.documents():
+        fresh.add(doc)
+    return counts(fresh)
+
+
+def test_proposes_the_continuation_of_the_longest_match():
+    memory = MaxGramMemory(min_ngram_size=1)
+    memory.add([1, 2, 3, 4, 5, 6])
+    assert memory.propose([9, 9, 3, 4], 3) == ([5, 6], 2)  # matches "3 4" (2 tokens); the copy runs out after 6
+    assert memory.propose([7, 8], 3) == ([], 0)
+
+
+def test_the_most_frequent_continuation_wins_and_ties_go_to_the_latest():
+    memory = MaxGramMemory()
+    memory.add([1, 2, 3, 10])
+    memory.add([1, 2, 3, 11])
+    memory.add([1, 2, 3, 11])
+    assert memory.propose([5, 2, 3], 1) == ([11], 2)
+    memory.add([1, 2, 3, 10])
+    assert memory.propose([5, 2, 3], 1) == ([10], 2)  # 2 vs 2: the latest occurrence wins the tie
+
+
+def test_a_longer_match_beats_a_more_frequent_shorter_one():
+    memory = MaxGramMemory()
+    for _ in range(3):
+        memory.add([8, 3, 4, 20])
+    memory.add([7, 3, 4, 21])
+    assert memory.propose([7, 3, 4], 1) == ([21], 3)
+    assert memory.propose([6, 3, 4], 1) == ([20], 2)
+
+
+def test_min_ngram_size_ignores_single_token_matches():
+    memory = MaxGramMemory()  # min_ngram_size=2 by default
+    memory.add([1, 2, 3])
+    assert memory.propose([9, 2], 2) == ([], 0)
+    assert memory.propose([1, 2], 2) == ([3], 2)
+
+
+def test_the_proposal_walks_on_through_its_own_tokens():
+    memory = MaxGramMemory(min_ngram_size=1)
+    memory.add([1, 2, 1, 2, 1, 2])
+    assert memory.propose([1], 5) == ([2, 1, 2, 1, 2], 1)
+
+
+def test_eviction_drops_the_oldest_documents_and_their_counts():
+    memory = MaxGramMemory(max_tokens=8)
+    memory.add([1, 2, 3, 4])
+    memory.add([5, 6, 7, 8])
+    assert memory.num_tokens == 8 and memory.num_documents == 2
+    memory.add([9, 10, 11])
+    assert memory.documents() == [[5, 6, 7, 8], [9, 10, 11]]
+    assert memory.propose([1, 2], 2) == ([], 0)  # evicted
+    assert memory.propose([5, 6], 2) == ([7, 8], 2)
+    assert counts(memory) == rebuilt(memory)
+
+
+def test_a_document_longer_than_the_memory_keeps_its_tail():
+    memory = MaxGramMemory(max_tokens=3)
+    memory.add([1, 2, 3, 4, 5])
+    assert memory.documents() == [[3, 4, 5]]
+
+
+def test_tensors_are_accepted():
+    memory = MaxGramMemory(vocab_size=16)
+    memory.add(torch.tensor([[1, 2, 3]]))
+    memory.add(torch.tensor([4, 5, 6]))
+    assert memory.documents() == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    memory = MaxGramMemory(vocab_size=32, max_tokens=100, max_ngram_size=5, min_ngram_size=1)
+    memory.add([1, 2, 3, 10])
+    memory.add([1, 2, 3, 11, 12])
+    memory.add([1, 2, 3, 11])
+    path = tmp_path / "memory.safetensors"
+    memory.save(path)
+    loaded = MaxGramMemory.load(path)
+    assert loaded.documents() == memory.documents()
+    assert (loaded.vocab_size, loaded.max_tokens, loaded.max_ngram_size, loaded.min_ngram_size) == (32, 100, 5, 1)
+    assert loaded.propose([2, 3], 2) == memory.propose([2, 3], 2) == ([11, 12], 2)
+    assert counts(loaded) == counts(memory)
+
+
+def test_copies_and_pickles_rebuild_the_index():
+    memory = MaxGramMemory()
+    memory.add([1, 2, 3, 4])
+    for clone in (copy.deepcopy(memory), pickle.loads(pickle.dumps(memory))):
+        assert clone.propose([1, 2], 2) == ([3, 4], 2)
+        clone.add([1, 2, 9, 9])
+        clone.add([1, 2, 9, 9])
+    assert memory.propose([1, 2], 2) == ([3, 4], 2)  # the original is untouched
+
+
+def test_concurrent_adds_and_proposals_do_not_corrupt_the_index():
+    # Switch threads as often as possible, so that an unguarded dict update would interleave (without the lock this
+    # test fails within a few runs: "dictionary changed size during iteration", counts that do not match).
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        _hammer()
+    finally:
+        sys.setswitchinterval(interval)
+
+
+def _hammer():
+    memory = MaxGramMemory(max_tokens=2_000)
+    errors: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        try:
+            for _ in range(150):
+                memory.add(torch.randint(0, 50, (12,), generator=gen).tolist())
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    def reader() -> None:
+        try:
+            for i in range(600):
+                memory.propose([i % 50, (i * 7) % 50], 8)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(s,)) for s in range(3)] + [threading.Thread(target=reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert memory.num_tokens == sum(len(d) for d in memory.documents()) <= 2_000
+    assert counts(memory) == rebuilt(memory)
+
+
+def test_vocabulary_checks():
+    memory = MaxGramMemory(vocab_size=10)
+    with pytest.raises(CascadeValueError, match=r"token id 12, outside this memory's vocabulary of 10"):
+        memory.add([1, 12])
+    with pytest.raises(CascadeValueError, match=r"built for a vocabulary of 10 tokens but the target's has 96"):
+        memory.check_vocab_size(96)
+    memory.check_vocab_size(10)
+    MaxGramMemory().check_vocab_size(96)  # no vocabulary recorded: nothing to check
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"max_tokens": 0}, CascadeValueError, r"max_tokens must be >= 1, got 0"),
+        ({"max_tokens": 1.5}, CascadeTypeError, r"max_tokens must be an int, got 1.5"),
+        ({"vocab_size": True}, CascadeTypeError, r"vocab_size must be an int"),
+        ({"max_ngram_size": 65}, CascadeValueError, r"max_ngram_size must be <= 64"),
+        ({"min_ngram_size": 4, "max_ngram_size": 3}, CascadeValueError, r"min_ngram_size \(4\) must not exceed"),
+    ],
+)
+def test_invalid_settings(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MaxGramMemory(**kwargs)
+
+
+def test_invalid_documents():
+    memory = MaxGramMemory()
+    with pytest.raises(CascadeTypeError, match=r"use add_texts\(texts, tokenizer\) for strings"):
+        memory.add("hello")
+    with pytest.raises(CascadeTypeError, match=r"integer token ids, got a tensor of dtype torch.float32"):
+        memory.add(torch.ones(3))
+    with pytest.raises(CascadeValueError, match=r"one sequence \(shape \(n,\) or \(1, n\)\), got shape \(2, 3\)"):
+        memory.add(torch.ones(2, 3, dtype=torch.long))
+    with pytest.raises(CascadeTypeError, match=r"wrap one text as \[text\]"):
+        memory.add_texts("hello", tokenizer=None)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(CascadeValueError, match=r"does not exist"):
+        MaxGramMemory.load(tmp_path / "missing.safetensors")
+    with pytest.raises(CascadeValueError, match=r"is a folder"):
+        MaxGramMemory.load(tmp_path)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    with pytest.raises(CascadeValueError, match=r"not a readable safetensors file"):
+        MaxGramMemory.load(junk)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"next_token": torch.zeros(3, dtype=torch.long)}, str(other))
+    with pytest.raises(CascadeValueError, match=r"is not a Max-Gram memory"):
+        MaxGramMemory.load(other)
