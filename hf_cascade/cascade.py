@@ -34,6 +34,7 @@ from .config import CascadeConfig, MaxGramConfig
 from .cost import ForwardCostModel, cost_model_for
 from .errors import CascadeValueError
 from .max_gram import BigramTable, MaxGramIndex
+from .memory import MaxGramMemory
 from .runner import ModelRunner
 from .stats import LevelStats
 from .verification import review, valid_scores
@@ -119,13 +120,13 @@ class DraftedPosition(NamedTuple):
         q (`torch.FloatTensor` of shape `(vocab_size,)`, *optional*): the distribution the token was drawn from;
             `None` for a deterministic (one-hot) draft such as Max-Gram's, or when greedy.
         owner (`int`): index of the drafter that produced it (its `LevelStats` in `CascadeDrafter.stats`).
-        tag (`tuple[int, int]`, *optional*): for a Max-Gram token, the `(level, match bucket)` key its acceptance is
+        tag (`tuple`, *optional*): for a Max-Gram token, the `(level, match bucket[, MEMORY])` key its acceptance is
             tracked under (`hf_cascade.adaptive`).
     """
 
     q: torch.Tensor | None
     owner: int
-    tag: tuple[int, int] | None = None
+    tag: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -163,7 +164,7 @@ class DraftBuffer:
         tokens: Sequence[int],
         q_rows: Sequence[torch.Tensor | None],
         owner: int,
-        tag: tuple[int, int] | None = None,
+        tag: tuple[int, ...] | None = None,
     ) -> None:
         """Append draft `tokens`, token `i` drawn from `q_rows[i]` by drafter `owner`."""
         if len(q_rows) != len(tokens):
@@ -294,6 +295,7 @@ class CascadeDrafter:
         target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes; with a drafter runner's
             own `cost`, replaces the configured `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
             (`MaxGramConfig.measure_cost`).
+        memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`adaptive_proposal`).
 
     Attributes:
         buffer (`DraftBuffer`): the sequence and the current draft.
@@ -308,6 +310,7 @@ class CascadeDrafter:
         corpus: Iterable[Sequence[int]] = (),
         bigram: BigramTable | None = None,
         target_cost: ForwardCostModel | None = None,
+        memory: MaxGramMemory | None = None,
     ):
         self.buffer = DraftBuffer.from_prompt(prompt_ids)
         self.runners = runners
@@ -323,6 +326,7 @@ class CascadeDrafter:
         max_gram = settings.max_gram
         self.index: MaxGramIndex | None = None
         self.bigram = bigram
+        self.memory = memory if max_gram is not None else None
         self.tracker = None
         self.max_gram_column = -1
         if max_gram is not None:
@@ -349,6 +353,7 @@ class CascadeDrafter:
         encoder_attention_mask: torch.Tensor | None = None,
         bigram_table: BigramTable | str | None = None,
         target_cost: ForwardCostModel | None = None,
+        memory: MaxGramMemory | None = None,
     ) -> CascadeDrafter:
         """The drafting side of a cascade `generate` call: the assistants' runners, Max-Gram and the settings.
 
@@ -366,6 +371,7 @@ class CascadeDrafter:
             bigram_table (`BigramTable` or `str`, *optional*): overrides `config.max_gram.bigram_table`.
             target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes, when the caller runs
                 them (`hf_cascade.generate`); without it the target's Max-Gram drafts use the configured costs.
+            memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (read only here).
         """
         do_sample = bool(generation_config.do_sample)
         runners = [
@@ -386,7 +392,15 @@ class CascadeDrafter:
             table = bigram_table if bigram_table is not None else config.max_gram.bigram_table
             bigram = load_bigram(table, vocab_size)
         corpus = [inputs_tensor[0].tolist()] if inputs_tensor is not None else []
-        return cls(input_ids[0].tolist(), runners, settings, corpus=corpus, bigram=bigram, target_cost=target_cost)
+        return cls(
+            input_ids[0].tolist(),
+            runners,
+            settings,
+            corpus=corpus,
+            bigram=bigram,
+            target_cost=target_cost,
+            memory=memory,
+        )
 
     # ------------------------------------------------------------------ sequence bookkeeping
     @property
@@ -519,7 +533,7 @@ class CascadeDrafter:
     def _propose_max_gram(self, num_tokens: int, level: int) -> None:
         t0 = time.perf_counter()
         tokens, tag = adaptive_proposal(
-            self.index, self.ids, num_tokens, level, self.tracker, self._costs(level), self.bigram
+            self.index, self.ids, num_tokens, level, self.tracker, self._costs(level), self.bigram, self.memory
         )
         tokens = self._admissible_prefix(tokens)
         self.buffer.append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)

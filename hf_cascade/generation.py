@@ -19,6 +19,7 @@ from .checks import check_assistants, check_cascade_config, check_generation, vo
 from .config import CascadeConfig
 from .cost import cost_model_for
 from .errors import CascadeTypeError, CascadeValueError
+from .memory import MaxGramMemory, check_memory
 from .runner import ModelRunner, new_cache
 from .stats import CascadeStats, LevelStats
 from .verification import review
@@ -53,6 +54,7 @@ def generate(
     assistant_models: list[PreTrainedModel] | None = None,
     cascade_config: CascadeConfig | dict | None = None,
     cascade_streamer: BaseStreamer | None = None,
+    max_gram_memory: MaxGramMemory | None = None,
     **model_kwargs: Any,
 ) -> torch.LongTensor | CascadeDecoderOnlyOutput | CascadeEncoderDecoderOutput:
     """Cascade Speculative Drafting, as a `custom_generate` callable for `model.generate`.
@@ -80,6 +82,9 @@ def generate(
         cascade_streamer (`BaseStreamer`, *optional*): receives the prompt, then tokens as the target accepts them.
             `generate` does not hand `streamer=` to a callable `custom_generate`; `hf_cascade.enable(model)` maps
             `streamer=` to this argument for you.
+        max_gram_memory (`MaxGramMemory`, *optional*): earlier outputs and documents Max-Gram also copies from when
+            the call's own text has no (longer) match. The call's new tokens are added to it when the call ends, so
+            the next call can copy from them. Changes drafts, never the output.
         model_kwargs: the rest of `generate`'s model kwargs (`cache`, `attention_mask`, `encoder_outputs`, ...).
 
     Returns:
@@ -97,6 +102,8 @@ def generate(
         raise CascadeValueError(
             "The cascade has no drafter: pass assistant_models=[...] or keep CascadeConfig.use_max_gram=True."
         )
+
+    memory = check_memory(max_gram_memory, config.use_max_gram, vocab_size(model))
 
     encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
     target_stats = LevelStats("target", "target")
@@ -123,6 +130,7 @@ def generate(
         inputs_tensor=inputs_tensor if is_encoder_decoder else None,
         encoder_attention_mask=encoder_mask,
         target_cost=target.cost,
+        memory=memory,
     )
     stats = CascadeStats(levels=[target_stats, *drafter.stats])
     do_sample = bool(generation_config.do_sample)
@@ -161,6 +169,8 @@ def generate(
         streamer.end()
     sequences = torch.tensor([drafter.ids], dtype=input_ids.dtype, device=input_ids.device)
     stats.new_tokens = sequences.shape[1] - prompt_length
+    if memory is not None:
+        memory.add(drafter.ids[prompt_length:])
     stats.wall_time_s = time.perf_counter() - t0
     if not return_dict:
         return sequences
