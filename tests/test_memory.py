@@ -251,12 +251,12 @@ def test_memory_drafts_the_earlier_answer_and_the_output_stays_greedy(llama):
 def test_memory_with_a_neural_drafter_keeps_greedy_output(llama, llama_drafters):
     drafter = llama_drafters[1]
     memory = MaxGramMemory(vocab_size=VOCAB)
-    for seed in range(4):
-        prompt = _fresh_prompt(seed)
-        expected = llama.generate(prompt, max_new_tokens=24, do_sample=False)
-        sequences, _ = _cascade(llama, prompt, memory, assistants=[drafter], max_new_tokens=24)
+    prompt = _fresh_prompt(1)
+    expected = llama.generate(prompt, max_new_tokens=16, do_sample=False)
+    for _ in range(2):  # the second call drafts from the first call's output
+        sequences, stats = _cascade(llama, prompt, memory, assistants=[drafter], max_new_tokens=16)
         assert sequences.tolist() == expected.tolist()
-    assert memory.num_documents == 4
+    assert memory.num_documents == 2 and stats.levels[-1].accepted > 0
 
 
 def test_concurrent_generate_calls_share_one_memory(llama):
