@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -292,3 +294,12 @@ def test_generate_refuses_a_bad_memory(llama):
         _cascade(llama, prompt, MaxGramMemory(vocab_size=50))
     with pytest.raises(CascadeValueError, match=r"CascadeConfig.use_max_gram is False"):
         _cascade(llama, prompt, MaxGramMemory(), assistants=[llama], use_max_gram=False)
+
+
+def test_docs_memory_page_runs_as_written(tmp_path, monkeypatch):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "memory.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0].replace("/tmp/memory.safetensors", "memory.safetensors"), "docs/memory.md", "exec"), {})
+    assert MaxGramMemory.load(tmp_path / "memory.safetensors").num_documents == 3
