@@ -14,9 +14,24 @@ changes the output, only the drafts.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
-__all__ = ["MATCH_PRIOR", "AcceptanceTracker", "draft_length", "match_bucket", "match_prior", "max_gram_tracker"]
+from .max_gram import BigramTable, MaxGramIndex
+from .memory import MaxGramMemory
+
+__all__ = [
+    "MEMORY",
+    "MATCH_PRIOR",
+    "AcceptanceTracker",
+    "adaptive_proposal",
+    "draft_length",
+    "match_bucket",
+    "match_prior",
+    "max_gram_tracker",
+]
+
+# The third element of a tracker key whose proposal came from a `MaxGramMemory` (earlier calls), not the call itself.
+MEMORY = "memory"
 
 # Match lengths 1, 2, 3 and "4 or more"; 0 is the bigram fallback.
 _LONGEST_BUCKET = 4
@@ -33,7 +48,7 @@ def match_bucket(match_length: int) -> int:
     return min(match_length, _LONGEST_BUCKET)
 
 
-def match_prior(key: tuple[int, int]) -> float:
+def match_prior(key: tuple[int, ...]) -> float:
     """Prior acceptance rate of a `(level, match bucket)` tracker key: `MATCH_PRIOR[bucket]`."""
     return MATCH_PRIOR[key[1]]
 
@@ -98,3 +113,45 @@ class AcceptanceTracker:
 def max_gram_tracker() -> AcceptanceTracker:
     """The tracker the cascade cuts Max-Gram proposals with: `match_prior`, worth four tokens."""
     return AcceptanceTracker(match_prior, prior_strength=4.0)
+
+
+def adaptive_proposal(
+    index: MaxGramIndex,
+    context: Sequence[int],
+    num_tokens: int,
+    level: int,
+    tracker: AcceptanceTracker | None,
+    costs: tuple[float, float],
+    bigram: BigramTable | None = None,
+    memory: MaxGramMemory | None = None,
+) -> tuple[list[int], tuple[int, ...]]:
+    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
+    replays) for the model reviewing `level`.
+
+    Args:
+        index (`MaxGramIndex`): the row's index.
+        context (`Sequence[int]`): the current sequence.
+        num_tokens (`int`): the most tokens to propose (the k-matrix entry, the room left).
+        level (`int`): the level whose reviewer will see the proposal (0: the target).
+        tracker (`AcceptanceTracker`, *optional*): acceptance per `(level, match bucket)`; `None` keeps the whole
+            proposal (a fixed length, as prompt lookup).
+        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of that reviewer, see `draft_length`.
+        bigram (`BigramTable`, *optional*): Max-Gram's fallback table.
+        memory (`MaxGramMemory`, *optional*): earlier calls' outputs and added documents; its proposal replaces the
+            call's own when it matched a longer suffix (the call's own text wins ties).
+
+    Returns:
+        `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
+        the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
+        cut (and stops proposing) on its own record without making the call's own matches look worse.
+    """
+    tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
+    key: tuple[int, ...] = (level, match_bucket(match_length))
+    if memory is not None and match_length < memory.max_ngram_size:
+        remembered, remembered_length = memory.propose(context, num_tokens)
+        if remembered_length > match_length:
+            tokens, key = remembered, (level, match_bucket(remembered_length), MEMORY)
+    if tracker is not None:
+        draft_cost, token_cost = costs
+        tokens = tokens[: draft_length(tracker.rate(key), token_cost, len(tokens), draft_cost)]
+    return tokens, key

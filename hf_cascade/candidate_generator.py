@@ -10,40 +10,13 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .cascade import CascadeDrafter
+from .cascade import CascadeDrafter, eos_token_ids
 from .config import CascadeConfig, MaxGramConfig
-from .cost import ForwardCostModel, cost_model_for
+from .cost import ForwardCostModel
 from .errors import CascadeValueError
-from .max_gram import BigramTable, MaxGramIndex
-from .runner import ModelRunner
-from .stats import LevelStats
+from .max_gram import BigramTable
 
 __all__ = ["CascadeCandidateGenerator", "MaxGramCandidateGenerator", "eos_token_ids"]
-
-
-def eos_token_ids(generation_config: GenerationConfig) -> set[int]:
-    """The EOS token ids of a (prepared) generation config, as a set."""
-    eos = getattr(generation_config, "_eos_token_tensor", None)
-    if eos is None:
-        eos = generation_config.eos_token_id
-    if eos is None:
-        return set()
-    if isinstance(eos, torch.Tensor):
-        return set(eos.flatten().tolist())
-    return {eos} if isinstance(eos, int) else set(eos)
-
-
-def _bigram(table: BigramTable | str | None, vocab_size: int | None) -> BigramTable | None:
-    if table is None or isinstance(table, BigramTable):
-        bigram = table
-    else:
-        bigram = BigramTable.load(table)
-    if bigram is not None and vocab_size is not None and bigram.vocab_size != vocab_size:
-        raise CascadeValueError(
-            f"The Max-Gram bigram table covers {bigram.vocab_size} tokens but the target's vocabulary has "
-            f"{vocab_size}; build the table for this vocabulary (BigramTable.from_model or from_corpus)."
-        )
-    return bigram
 
 
 class CascadeCandidateGenerator(CandidateGenerator):
@@ -82,66 +55,20 @@ class CascadeCandidateGenerator(CandidateGenerator):
         bigram_table: BigramTable | str | None = None,
         target_cost: ForwardCostModel | None = None,
     ):
-        config = cascade_config if cascade_config is not None else CascadeConfig()
         self.max_length = generation_config.max_length
-        self.stats = [LevelStats(f"assistant_{i}", "assistant") for i in range(len(assistant_models))]
-        do_sample = bool(generation_config.do_sample)
-        runners = [
-            self._runner(
-                model,
-                stats,
-                inputs_tensor,
-                encoder_attention_mask,
-                cost_model_for(model.device, config.max_gram, do_sample),
-            )
-            for model, stats in zip(assistant_models, self.stats, strict=True)
-        ]
-        index = None
-        if config.use_max_gram:
-            self.stats.append(LevelStats("max_gram", "max_gram"))
-            corpus = [inputs_tensor[0].tolist()] if inputs_tensor is not None else []
-            index = MaxGramIndex(
-                config.max_gram.max_ngram_size, config.max_gram.min_ngram_size, corpus, config.max_gram.occurrence
-            )
-            index.extend(input_ids[0].tolist())
-            bigram_table = bigram_table if bigram_table is not None else config.max_gram.bigram_table
-        self.drafter = CascadeDrafter(
-            prompt_ids=input_ids[0].tolist(),
-            runners=runners,
-            k_matrix=config.resolved_k_matrix(len(assistant_models)),
-            lenience=config.lenience,
-            do_sample=do_sample,
-            logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
-            eos_token_ids=eos_token_ids(generation_config),
-            vocab_size=vocab_size,
-            device=input_ids.device,
-            max_gram=index,
-            bigram=_bigram(bigram_table, vocab_size) if index is not None else None,
-            stats=self.stats,
-            adaptive_max_gram=config.max_gram.adaptive_length,
-            token_cost=config.max_gram.token_cost,
-            draft_cost=config.max_gram.draft_cost,
-            confidence_threshold=config.confidence_threshold,
+        self.drafter = CascadeDrafter.from_config(
+            input_ids,
+            assistant_models,
+            cascade_config if cascade_config is not None else CascadeConfig(),
+            generation_config,
+            logits_processor,
+            vocab_size,
+            inputs_tensor=inputs_tensor,
+            encoder_attention_mask=encoder_attention_mask,
+            bigram_table=bigram_table,
             target_cost=target_cost,
         )
-
-    @staticmethod
-    @torch.no_grad()
-    def _runner(
-        model: PreTrainedModel,
-        stats: LevelStats,
-        inputs_tensor: torch.Tensor | None,
-        encoder_attention_mask: torch.Tensor | None,
-        cost: ForwardCostModel | None,
-    ) -> ModelRunner:
-        if not model.config.is_encoder_decoder:
-            return ModelRunner(model, stats, cost=cost)
-        # Each encoder-decoder drafter encodes the source once, with its own encoder.
-        mask = encoder_attention_mask.to(model.device) if encoder_attention_mask is not None else None
-        encoder_outputs = model.get_encoder()(
-            input_ids=inputs_tensor.to(model.device), attention_mask=mask, return_dict=True
-        )
-        return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
+        self.stats = self.drafter.stats
 
     def get_candidates(
         self, input_ids: torch.LongTensor, **kwargs: Any

@@ -13,27 +13,42 @@ and the Max-Gram index. `_draft_level` and `_review` are the paper's `step` (see
         draft(c + 1); drafter c reviews it with lenience; keep the accepted prefix + its own next token
 
 The target's review (level 0, always exact) is done by the caller, which then calls `advance` with the tokens it
-kept.
+kept. One row's sequence and per-position draft records live in a `DraftBuffer`; the settings shared by every row of
+a call in a `DraftSettings`; `CascadeDrafter.from_config` builds the whole drafting side of a `generate` call.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
+from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .adaptive import draft_length, match_bucket, max_gram_tracker
-from .config import MaxGramConfig
-from .cost import ForwardCostModel
+from .adaptive import adaptive_proposal, max_gram_tracker
+from .config import CascadeConfig, MaxGramConfig
+from .cost import ForwardCostModel, cost_model_for
+from .errors import CascadeValueError
 from .max_gram import BigramTable, MaxGramIndex
+from .memory import MaxGramMemory
 from .runner import ModelRunner
 from .stats import LevelStats
-from .verification import review
+from .verification import review, valid_scores
 
-__all__ = ["CascadeDrafter", "first_unsure", "hard_constraints"]
+__all__ = [
+    "CascadeDrafter",
+    "DraftBuffer",
+    "DraftSettings",
+    "DraftedPosition",
+    "eos_token_ids",
+    "first_unsure",
+    "hard_constraints",
+    "load_bigram",
+]
 
 # Processors that forbid tokens outright (score -inf) whatever the logits are. Max-Gram consults only these: warpers
 # such as top-p would also mask tokens of the all-equal dummy row it is scored on, which says nothing about the model.
@@ -75,103 +90,334 @@ def first_unsure(scores: torch.Tensor, tokens: Sequence[int], threshold: float) 
     return int(unsure[0, 0]) if unsure.numel() else None
 
 
+def eos_token_ids(generation_config: GenerationConfig) -> frozenset[int]:
+    """The EOS token ids of a (prepared) generation config."""
+    eos = getattr(generation_config, "_eos_token_tensor", None)
+    if eos is None:
+        eos = generation_config.eos_token_id
+    if eos is None:
+        return frozenset()
+    if isinstance(eos, torch.Tensor):
+        return frozenset(eos.flatten().tolist())
+    return frozenset({eos} if isinstance(eos, int) else eos)
+
+
+def load_bigram(table: BigramTable | str | None, vocab_size: int | None) -> BigramTable | None:
+    """`table`, loaded when it is a path, checked against the target's `vocab_size` (when known)."""
+    bigram = table if table is None or isinstance(table, BigramTable) else BigramTable.load(table)
+    if bigram is not None and vocab_size is not None and bigram.vocab_size != vocab_size:
+        raise CascadeValueError(
+            f"The Max-Gram bigram table covers {bigram.vocab_size} tokens but the target's vocabulary has "
+            f"{vocab_size}; build the table for this vocabulary (BigramTable.from_model or from_corpus)."
+        )
+    return bigram
+
+
+class DraftedPosition(NamedTuple):
+    """What a draft position records besides its token.
+
+    Args:
+        q (`torch.FloatTensor` of shape `(vocab_size,)`, *optional*): the distribution the token was drawn from;
+            `None` for a deterministic (one-hot) draft such as Max-Gram's, or when greedy.
+        owner (`int`): index of the drafter that produced it (its `LevelStats` in `CascadeDrafter.stats`).
+        tag (`tuple`, *optional*): for a Max-Gram token, the `(level, match bucket[, MEMORY])` key its acceptance is
+            tracked under (`hf_cascade.adaptive`).
+    """
+
+    q: torch.Tensor | None
+    owner: int
+    tag: tuple[int, ...] | None = None
+
+
+@dataclass
+class DraftBuffer:
+    """One row's token sequence: a committed prefix followed by the current draft, one `DraftedPosition` per draft
+    token.
+
+    Every change of the draft goes through these methods, which keep `len(positions) == len(ids) - committed`.
+
+    Args:
+        ids (`list[int]`): the whole sequence, committed prefix and draft.
+        committed (`int`): length of the committed prefix (what the target accepted).
+        positions (`list[DraftedPosition]`): one record per draft token `ids[committed:]`.
+    """
+
+    ids: list[int]
+    committed: int
+    positions: list[DraftedPosition] = field(default_factory=list)
+
+    @classmethod
+    def from_prompt(cls, prompt_ids: Iterable[int]) -> DraftBuffer:
+        ids = list(prompt_ids)
+        return cls(ids, len(ids))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def drafted(self, start: int, end: int | None = None) -> list[DraftedPosition]:
+        """The records of sequence positions `start .. end - 1` (all draft positions, `start >= committed`)."""
+        end = len(self.ids) if end is None else end
+        return self.positions[start - self.committed : end - self.committed]
+
+    def append(
+        self,
+        tokens: Sequence[int],
+        q_rows: Sequence[torch.Tensor | None],
+        owner: int,
+        tag: tuple[int, ...] | None = None,
+    ) -> None:
+        """Append draft `tokens`, token `i` drawn from `q_rows[i]` by drafter `owner`."""
+        if len(q_rows) != len(tokens):
+            raise CascadeValueError(f"DraftBuffer.append got {len(tokens)} tokens but {len(q_rows)} q rows.")
+        self.ids.extend(tokens)
+        self.positions.extend(DraftedPosition(q, owner, tag) for q in q_rows)
+
+    def assign(self, start: int, q_rows: Sequence[torch.Tensor | None], owner: int) -> None:
+        """Re-attribute the draft from `start` on to drafter `owner`, which emitted its tokens from `q_rows` (the
+        tokens a reviewing drafter kept are its own contribution to the level above)."""
+        if len(q_rows) != len(self.ids) - start:
+            raise CascadeValueError(f"DraftBuffer.assign got {len(q_rows)} q rows for {len(self.ids) - start} tokens.")
+        self.positions[start - self.committed :] = [DraftedPosition(q, owner) for q in q_rows]
+
+    def truncate(self, length: int) -> None:
+        """Cut the draft to `length` tokens of sequence (`length >= committed`)."""
+        del self.ids[length:]
+        del self.positions[max(length - self.committed, 0) :]
+
+    def commit(self, tokens: Sequence[int]) -> None:
+        """Append `tokens` as committed and drop the draft records: everything in `ids` is now committed."""
+        self.ids.extend(tokens)
+        self.committed = len(self.ids)
+        self.positions.clear()
+
+    def ends_with(self, tokens: frozenset[int]) -> bool:
+        """Whether the draft is non-empty and its last token is one of `tokens` (an EOS: nothing may follow)."""
+        return len(self.ids) > self.committed and self.ids[-1] in tokens
+
+    def dense_q(self, start: int, end: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+        """Draft distributions of positions `start .. end - 1` as a `(end - start, vocab_size)` tensor (one-hot rows
+        for deterministic drafts)."""
+        q = torch.zeros(end - start, vocab_size, device=device)
+        one_hot_rows, one_hot_tokens = [], []
+        for i, position in enumerate(self.drafted(start, end)):
+            if position.q is None:
+                one_hot_rows.append(i)
+                one_hot_tokens.append(self.ids[start + i])
+            else:
+                q[i] = position.q
+        if one_hot_rows:
+            q[one_hot_rows, one_hot_tokens] = 1.0
+        return q
+
+
+@dataclass(frozen=True)
+class DraftSettings:
+    """What drafting needs to know about a `generate` call, the same for every row.
+
+    Args:
+        k_matrix (`list[list[int]]` of shape `(n, n)`): see `CascadeConfig.k_matrix` (resolved for the drafters).
+        lenience (`float`): leniency of reviews between drafters.
+        confidence_threshold (`float`): see `CascadeConfig.confidence_threshold`.
+        max_gram (`MaxGramConfig`, *optional*): Max-Gram's settings; `None` when Max-Gram is off.
+        do_sample (`bool`): sampling (track draft distributions) or greedy.
+        logits_processor (`LogitsProcessorList`): the target's processors, applied to every reviewer's logits.
+        eos_token_ids (`frozenset[int]`): tokens that end generation.
+        vocab_size (`int`): size of the target's logits.
+        device (`torch.device`): where scores are processed and reviewed (the target's input device).
+    """
+
+    k_matrix: list[list[int]]
+    lenience: float
+    confidence_threshold: float
+    max_gram: MaxGramConfig | None
+    do_sample: bool
+    logits_processor: LogitsProcessorList
+    eos_token_ids: frozenset[int]
+    vocab_size: int
+    device: torch.device
+
+    @classmethod
+    def from_config(
+        cls,
+        config: CascadeConfig,
+        num_assistants: int,
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        vocab_size: int,
+        device: torch.device,
+    ) -> DraftSettings:
+        """Settings of a cascade with `num_assistants` neural drafters under `config` and `generation_config`."""
+        return cls(
+            k_matrix=config.resolved_k_matrix(num_assistants),
+            lenience=config.lenience,
+            confidence_threshold=config.confidence_threshold,
+            max_gram=config.max_gram if config.use_max_gram else None,
+            do_sample=bool(generation_config.do_sample),
+            logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
+            eos_token_ids=eos_token_ids(generation_config),
+            vocab_size=vocab_size,
+            device=device,
+        )
+
+
+@torch.no_grad()
+def _assistant_runner(
+    model: PreTrainedModel,
+    name: str,
+    inputs_tensor: torch.Tensor | None,
+    encoder_attention_mask: torch.Tensor | None,
+    cost: ForwardCostModel | None,
+) -> ModelRunner:
+    stats = LevelStats(name, "assistant")
+    if not model.config.is_encoder_decoder:
+        return ModelRunner(model, stats, cost=cost)
+    # Each encoder-decoder drafter encodes the source once, with its own encoder.
+    mask = encoder_attention_mask.to(model.device) if encoder_attention_mask is not None else None
+    encoder_outputs = model.get_encoder()(
+        input_ids=inputs_tensor.to(model.device), attention_mask=mask, return_dict=True
+    )
+    return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
+
+
 class CascadeDrafter:
-    """Drafting state of one cascade `generate` call.
+    """Drafting state of one cascade `generate` call (one row).
+
+    Build it with `CascadeDrafter.from_config`.
 
     Args:
         prompt_ids (`Sequence[int]`): the starting sequence (decoder sequence for encoder-decoders).
-        runners (`list[ModelRunner]`): the neural drafters, largest first.
-        k_matrix (`list[list[int]]` of shape `(n, n)`): see `CascadeConfig.k_matrix`.
-        lenience (`float`): leniency of reviews between drafters.
-        do_sample (`bool`): sampling (track draft distributions) or greedy.
-        logits_processor (`LogitsProcessorList`): the target's processors, applied to every reviewer's logits.
-        eos_token_ids (`set[int]`): tokens that end generation.
-        vocab_size (`int`): size of the target's logits.
-        device (`torch.device`): where scores are processed and reviewed (the target's input device).
-        max_gram (`MaxGramIndex`, *optional*): Max-Gram index, the last drafter when given.
+        runners (`list[ModelRunner]`): the neural drafters, largest first; their `stats` are the first records of
+            `self.stats`.
+        settings (`DraftSettings`): the call's settings.
+        corpus (`Iterable[Sequence[int]]`, *optional*): fixed documents Max-Gram searches besides the sequence (the
+            encoder input of encoder-decoders).
         bigram (`BigramTable`, *optional*): Max-Gram's fallback table.
-        stats (`list[LevelStats]`): one record per drafter (assistants, then Max-Gram).
-        adaptive_max_gram (`bool`, *optional*): cut Max-Gram proposals by their tracked acceptance
-            (`hf_cascade.adaptive`).
-        token_cost (`float`, *optional*): verification cost of one more draft token, as a fraction of a forward.
-        draft_cost (`float`, *optional*): fixed extra cost of verifying any draft, as a fraction of a forward.
-        confidence_threshold (`float`, *optional*): a neural drafter's draft ends after a token it kept with
-            probability below this (`CascadeConfig.confidence_threshold`).
         target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes; with a drafter runner's
-            own `cost`, replaces `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
+            own `cost`, replaces the configured `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
             (`MaxGramConfig.measure_cost`).
+        memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`adaptive_proposal`).
+
+    Attributes:
+        buffer (`DraftBuffer`): the sequence and the current draft.
+        stats (`list[LevelStats]`): one record per drafter (assistants, then Max-Gram).
     """
 
     def __init__(
         self,
         prompt_ids: Sequence[int],
         runners: list[ModelRunner],
-        k_matrix: list[list[int]],
-        lenience: float,
-        do_sample: bool,
-        logits_processor: LogitsProcessorList,
-        eos_token_ids: set[int],
-        vocab_size: int,
-        device: torch.device,
-        max_gram: MaxGramIndex | None,
-        bigram: BigramTable | None,
-        stats: list[LevelStats],
-        adaptive_max_gram: bool = False,
-        token_cost: float = MaxGramConfig.token_cost,
-        draft_cost: float = MaxGramConfig.draft_cost,
-        confidence_threshold: float = 0.0,
+        settings: DraftSettings,
+        corpus: Iterable[Sequence[int]] = (),
+        bigram: BigramTable | None = None,
         target_cost: ForwardCostModel | None = None,
+        memory: MaxGramMemory | None = None,
     ):
-        self.ids: list[int] = list(prompt_ids)
-        self.committed = len(self.ids)
-        self._q: list[torch.Tensor | None] = []  # per draft position: distribution it was drawn from (None: one-hot)
-        self._owner: list[int] = []  # per draft position: index of the drafter that produced it
-        self._tag: list[tuple[int, int] | None] = []  # per Max-Gram draft position: (level, match bucket)
+        self.buffer = DraftBuffer.from_prompt(prompt_ids)
         self.runners = runners
-        self.k = k_matrix
-        self.lenience = lenience
-        self.do_sample = do_sample
-        self.processors = logits_processor
-        self.constraints = hard_constraints(logits_processor)
-        self.eos = eos_token_ids
-        self.vocab_size = vocab_size
-        self.device = device
-        self.index = max_gram
+        self.settings = settings
+        self.k = settings.k_matrix
+        self.do_sample = settings.do_sample
+        self.processors = settings.logits_processor
+        self.constraints = hard_constraints(settings.logits_processor)
+        self.eos = settings.eos_token_ids
+        self.vocab_size = settings.vocab_size
+        self.device = settings.device
+        self.stats = [runner.stats for runner in runners]
+        max_gram = settings.max_gram
+        self.index: MaxGramIndex | None = None
         self.bigram = bigram
-        self.stats = stats
-        self.num_drafters = len(runners) + (max_gram is not None)
-        self.max_gram_column = len(runners) if max_gram is not None else -1
-        self.tracker = max_gram_tracker() if (adaptive_max_gram and max_gram is not None) else None
-        self.token_cost = token_cost
-        self.draft_cost = draft_cost
-        self.confidence_threshold = confidence_threshold
+        self.memory = memory if max_gram is not None else None
+        self.tracker = None
+        self.max_gram_column = -1
+        if max_gram is not None:
+            self.index = MaxGramIndex(max_gram.max_ngram_size, max_gram.min_ngram_size, corpus, max_gram.occurrence)
+            self.index.extend(self.buffer.ids)
+            self.tracker = max_gram_tracker() if max_gram.adaptive_length else None
+            self.max_gram_column = len(runners)
+            self.stats.append(LevelStats("max_gram", "max_gram"))
+        self.num_drafters = len(self.stats)
         # The model that reviews the draft built at level r: the target for r = 0, drafter r - 1 otherwise.
         self.reviewer_costs = [target_cost, *(runner.cost for runner in runners)]
 
+    @classmethod
+    def from_config(
+        cls,
+        input_ids: torch.LongTensor,
+        assistant_models: Sequence[PreTrainedModel],
+        config: CascadeConfig,
+        generation_config: GenerationConfig,
+        logits_processor: LogitsProcessorList | None,
+        vocab_size: int,
+        *,
+        inputs_tensor: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        bigram_table: BigramTable | str | None = None,
+        target_cost: ForwardCostModel | None = None,
+        memory: MaxGramMemory | None = None,
+    ) -> CascadeDrafter:
+        """The drafting side of a cascade `generate` call: the assistants' runners, Max-Gram and the settings.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt (decoder ids for
+                encoder-decoders); its device is where scores are reviewed.
+            assistant_models (`Sequence[PreTrainedModel]`): neural drafters, largest first.
+            config (`CascadeConfig`): k-matrix, lenience and Max-Gram settings.
+            generation_config (`GenerationConfig`): gives `do_sample` and the EOS tokens.
+            logits_processor (`LogitsProcessorList`, *optional*): the target's processors.
+            vocab_size (`int`): size of the target's logits.
+            inputs_tensor (`torch.LongTensor` of shape `(1, source_length)`, *optional*): encoder input of
+                encoder-decoders; encoded by each drafter and searched by Max-Gram.
+            encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): its mask.
+            bigram_table (`BigramTable` or `str`, *optional*): overrides `config.max_gram.bigram_table`.
+            target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes, when the caller runs
+                them (`hf_cascade.generate`); without it the target's Max-Gram drafts use the configured costs.
+            memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (read only here).
+        """
+        do_sample = bool(generation_config.do_sample)
+        runners = [
+            _assistant_runner(
+                model,
+                f"assistant_{i}",
+                inputs_tensor,
+                encoder_attention_mask,
+                cost_model_for(model.device, config.max_gram, do_sample),
+            )
+            for i, model in enumerate(assistant_models)
+        ]
+        settings = DraftSettings.from_config(
+            config, len(assistant_models), generation_config, logits_processor, vocab_size, input_ids.device
+        )
+        bigram = None
+        if config.use_max_gram:
+            table = bigram_table if bigram_table is not None else config.max_gram.bigram_table
+            bigram = load_bigram(table, vocab_size)
+        corpus = [inputs_tensor[0].tolist()] if inputs_tensor is not None else []
+        return cls(
+            input_ids[0].tolist(),
+            runners,
+            settings,
+            corpus=corpus,
+            bigram=bigram,
+            target_cost=target_cost,
+            memory=memory,
+        )
+
     # ------------------------------------------------------------------ sequence bookkeeping
+    @property
+    def ids(self) -> list[int]:
+        """The whole sequence: committed prefix, then the current draft (`buffer.ids`)."""
+        return self.buffer.ids
+
+    @property
+    def committed(self) -> int:
+        """Length of the committed prefix."""
+        return self.buffer.committed
+
     def truncate(self, length: int) -> None:
         """Cut the draft to `length` tokens of sequence; cached states past it become stale."""
-        del self.ids[length:]
-        del self._q[max(length - self.committed, 0) :]
-        del self._owner[max(length - self.committed, 0) :]
-        del self._tag[max(length - self.committed, 0) :]
+        self.buffer.truncate(length)
         for runner in self.runners:
             runner.truncate_to(length)
-
-    def _append(
-        self,
-        tokens: Sequence[int],
-        q_rows: Sequence[torch.Tensor | None],
-        owner: int,
-        tag: tuple[int, int] | None = None,
-    ) -> None:
-        self.ids.extend(tokens)
-        self._q.extend(q_rows)
-        self._owner.extend([owner] * len(tokens))
-        self._tag.extend([tag] * len(tokens))
-
-    def _draft_ended(self) -> bool:
-        return len(self.ids) > self.committed and self.ids[-1] in self.eos
 
     def draft(self, cap: int) -> tuple[list[int], torch.Tensor | None]:
         """Build the draft the target reviews (level 0), keeping `len(sequence) <= cap`.
@@ -180,11 +426,11 @@ class CascadeDrafter:
             `(tokens, q)`: the draft tokens and, when sampling, `torch.FloatTensor` of shape `(k, vocab_size)` with
             the distribution each token was drawn from.
         """
-        start = len(self.ids)
+        start = len(self.buffer)
         if self.num_drafters:
             self._draft_level(0, cap)
         tokens = self.ids[start:]
-        return tokens, self.dense_q(start, len(self.ids)) if self.do_sample else None
+        return tokens, self.dense_q(start, len(self.buffer)) if self.do_sample else None
 
     def advance(self, kept: Sequence[int]) -> int:
         """Commit the tokens the target kept after the current committed prefix and record level-0 statistics.
@@ -202,29 +448,14 @@ class CascadeDrafter:
             n += 1
         self._record(start, n)
         self.truncate(start + n)
-        self.ids.extend(kept[n:])
-        self.committed = len(self.ids)
-        self._q.clear()
-        self._owner.clear()
-        self._tag.clear()
+        self.buffer.commit(kept[n:])
         if self.index is not None:
             self.index.extend(kept)
         return n
 
     def dense_q(self, start: int, end: int) -> torch.Tensor:
         """Draft distributions of positions `start .. end - 1` as a `(end - start, vocab_size)` tensor."""
-        q = torch.zeros(end - start, self.vocab_size, device=self.device)
-        one_hot_rows, one_hot_tokens = [], []
-        for i in range(end - start):
-            row = self._q[start - self.committed + i]
-            if row is None:
-                one_hot_rows.append(i)
-                one_hot_tokens.append(self.ids[start + i])
-            else:
-                q[i] = row
-        if one_hot_rows:
-            q[one_hot_rows, one_hot_tokens] = 1.0
-        return q
+        return self.buffer.dense_q(start, end, self.vocab_size, self.device)
 
     def process(self, logits: torch.Tensor, first: int) -> torch.Tensor:
         """Apply the logits processors to logits at positions `first ..`, each with its own prefix.
@@ -248,12 +479,12 @@ class CascadeDrafter:
     # ------------------------------------------------------------------ the cascade (paper's `step`)
     def _draft_level(self, level: int, cap: int) -> None:
         """Extend the sequence with the draft reviewed at `level` (row `K[level]`), never past `cap` tokens."""
-        start = len(self.ids)
+        start = len(self.buffer)
         goal = 0
         for c in range(level, self.num_drafters):
             goal += self.k[level][c]
-            while len(self.ids) - start < goal and len(self.ids) < cap and not self._draft_ended():
-                before = len(self.ids)
+            while len(self.buffer) - start < goal and len(self.buffer) < cap and not self.buffer.ends_with(self.eos):
+                before = len(self.buffer)
                 if c == self.max_gram_column:
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
                     self._propose_max_gram(min(goal - (before - start), cap - before), level)
@@ -266,30 +497,34 @@ class CascadeDrafter:
 
         Returns:
             `False` when drafter `c` kept a token it gives probability below `confidence_threshold` (the draft is cut
-            after the first such token), `True` otherwise.
+            after the first such token), or when its scores were not finite (nothing is kept); `True` otherwise.
         """
-        start = len(self.ids)
+        start = len(self.buffer)
         self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
-        end = len(self.ids)
+        end = len(self.buffer)
         draft = self.ids[start:end]
         scores = self.process(self.runners[c].logits(self.ids, start - 1, end), start - 1)
+        if not valid_scores(scores):
+            # A broken drafter (NaN/inf logits, e.g. an fp16 overflow) can judge nothing and emit nothing: drop the
+            # sub-draft it was to review, unrecorded (its drafters did nothing wrong), and end this level's draft.
+            self.stats[c].nonfinite_drafts += 1
+            self.truncate(start)
+            return False
         q = self.dense_q(start, end) if self.do_sample else None
         draft_t = torch.tensor(draft, dtype=torch.long, device=self.device)
-        n, next_token, emitted = review(scores, draft_t, q, self.lenience, self.do_sample, need_emitted_q=True)
+        n, next_token, emitted = review(scores, draft_t, q, self.settings.lenience, self.do_sample, need_emitted_q=True)
         self._record(start, n)
         self.truncate(start + n)  # drop the rejected tail
         # The kept tokens are now drafter c's contribution, drawn from the distributions the review emitted.
         rows: list[torch.Tensor | None] = list(emitted) if emitted is not None else [None] * (n + 1)
-        offset = start - self.committed
-        self._q[offset:] = rows[:n]
-        self._owner[offset:] = [c] * n
-        self._tag[offset:] = [None] * n
+        self.buffer.assign(start, rows[:n], owner=c)
         if not (n == len(draft) and n > 0 and draft[-1] in self.eos):  # nothing follows an accepted EOS
-            self._append([next_token], rows[n : n + 1], owner=c)
-        if self.confidence_threshold <= 0:
+            self.buffer.append([next_token], rows[n : n + 1], owner=c)
+        threshold = self.settings.confidence_threshold
+        if threshold <= 0:
             return True
         kept = self.ids[start:]
-        unsure = first_unsure(scores[: len(kept)], kept, self.confidence_threshold)
+        unsure = first_unsure(scores[: len(kept)], kept, threshold)
         if unsure is None:
             return True
         self.truncate(start + unsure + 1)
@@ -297,13 +532,11 @@ class CascadeDrafter:
 
     def _propose_max_gram(self, num_tokens: int, level: int) -> None:
         t0 = time.perf_counter()
-        tokens, _, match_length = self.index.propose_with_match(self.ids, num_tokens, self.bigram)
-        tag = (level, match_bucket(match_length))
-        if self.tracker is not None:
-            draft_cost, token_cost = self._costs(level)
-            tokens = tokens[: draft_length(self.tracker.rate(tag), token_cost, len(tokens), draft_cost)]
+        tokens, tag = adaptive_proposal(
+            self.index, self.ids, num_tokens, level, self.tracker, self._costs(level), self.bigram, self.memory
+        )
         tokens = self._admissible_prefix(tokens)
-        self._append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)
+        self.buffer.append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)
         stats = self.stats[self.max_gram_column]
         stats.propose_calls += 1
         stats.propose_time_s += time.perf_counter() - t0
@@ -311,7 +544,9 @@ class CascadeDrafter:
     def _costs(self, level: int) -> tuple[float, float]:
         """`(draft_cost, token_cost)` of the model reviewing `level`: measured when it is timed, else configured."""
         cost = self.reviewer_costs[level]
-        return cost.costs() if cost is not None else (self.draft_cost, self.token_cost)
+        if cost is not None:
+            return cost.costs()
+        return self.settings.max_gram.draft_cost, self.settings.max_gram.token_cost
 
     def _admissible_prefix(self, tokens: list[int]) -> list[int]:
         """Cut a Max-Gram proposal after the first EOS and before the first token a hard constraint forbids."""
@@ -329,13 +564,13 @@ class CascadeDrafter:
 
     def _record(self, start: int, n_accepted: int) -> None:
         """Count draft positions `start ..` as drafted by their owners, the first `n_accepted` as accepted."""
-        offset = start - self.committed
-        for i, owner in enumerate(self._owner[offset:]):
-            self.stats[owner].drafted += 1
+        reviewed = self.buffer.drafted(start)
+        for i, position in enumerate(reviewed):
+            self.stats[position.owner].drafted += 1
             if i < n_accepted:
-                self.stats[owner].accepted += 1
+                self.stats[position.owner].accepted += 1
         if self.tracker is not None:
             # Max-Gram tokens reached by this review: accepted up to n_accepted, the one at n_accepted rejected.
-            for i, tag in enumerate(self._tag[offset : offset + n_accepted + 1]):
-                if tag is not None:
-                    self.tracker.update(tag, accepted=int(i < n_accepted), rejected=i == n_accepted)
+            for i, position in enumerate(reviewed[: n_accepted + 1]):
+                if position.tag is not None:
+                    self.tracker.update(position.tag, accepted=int(i < n_accepted), rejected=i == n_accepted)

@@ -14,11 +14,12 @@ from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengt
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput
 
-from .candidate_generator import CascadeCandidateGenerator
+from .cascade import CascadeDrafter
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
 from .cost import cost_model_for
 from .errors import CascadeTypeError, CascadeValueError
+from .memory import MaxGramMemory, check_memory
 from .runner import ModelRunner, new_cache
 from .stats import CascadeStats, LevelStats
 from .verification import review
@@ -53,6 +54,7 @@ def generate(
     assistant_models: list[PreTrainedModel] | None = None,
     cascade_config: CascadeConfig | dict | None = None,
     cascade_streamer: BaseStreamer | None = None,
+    max_gram_memory: MaxGramMemory | None = None,
     **model_kwargs: Any,
 ) -> torch.LongTensor | CascadeDecoderOnlyOutput | CascadeEncoderDecoderOutput:
     """Cascade Speculative Drafting, as a `custom_generate` callable for `model.generate`.
@@ -80,6 +82,9 @@ def generate(
         cascade_streamer (`BaseStreamer`, *optional*): receives the prompt, then tokens as the target accepts them.
             `generate` does not hand `streamer=` to a callable `custom_generate`; `hf_cascade.enable(model)` maps
             `streamer=` to this argument for you.
+        max_gram_memory (`MaxGramMemory`, *optional*): earlier outputs and documents Max-Gram also copies from when
+            the call's own text has no (longer) match. The call's new tokens are added to it when the call ends, so
+            the next call can copy from them. Changes drafts, never the output.
         model_kwargs: the rest of `generate`'s model kwargs (`cache`, `attention_mask`, `encoder_outputs`, ...).
 
     Returns:
@@ -98,6 +103,8 @@ def generate(
             "The cascade has no drafter: pass assistant_models=[...] or keep CascadeConfig.use_max_gram=True."
         )
 
+    memory = check_memory(max_gram_memory, config.use_max_gram, vocab_size(model))
+
     encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
     target_stats = LevelStats("target", "target")
     cache = model_kwargs.get("cache")
@@ -113,7 +120,7 @@ def generate(
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
     )
-    generator = CascadeCandidateGenerator(
+    drafter = CascadeDrafter.from_config(
         input_ids,
         assistants,
         config,
@@ -123,9 +130,9 @@ def generate(
         inputs_tensor=inputs_tensor if is_encoder_decoder else None,
         encoder_attention_mask=encoder_mask,
         target_cost=target.cost,
+        memory=memory,
     )
-    drafter = generator.drafter
-    stats = CascadeStats(levels=[target_stats, *generator.stats])
+    stats = CascadeStats(levels=[target_stats, *drafter.stats])
     do_sample = bool(generation_config.do_sample)
     max_length = generation_config.max_length
     other_criteria = StoppingCriteriaList(
@@ -162,6 +169,8 @@ def generate(
         streamer.end()
     sequences = torch.tensor([drafter.ids], dtype=input_ids.dtype, device=input_ids.device)
     stats.new_tokens = sequences.shape[1] - prompt_length
+    if memory is not None:
+        memory.add(drafter.ids[prompt_length:])
     stats.wall_time_s = time.perf_counter() - t0
     if not return_dict:
         return sequences
@@ -176,9 +185,16 @@ def generate(
 
 
 def _stop_within(
-    kept: list[int], drafter: Any, criteria: StoppingCriteriaList, step_scores: torch.Tensor
+    kept: list[int], drafter: CascadeDrafter, criteria: StoppingCriteriaList, step_scores: torch.Tensor
 ) -> tuple[list[int], bool]:
     """Cut `kept` at the first token after which generation stops (EOS or a user criterion), as plain decoding would.
+
+    Args:
+        kept (`list[int]`): the tokens the target's review yields after the committed prefix.
+        drafter (`CascadeDrafter`): gives the committed prefix, the EOS tokens and the device.
+        criteria (`StoppingCriteriaList`): the user's criteria (max length and EOS are handled here and by the loop).
+        step_scores (`torch.FloatTensor` of shape `(len(kept), vocab_size)` or more rows): the target's scores, row
+            `i` for `kept[i]`.
 
     Returns:
         `(kept, finished)`.

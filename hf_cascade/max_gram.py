@@ -57,11 +57,6 @@ class MaxGramIndex:
             self._index_tail(list(doc))
         self._docs.append([])
 
-    @property
-    def live(self) -> list[int]:
-        """The live document (read-only view by convention)."""
-        return self._docs[-1]
-
     def extend(self, tokens: Sequence[int]) -> None:
         """Append `tokens` to the live document and index the n-grams that now have a continuation."""
         self._index_tail(tokens)
@@ -95,32 +90,24 @@ class MaxGramIndex:
                 return self._docs[hit[0]], hit[1], n
         return None
 
-    def propose(
+    def propose_with_match(
         self, context: Sequence[int], num_tokens: int, bigram: BigramTable | None = None
-    ) -> tuple[list[int], list[bool]]:
+    ) -> tuple[list[int], int]:
         """Propose up to `num_tokens` continuation tokens for `context`.
 
         Copies the continuation of the longest match; when the copy runs out, looks up again with the proposal
         appended (so repeating patterns extend); when nothing matches, uses the bigram table if given.
 
         Args:
-            context (`Sequence[int]`): the current sequence.
+            context (`Sequence[int]`): the current sequence (only its last `max_ngram_size` tokens are read).
             num_tokens (`int`): the most tokens to propose.
             bigram (`BigramTable`, *optional*): fallback next-token table.
 
         Returns:
-            `(tokens, from_bigram)`: the proposal and, per token, whether it came from the bigram fallback.
+            `(tokens, match_length)`: the proposal and the length of its first match, 0 when it starts from the
+            bigram table or is empty (longer matches are more reliable, which the adaptive draft length uses).
         """
-        tokens, from_bigram, _ = self.propose_with_match(context, num_tokens, bigram)
-        return tokens, from_bigram
-
-    def propose_with_match(
-        self, context: Sequence[int], num_tokens: int, bigram: BigramTable | None = None
-    ) -> tuple[list[int], list[bool], int]:
-        """`propose`, plus the length of the first match (0 when the proposal starts from the bigram table or is
-        empty): longer matches are more reliable, which the adaptive draft length uses."""
         out: list[int] = []
-        from_bigram: list[bool] = []
         first_match = None
         tail = list(context[-self.max_ngram_size :])
         while len(out) < num_tokens:
@@ -128,19 +115,17 @@ class MaxGramIndex:
             if hit is not None:
                 doc, start, n = hit
                 piece = doc[start : start + num_tokens - len(out)]
-                flags = [False] * len(piece)
             else:
                 nxt = bigram.next_token(tail[-1]) if (bigram is not None and tail) else None
                 if nxt is None:
                     break
-                n, piece, flags = 0, [nxt], [True]
+                n, piece = 0, [nxt]
             if not piece:
                 break
             first_match = n if first_match is None else first_match
             out.extend(piece)
-            from_bigram.extend(flags)
             tail = (tail + piece)[-self.max_ngram_size :]
-        return out, from_bigram, first_match or 0
+        return out, first_match or 0
 
 
 class BigramTable:

@@ -28,7 +28,7 @@ import torch
 
 from .errors import CascadeTypeError, CascadeValueError
 
-__all__ = ["MaxGramMemory"]
+__all__ = ["MaxGramMemory", "check_memory"]
 
 _FORMAT = "hf_cascade.MaxGramMemory/1"
 # Longest n-gram a memory indexes. Each token of a document adds up to this many keys, so the bound keeps memory use
@@ -346,3 +346,27 @@ class MaxGramMemory:
                 f"max_gram_memory was built for a vocabulary of {self.vocab_size} tokens but the target's has "
                 f"{vocab_size}; a memory serves one tokenizer: build a new MaxGramMemory(vocab_size={vocab_size})."
             )
+
+
+def check_memory(memory: Any, use_max_gram: bool, vocab_size: int) -> MaxGramMemory | None:
+    """Validate `generate`'s `max_gram_memory` argument against the call.
+
+    Args:
+        memory: the argument (`MaxGramMemory` or `None`).
+        use_max_gram (`bool`): whether the cascade runs Max-Gram (`CascadeConfig.use_max_gram`).
+        vocab_size (`int`): the target's vocabulary size.
+    """
+    if memory is None:
+        return None
+    if not isinstance(memory, MaxGramMemory):
+        raise CascadeTypeError(
+            f"max_gram_memory must be a hf_cascade.MaxGramMemory, got {type(memory).__name__}; "
+            "create one with hf_cascade.MaxGramMemory(vocab_size=...) or MaxGramMemory.load(path)."
+        )
+    if not use_max_gram:
+        raise CascadeValueError(
+            "max_gram_memory was given but CascadeConfig.use_max_gram is False: the memory is read by Max-Gram; "
+            "turn Max-Gram on or drop max_gram_memory."
+        )
+    memory.check_vocab_size(vocab_size)
+    return memory

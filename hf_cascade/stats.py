@@ -34,6 +34,10 @@ class LevelStats:
             than three one-token passes (a target that always reviews a neural draft): then the configured value
             applied.
         token_cost (`float`, *optional*): likewise, the fitted `token_cost`.
+        nonfinite_drafts (`int`): reviews by this drafter thrown away because its scores were not finite (NaN or
+            `+inf` logits, or a row with no finite score, e.g. an fp16 overflow): nothing it drafted or reviewed
+            there was kept or counted in `drafted`/`accepted`. A drafter that does this costs speed, never
+            correctness; the target's own scores are never checked (as in plain `generate`).
     """
 
     name: str
@@ -47,6 +51,7 @@ class LevelStats:
     propose_time_s: float = 0.0
     draft_cost: float | None = None
     token_cost: float | None = None
+    nonfinite_drafts: int = 0
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -112,6 +117,11 @@ class CascadeStats:
             rows.append(
                 "fitted extra cost of reviewing a k-token Max-Gram draft, in one-token forwards: " + "; ".join(fitted)
             )
+        rows.extend(
+            f"{s.name}: {s.nonfinite_drafts} review(s) dropped for non-finite scores (NaN/inf logits)"
+            for s in self.levels
+            if s.nonfinite_drafts
+        )
         tpf = self.tokens_per_target_forward
         rows.append(
             f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s; {tpf:.2f} tokens per target forward"

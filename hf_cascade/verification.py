@@ -18,9 +18,24 @@ import torch
 
 from .errors import CascadeValueError
 
-__all__ = ["greedy_review", "lenient_mixture", "review", "sampling_review"]
+__all__ = ["greedy_review", "lenient_mixture", "review", "sampling_review", "valid_scores"]
 
 _TINY = 1e-30
+
+
+def valid_scores(scores: torch.Tensor) -> bool:
+    """Whether every row of `scores` is a usable distribution: no NaN, no `+inf`, and at least one finite entry
+    (`-inf` alone is fine: processors mask tokens with it).
+
+    A drafter whose scores fail this (NaN/inf logits, e.g. an fp16 overflow) cannot review or draft: the cascade
+    drops its review (`LevelStats.nonfinite_drafts`). The target's scores are never checked: plain `generate` would
+    not either.
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(m, vocab_size)`): processed scores.
+    """
+    bad = scores.isnan().any() | (scores == float("inf")).any() | ~torch.isfinite(scores).any(dim=-1).all()
+    return not bool(bad)
 
 
 def greedy_review(scores: torch.Tensor, draft: torch.Tensor, lenience: float = 1.0) -> tuple[int, int]:
@@ -94,9 +109,13 @@ def sampling_review(
     if k == 0:
         next_token = int(torch.multinomial(probs[0], 1))
         return 0, next_token, probs[:1] if need_emitted_q else None
+    # A q row that is not a distribution (NaN/inf from a broken drafter) cannot be corrected for: reject its token
+    # for certain and draw from p itself (a zero q row makes the residual p), which is exact whatever the draft was.
+    bad_q = ~torch.isfinite(q).all(dim=-1)
+    q = torch.where(bad_q[:, None], 0.0, q)
     p_x = probs[:k].gather(1, draft[:, None]).squeeze(1)
     q_x = q.gather(1, draft[:, None]).squeeze(1).clamp_min(_TINY)
-    keep_prob = (lenience * p_x / q_x).clamp(max=1.0)
+    keep_prob = torch.where(bad_q, 0.0, (lenience * p_x / q_x).clamp(max=1.0))
     accepted = torch.rand_like(keep_prob) < keep_prob
     n_accepted = int(torch.cumprod(accepted.to(torch.int64), dim=0).sum())
     if n_accepted == k:

@@ -50,7 +50,7 @@ def test_min_ngram_size_respected():
     seq = [1, 5, 9, 1]  # only a 1-gram matches
     assert continuation(index_of(seq, min_ngram_size=1), seq) == (5, 1)
     assert index_of(seq, min_ngram_size=2).lookup(seq) is None
-    assert index_of(seq, min_ngram_size=2).propose(seq, 4) == ([], [])
+    assert index_of(seq, min_ngram_size=2).propose_with_match(seq, 4) == ([], 0)
 
 
 def test_min_ngram_size_two_matches_bigram():
@@ -62,15 +62,14 @@ def test_no_match_returns_none_and_empty_proposal():
     seq = [1, 2, 3, 4]
     index = index_of(seq)
     assert index.lookup(seq) is None
-    assert index.propose(seq, 5) == ([], [])
+    assert index.propose_with_match(seq, 5) == ([], 0)
 
 
 def test_empty_index_and_empty_context():
     index = MaxGramIndex(4)
-    assert index.live == []
     assert index.lookup([]) is None
     assert index.lookup([1, 2]) is None
-    assert index.propose([], 3) == ([], [])
+    assert index.propose_with_match([], 3) == ([], 0)
 
 
 def test_last_token_has_no_continuation():
@@ -83,23 +82,23 @@ def test_last_token_has_no_continuation():
 
 def test_proposal_copies_continuation():
     seq = [10, 11, 12, 13, 14, 20, 10, 11]
-    tokens, flags = index_of(seq).propose(seq, 3)
+    tokens, match_length = index_of(seq).propose_with_match(seq, 3)
     assert tokens == [12, 13, 14]
-    assert flags == [False] * 3
+    assert match_length == 2
 
 
 def test_proposal_continues_repeating_pattern():
     seq = [1, 2, 3, 1, 2, 3, 1, 2]
     index = index_of(seq)
-    assert index.propose(seq, 1) == ([3], [False])
-    assert index.propose(seq, 7) == ([3, 1, 2, 3, 1, 2, 3], [False] * 7)
-    assert index.propose(seq, 12)[0] == [3, 1, 2] * 4
+    assert index.propose_with_match(seq, 1) == ([3], 5)
+    assert index.propose_with_match(seq, 7) == ([3, 1, 2, 3, 1, 2, 3], 5)
+    assert index.propose_with_match(seq, 12)[0] == [3, 1, 2] * 4
 
 
 def test_proposal_re_lookup_when_copy_runs_out():
     # [5, 6] matches at the start, its copy [7, 8] hits the end of the document; then [7, 8] is looked up again.
     seq = [5, 6, 7, 8, 7, 8, 9, 5, 6]
-    tokens, _ = index_of(seq).propose(seq, 6)
+    tokens, _ = index_of(seq).propose_with_match(seq, 6)
     assert tokens == [7, 8, 7, 8, 9, 5]
 
 
@@ -107,16 +106,18 @@ def test_proposal_respects_num_tokens():
     seq = [1, 2, 3, 4, 5, 6, 7, 1]
     index = index_of(seq)
     for k in range(0, 6):
-        tokens, flags = index.propose(seq, k)
+        tokens, match_length = index.propose_with_match(seq, k)
         assert tokens == [2, 3, 4, 5, 6, 7][:k]
-        assert len(flags) == len(tokens)
+        assert match_length == (1 if k else 0)
 
 
 def test_proposal_does_not_modify_the_index():
     seq = [1, 2, 3, 1, 2]
     index = index_of(seq)
-    index.propose(seq, 10)
-    assert index.live == seq
+    table = dict(index._table)
+    first = index.propose_with_match(seq, 10)
+    assert index._table == table
+    assert index.propose_with_match(seq, 10) == first
 
 
 def test_only_last_max_ngram_size_tokens_matter():
@@ -127,7 +128,7 @@ def test_only_last_max_ngram_size_tokens_matter():
     # Tokens before the last max_ngram_size ones change nothing.
     index = index_of(seq, max_ngram_size=2)
     assert continuation(index, [42, 43, 44, 2, 3]) == continuation(index, [2, 3]) == (1, 2)
-    assert index.propose([42, 43, 44, 2, 3], 4) == index.propose([2, 3], 4)
+    assert index.propose_with_match([42, 43, 44, 2, 3], 4) == index.propose_with_match([2, 3], 4)
 
 
 def test_longer_matches_than_max_ngram_size_are_not_indexed():
@@ -141,9 +142,8 @@ def test_extend_is_incremental():
     parts = MaxGramIndex(8)
     for chunk in ([1, 2], [3], [1, 2, 4, 1], [2]):
         parts.extend(chunk)
-    assert parts.live == whole.live
     assert parts._table == whole._table
-    assert continuation(parts, parts.live) == (4, 2)
+    assert continuation(parts, [1, 2, 3, 1, 2, 4, 1, 2]) == (4, 2)
 
 
 def test_corpus_is_searched():
@@ -151,8 +151,8 @@ def test_corpus_is_searched():
     doc, start, n = index.lookup([1, 7, 8])
     assert (doc[start], n) == (9, 2)
     assert doc == [7, 8, 9]
-    assert index.live == [1, 7, 8]
-    assert index.propose([1, 7, 8], 1) == ([9], [False])
+    assert continuation(index, [1]) == (7, 1)  # the live document is indexed too
+    assert index.propose_with_match([1, 7, 8], 1) == ([9], 2)
 
 
 def test_live_occurrence_preferred_over_corpus():
@@ -186,27 +186,28 @@ def test_bigram_fallback_only_without_ngram_match():
     table[6] = 18
     bigram = BigramTable(table)
     seq = [5, 6, 5]  # [5] matches (then 6): the bigram entry of 5 must not be used
-    assert index_of(seq).propose(seq, 5, bigram) == ([6, 5, 6, 5, 6], [False] * 5)
+    assert index_of(seq).propose_with_match(seq, 5, bigram) == ([6, 5, 6, 5, 6], 1)
 
 
-def test_bigram_fallback_flags():
+def test_bigram_fallback_then_copy():
     table = torch.full((10,), -1)
     table[3] = 1
     bigram = BigramTable(table)
     seq = [1, 2, 3]  # no suffix of [1, 2, 3] occurred before: bigram 3 -> 1, then [1] matches (then 2, 3), ...
-    assert index_of(seq).propose(seq, 6, bigram) == ([1, 2, 3, 1, 2, 3], [True, False, False, True, False, False])
-    assert index_of(seq).propose(seq, 6) == ([], [])  # without the table: nothing
+    # The proposal starts from the bigram table: match length 0.
+    assert index_of(seq).propose_with_match(seq, 6, bigram) == ([1, 2, 3, 1, 2, 3], 0)
+    assert index_of(seq).propose_with_match(seq, 6) == ([], 0)  # without the table: nothing
 
 
 def test_bigram_fallback_chain_and_unknown_token_stops():
     table = torch.full((10,), -1)
     table[4], table[7] = 7, 8  # 8 has no entry: the chain stops there
-    assert index_of([4]).propose([4], 5, BigramTable(table)) == ([7, 8], [True, True])
+    assert index_of([4]).propose_with_match([4], 5, BigramTable(table)) == ([7, 8], 0)
 
 
 def test_bigram_fallback_on_empty_index():
     table = torch.tensor([1, 2, 0])
-    assert MaxGramIndex(3).propose([0], 4, BigramTable(table)) == ([1, 2, 0, 1], [True] * 4)
+    assert MaxGramIndex(3).propose_with_match([0], 4, BigramTable(table)) == ([1, 2, 0, 1], 0)
 
 
 # ---------------------------------------------------------------------------------------------------- BigramTable
@@ -576,6 +577,6 @@ def test_earliest_occurrence_option():
     latest, earliest = MaxGramIndex(2), MaxGramIndex(2, occurrence="earliest")
     latest.extend(seq)
     earliest.extend(seq)
-    assert latest.propose(seq, 1)[0] == [4] and earliest.propose(seq, 1)[0] == [3]
+    assert latest.propose_with_match(seq, 1)[0] == [4] and earliest.propose_with_match(seq, 1)[0] == [3]
     with pytest.raises(ValueError, match="occurrence must be 'latest' or 'earliest'"):
         MaxGramIndex(2, occurrence="first")

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import copy
 import pickle
+import re
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
+import hf_cascade
 from hf_cascade import CascadeTypeError, CascadeValueError, MaxGramMemory
+
+from conftest import VOCAB
 
 
 def counts(memory: MaxGramMemory) -> dict:
@@ -206,3 +211,95 @@ def test_load_errors(tmp_path):
     save_file({"next_token": torch.zeros(3, dtype=torch.long)}, str(other))
     with pytest.raises(CascadeValueError, match=r"is not a Max-Gram memory"):
         MaxGramMemory.load(other)
+
+
+# ---------------------------------------------------------------------------------------------- in generate
+
+
+def _cascade(model, prompt, memory, assistants=(), max_new_tokens=30, **config):
+    out = model.generate(
+        prompt,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        assistant_models=list(assistants),
+        cascade_config=hf_cascade.CascadeConfig(**config),
+        max_gram_memory=memory,
+        return_dict_in_generate=True,
+    )
+    return out.sequences, out.cascade_stats
+
+
+def _fresh_prompt(seed: int, length: int = 12) -> torch.Tensor:
+    """A prompt without repeats: the call's own text gives Max-Gram nothing to copy."""
+    return torch.randperm(VOCAB - 2, generator=torch.Generator().manual_seed(seed))[:length][None] + 2
+
+
+def test_memory_drafts_the_earlier_answer_and_the_output_stays_greedy(llama):
+    prompt = _fresh_prompt(0)
+    expected = llama.generate(prompt, max_new_tokens=30, do_sample=False)
+    _, without = _cascade(llama, prompt, None)
+    memory = MaxGramMemory(vocab_size=VOCAB)
+    memory.add(expected[0].tolist())  # an earlier call that produced this very answer
+    sequences, stats = _cascade(llama, prompt, memory)
+    assert sequences.tolist() == expected.tolist()
+    target, max_gram = stats.levels[0], stats.levels[-1]
+    assert max_gram.accepted > without.levels[-1].accepted
+    assert target.forward_passes < without.levels[0].forward_passes
+    # The call's new tokens were added as a document of their own.
+    assert memory.documents()[-1] == expected[0, prompt.shape[1] :].tolist()
+
+
+def test_memory_with_a_neural_drafter_keeps_greedy_output(llama, llama_drafters):
+    drafter = llama_drafters[1]
+    memory = MaxGramMemory(vocab_size=VOCAB)
+    prompt = _fresh_prompt(1)
+    expected = llama.generate(prompt, max_new_tokens=16, do_sample=False)
+    for _ in range(2):  # the second call drafts from the first call's output
+        sequences, stats = _cascade(llama, prompt, memory, assistants=[drafter], max_new_tokens=16)
+        assert sequences.tolist() == expected.tolist()
+    assert memory.num_documents == 2 and stats.levels[-1].accepted > 0
+
+
+def test_concurrent_generate_calls_share_one_memory(llama):
+    memory = MaxGramMemory(vocab_size=VOCAB)
+    prompts = [_fresh_prompt(seed) for seed in range(6)]
+    expected = [llama.generate(p, max_new_tokens=16, do_sample=False).tolist() for p in prompts]
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            for _ in range(2):
+                results[i] = _cascade(llama, prompts[i], memory, max_new_tokens=16)[0].tolist()
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert [results[i] for i in range(6)] == expected
+    assert memory.num_documents == 12
+    assert counts(memory) == rebuilt(memory)
+
+
+def test_generate_refuses_a_bad_memory(llama):
+    prompt = _fresh_prompt(0)
+    with pytest.raises(CascadeTypeError, match=r"max_gram_memory must be a hf_cascade.MaxGramMemory, got list"):
+        _cascade(llama, prompt, [1, 2, 3])
+    with pytest.raises(CascadeValueError, match=r"built for a vocabulary of 50 tokens but the target's has 96"):
+        _cascade(llama, prompt, MaxGramMemory(vocab_size=50))
+    with pytest.raises(CascadeValueError, match=r"CascadeConfig.use_max_gram is False"):
+        _cascade(llama, prompt, MaxGramMemory(), assistants=[llama], use_max_gram=False)
+
+
+def test_docs_memory_page_runs_as_written(tmp_path, monkeypatch):
+    page = (Path(__file__).resolve().parents[1] / "docs" / "memory.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", page, re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0].replace("/tmp/memory.safetensors", "memory.safetensors"), "docs/memory.md", "exec"), {})
+    assert MaxGramMemory.load(tmp_path / "memory.safetensors").num_documents == 3
