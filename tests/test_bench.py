@@ -32,7 +32,9 @@ from hf_cascade.benchmark import (
     to_json_dict,
     to_markdown,
 )
+from hf_cascade.benchmark.methods import MethodState
 from hf_cascade.benchmark.report import SCHEMA, SummaryRow
+from hf_cascade.benchmark.suffix import suffix_available
 
 PROMPTS = [
     ("p0", "copy", "w1 w2 w3 w4 w5 w9 w1 w2 w3 w4 w5 w7 w1 w2 w3"),
@@ -52,6 +54,10 @@ PROMPTS = [
         ("cascade", Method("cascade", "cascade")),
         ("cascade:big,small", Method("cascade:big,small", "cascade", ("big", "small"))),
         ("two = cascade:big, small", Method("two", "cascade", ("big", "small"))),
+        ("cascade+memory", Method("cascade+memory", "cascade", memory=True)),
+        ("cascade+memory:big", Method("cascade+memory:big", "cascade", ("big",), memory=True)),
+        ("suffix", Method("suffix", "suffix", memory=True)),
+        ("suffix:local", Method("suffix:local", "suffix")),
     ],
 )
 def test_parse_method(spec, expected):
@@ -68,7 +74,9 @@ def test_parse_method_reads_a_config(tmp_path):
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ("beam", r"unknown kind 'beam'; use one of greedy, prompt-lookup, assisted, cascade"),
+        ("beam", r"unknown kind 'beam'; use one of greedy, prompt-lookup, assisted, cascade, suffix"),
+        ("assisted+memory:d", r"only cascade\+memory takes a '\+' modifier"),
+        ("suffix:big", r"suffix takes no argument or ':local', got 'big'"),
         ("assisted", r"assisted generation takes exactly one drafter, got \[\]; write assisted:NAME"),
         ("assisted:a,b", r"exactly one drafter, got \['a', 'b'\]"),
         ("greedy:a", r"greedy takes no drafter models"),
@@ -439,3 +447,63 @@ def test_cli_bench_unused_drafter(tiny_pair, capsys):
     argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--method", "cascade", "--no-plot"]
     status, _, err = run_cli(argv, capsys)
     assert status == 2 and "--drafter ['d']: registered but no --method uses it" in err
+
+
+# ------------------------------------------------------------------------------------------ methods that remember
+def test_remembering_methods_start_each_prompt_from_the_earlier_answers_only(tiny_pair, monkeypatch):
+    """cascade+memory: every run of prompt i sees the greedy answers of prompts < i, never its own (from a repeat)."""
+    from hf_cascade import generation
+
+    target, _, tokenizer, *_ = tiny_pair
+    seen = []
+    original = generation.generate
+
+    @functools.wraps(original)  # generate() passes a callable only the arguments its signature names
+    def spy(*args, max_gram_memory=None, **kwargs):
+        seen.append(None if max_gram_memory is None else max_gram_memory.documents())
+        return original(*args, max_gram_memory=max_gram_memory, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    methods = [Method("greedy", "greedy"), Method("mem", "cascade", memory=True)]
+    result = run_benchmark(
+        target,
+        _encoded(tokenizer),
+        methods,
+        {},
+        dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
+        repeats=2,
+        warmup_tokens=2,
+        measure_costs=False,
+    )
+    assert result.mismatches == []
+    answers = [p.runs["greedy"][0].ids for p in result.prompts]
+    assert seen[0] == []  # the warm-up: a fresh memory
+    assert seen[1:] == [[], [], [answers[0]], [answers[0]], [answers[0], answers[1]], [answers[0], answers[1]]]
+
+
+@pytest.mark.skipif(suffix_available() is not None, reason="arctic_inference.suffix_decoding is not built")
+def test_suffix_method_keeps_one_response_per_earlier_prompt(tiny_pair):
+    target, _, tokenizer, *_ = tiny_pair
+    methods = [Method("greedy", "greedy"), parse_method("suffix"), parse_method("suffix:local")]
+    states = {}
+    original = MethodState.__init__
+
+    def record(self, method, vocab_size):
+        original(self, method, vocab_size)
+        states[method.label] = self
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MethodState, "__init__", record)
+        result = run_benchmark(
+            target,
+            _encoded(tokenizer),
+            methods,
+            {},
+            dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
+            repeats=3,
+            warmup_tokens=0,
+            measure_costs=False,
+        )
+    assert result.mismatches == []
+    assert len(states["suffix"].anchor.cache.cached_requests) == len(PROMPTS)  # one response per prompt
+    assert len(states["suffix:local"].anchor.cache.cached_requests) == 0

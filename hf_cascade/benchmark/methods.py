@@ -10,10 +10,17 @@ named hf_cascade configurations. A method is written on the command line as `[LA
     cascade                  (Max-Gram only, default CascadeConfig)
     cascade:qwen05           cascade:qwen15,qwen05     (assistant models, largest first)
     big=cascade:qwen05@cfg.json                        (a label, and a cascade_config.json file or directory)
+    cascade+memory           cascade+memory:qwen05     (a MaxGramMemory kept across the prompts, in order)
+    suffix                   suffix:local              (vLLM's SuffixDecoding with / without its global tree of
+                                                        earlier responses; needs arctic_inference, see suffix.py)
+
+Methods that remember (`cascade+memory`, `suffix`) carry state from prompt to prompt: each run of a prompt starts
+from what the earlier prompts left (their greedy answers), never from an earlier repeat of the same prompt.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +29,12 @@ import torch
 
 from ..config import CascadeConfig
 from ..errors import CascadeValueError
+from ..memory import MaxGramMemory
+from .suffix import SuffixAnchor, SuffixCandidateGenerator, generate_with_suffix
 
-__all__ = ["METHOD_KINDS", "ForwardTimer", "Method", "Run", "parse_method", "run_method"]
+__all__ = ["METHOD_KINDS", "ForwardTimer", "Method", "MethodState", "Run", "parse_method", "run_method"]
 
-METHOD_KINDS = ("greedy", "prompt-lookup", "assisted", "cascade")
+METHOD_KINDS = ("greedy", "prompt-lookup", "assisted", "cascade", "suffix")
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,8 @@ class Method:
             (largest first) for `"cascade"`, none otherwise.
         cascade_config (`CascadeConfig`, *optional*): for `"cascade"`; `None` means `CascadeConfig()`.
         lookup_tokens (`int`): `prompt_lookup_num_tokens` for `"prompt-lookup"`.
+        memory (`bool`): for `"cascade"`, keep a `MaxGramMemory` across the prompts (`cascade+memory`); for
+            `"suffix"`, keep SuffixDecoding's global tree of earlier responses (`suffix`; `suffix:local` turns it off).
     """
 
     label: str
@@ -46,6 +57,12 @@ class Method:
     drafters: tuple[str, ...] = ()
     cascade_config: CascadeConfig | None = None
     lookup_tokens: int = 10
+    memory: bool = False
+
+    @property
+    def remembers(self) -> bool:
+        """Whether runs of this method depend on the earlier prompts of the benchmark."""
+        return self.memory
 
     def __post_init__(self) -> None:
         if self.kind not in METHOD_KINDS:
@@ -57,7 +74,7 @@ class Method:
                 f"method {self.label!r}: transformers' assisted generation takes exactly one drafter, got "
                 f"{list(self.drafters)}; write assisted:NAME"
             )
-        if self.kind in ("greedy", "prompt-lookup") and self.drafters:
+        if self.kind in ("greedy", "prompt-lookup", "suffix") and self.drafters:
             raise CascadeValueError(
                 f"method {self.label!r}: {self.kind} takes no drafter models, got {list(self.drafters)}"
             )
@@ -90,7 +107,17 @@ def parse_method(spec: str) -> Method:
         except (OSError, ValueError, TypeError) as e:
             raise CascadeValueError(f"method {spec!r}: cannot read the cascade config {config_path!r}: {e}") from e
     kind, _, arg = text.partition(":")
-    kind = kind.strip()
+    kind, plus, modifier = kind.strip().partition("+")
+    memory = kind == "suffix"
+    if plus:
+        if (kind, modifier.strip()) != ("cascade", "memory"):
+            raise CascadeValueError(f"method {spec!r}: only cascade+memory takes a '+' modifier")
+        memory = True
+    if kind == "suffix" and arg:
+        if arg.strip() != "local":
+            raise CascadeValueError(f"method {spec!r}: suffix takes no argument or ':local', got {arg!r}")
+        memory, arg = False, ""
+        label = label or "suffix:local"
     if kind not in METHOD_KINDS:
         raise CascadeValueError(f"method {spec!r}: unknown kind {kind!r}; use one of {', '.join(METHOD_KINDS)}")
     drafters: tuple[str, ...] = ()
@@ -104,8 +131,10 @@ def parse_method(spec: str) -> Method:
         if any(not name for name in drafters):
             raise CascadeValueError(f"method {spec!r}: empty drafter name in {arg!r}")
     if label is None:
-        label = kind if not arg else f"{kind}:{arg}"
-    return Method(label=label, kind=kind, drafters=drafters, cascade_config=config, lookup_tokens=lookup_tokens)
+        label = text.split(":", 1)[0].strip() if not arg else f"{text.split(':', 1)[0].strip()}:{arg}"
+    return Method(
+        label=label, kind=kind, drafters=drafters, cascade_config=config, lookup_tokens=lookup_tokens, memory=memory
+    )
 
 
 class ForwardTimer:
@@ -188,12 +217,52 @@ class Run:
         return max(0.0, self.seconds - sum(self.forward_seconds.values()))
 
 
+class MethodState:
+    """What a remembering method carries from prompt to prompt of a benchmark (nothing for the others).
+
+    Each run of a prompt starts from the state the earlier prompts left: `cascade+memory` runs get a copy of the
+    memory (their own additions are dropped), and a `suffix` run's response is evicted from the global tree again
+    unless it is the prompt's last run. `end_prompt` then records the prompt's answer once.
+
+    Args:
+        method (`Method`): the method.
+        vocab_size (`int`): the target's vocabulary size (for the memory).
+    """
+
+    def __init__(self, method: Method, vocab_size: int):
+        self.method = method
+        remembers_max_gram = method.kind == "cascade" and method.memory
+        self.memory = MaxGramMemory(vocab_size=vocab_size) if remembers_max_gram else None
+        self.anchor = SuffixAnchor(global_tree=method.memory) if method.kind == "suffix" else None
+        self._requests: list[int] = []
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Extra `generate` arguments of one run."""
+        return {"max_gram_memory": copy.deepcopy(self.memory)} if self.memory is not None else {}
+
+    def suffix_generator(self, input_ids: torch.LongTensor, max_length: int) -> SuffixCandidateGenerator:
+        """The SuffixDecoding candidate generator of one `suffix` run (its request is tracked for `end_prompt`)."""
+        generator = self.anchor.candidate_generator(input_ids, max_length)
+        self._requests.append(generator.request_id)
+        return generator
+
+    def end_prompt(self, answer: list[int]) -> None:
+        """All runs of a prompt are done: remember its answer (the new tokens, identical in every run) once."""
+        if self.memory is not None:
+            self.memory.add(answer)
+        if self.anchor is not None and self.method.memory:
+            for request_id in self._requests[:-1]:
+                self.anchor.cache.evict_cached_response(request_id)
+        self._requests.clear()
+
+
 def run_method(
     method: Method,
     target: torch.nn.Module,
     drafters: dict[str, torch.nn.Module],
     inputs: dict[str, torch.Tensor],
     generation_kwargs: dict[str, Any],
+    state: MethodState | None = None,
 ) -> Run:
     """Run `method` once on one prompt and time it.
 
@@ -203,14 +272,19 @@ def run_method(
         drafters (`dict[str, PreTrainedModel]`): registered drafter models by name.
         inputs (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of shape `(1, prompt_length)`.
         generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
+        state (`MethodState`, *optional*): for methods that remember (`Method.remembers`) and `suffix`: what the
+            earlier prompts left; a fresh state when not given.
 
     Returns:
         `Run`
     """
     from .. import generation  # looked up per call, so a patched generate (tests) is what runs
 
+    if state is None and (method.remembers or method.kind == "suffix"):
+        state = MethodState(method, target.config.get_text_config().vocab_size)
     kwargs = dict(generation_kwargs)
     used = {name: drafters[name] for name in method.drafters}
+    suffix_generator = None
     if method.kind == "prompt-lookup":
         kwargs["prompt_lookup_num_tokens"] = method.lookup_tokens
     elif method.kind == "assisted":
@@ -221,10 +295,18 @@ def run_method(
             assistant_models=list(used.values()),
             cascade_config=method.cascade_config or CascadeConfig(),
             return_dict_in_generate=True,
+            **state.run_kwargs() if state is not None else {},
         )
+    elif method.kind == "suffix":
+        prompt_length = inputs["input_ids"].shape[1]
+        max_length = prompt_length + kwargs["max_new_tokens"]
+        suffix_generator = state.suffix_generator(inputs["input_ids"], max_length)
     with ForwardTimer({"target": target, **used}) as timer:
         t0 = time.perf_counter()
-        out = target.generate(**inputs, **kwargs)
+        if suffix_generator is not None:
+            out = generate_with_suffix(target, suffix_generator, inputs, **kwargs)
+        else:
+            out = target.generate(**inputs, **kwargs)
         seconds = time.perf_counter() - t0
     sequences = out.sequences if method.kind == "cascade" else out
     ids = sequences[0, inputs["input_ids"].shape[1] :].tolist()

@@ -7,6 +7,12 @@ Shipped sets (written for this project, not copied from datasets), 18 prompts ea
 - `math`: GSM8K-style word problems written for this project, with their answers.
 - `chat`: open-ended requests with nothing to copy from: where drafts mostly fail and overhead shows.
 
+Sets that repeat *across* calls (`REPEATING_SETS`, for `MaxGramMemory` and SuffixDecoding's global tree; run in
+order, one call per prompt; not part of the default benchmark):
+
+- `extraction`: 20 short texts about an employee, each extracted into the same JSON record (keys named in words).
+- `code-edits`: 16 small Python functions, each given the same edit (type hints and a Google-style docstring).
+
 Public datasets are read from local files (nothing is downloaded): `gsm8k` (the JSONL test split, `{"question",
 "answer"}`), `mt-bench` (FastChat's `question.jsonl`; first turns, with MT-Bench's categories as Spec-Bench uses
 them), `humaneval` (`HumanEval.jsonl[.gz]`) and `mmlu` (the original `*_test.csv` files or a directory of them, or
@@ -26,9 +32,19 @@ from typing import Any
 
 from ..errors import CascadeValueError
 
-__all__ = ["BUILTIN_SETS", "DATASETS", "Prompt", "load_builtin", "load_dataset_file", "load_jsonl", "sample"]
+__all__ = [
+    "BUILTIN_SETS",
+    "DATASETS",
+    "REPEATING_SETS",
+    "Prompt",
+    "load_builtin",
+    "load_dataset_file",
+    "load_jsonl",
+    "sample",
+]
 
-BUILTIN_SETS = ("grounded", "math", "chat")
+BUILTIN_SETS = ("grounded", "math", "chat")  # the default benchmark
+REPEATING_SETS = ("extraction", "code-edits")
 DATASETS = ("gsm8k", "mt-bench", "humaneval", "mmlu")
 
 # The prompt formats of the CS Drafting reference experiments (see docs/benchmarks.md).
@@ -88,9 +104,11 @@ def load_jsonl(path: str | os.PathLike) -> list[Prompt]:
 
 
 def load_builtin(name: str) -> list[Prompt]:
-    """One of the prompt sets shipped with hf_cascade (`BUILTIN_SETS`)."""
-    if name not in BUILTIN_SETS:
-        raise CascadeValueError(f"unknown built-in prompt set {name!r}; choose from {', '.join(BUILTIN_SETS)}")
+    """One of the prompt sets shipped with hf_cascade (`BUILTIN_SETS` or `REPEATING_SETS`)."""
+    if name not in BUILTIN_SETS + REPEATING_SETS:
+        raise CascadeValueError(
+            f"unknown built-in prompt set {name!r}; choose from {', '.join(BUILTIN_SETS + REPEATING_SETS)}"
+        )
     with resources.as_file(resources.files(__package__) / "prompts" / f"{name}.jsonl") as path:
         return load_jsonl(path)
 

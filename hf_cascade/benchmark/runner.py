@@ -17,7 +17,7 @@ import torch
 from ..cpu import count_parameters
 from ..errors import CascadeValueError
 from ..runner import accepts_logits_to_keep, new_cache
-from .methods import Method, Run, run_method
+from .methods import Method, MethodState, Run, run_method
 from .prompts import Prompt
 
 __all__ = [
@@ -233,8 +233,10 @@ def run_benchmark(
         warm = {**generation_kwargs, "max_new_tokens": warmup_tokens}
         for i, method in enumerate(methods, 1):
             say(f"warm-up {i}/{len(methods)}: {method.label} on the first prompt ({warmup_tokens} tokens, untimed)")
-            run_method(method, target, drafters, encoded[0][1], warm)
+            run_method(method, target, drafters, encoded[0][1], warm)  # a fresh state: remembers nothing after
 
+    vocab_size = target.config.get_text_config().vocab_size
+    states = {m.label: MethodState(m, vocab_size) for m in methods if m.remembers or m.kind == "suffix"}
     results = []
     mismatches = []
     if progress is not None:
@@ -243,11 +245,13 @@ def run_benchmark(
         result = PromptResult(prompt, inputs["input_ids"].shape[1], {label: [] for label in labels})
         for _ in range(repeats):
             for method in methods:  # interleaved: A B C A B C
-                run = run_method(method, target, drafters, inputs, generation_kwargs)
+                run = run_method(method, target, drafters, inputs, generation_kwargs, states.get(method.label))
                 result.runs[method.label].append(run)
                 if progress is not None:
                     progress(1)
         reference = result.runs[labels[0]][0].ids
+        for state in states.values():  # remembering methods learn each answer once, after all its runs
+            state.end_prompt(reference)
         for method in methods:
             for i, run in enumerate(result.runs[method.label]):
                 if run.ids != reference:

@@ -15,6 +15,7 @@ from typing import Any
 from ..benchmark import (
     BUILTIN_SETS,
     DATASETS,
+    REPEATING_SETS,
     Method,
     busy_warning,
     describe_machine,
@@ -29,6 +30,7 @@ from ..benchmark import (
     summarize,
     write_reports,
 )
+from ..benchmark.suffix import suffix_available
 from ._args import add_loading_args, add_model_source_args, positive_int
 from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
@@ -44,8 +46,9 @@ def add_parser(sub: Any) -> None:
             "Time generation methods on prompt sets, interleaved (A B C A B C) after a warm-up, with medians over "
             "repeats; check that every output equals greedy's; write results.json, report.md and speedup.png. "
             "Methods: greedy (always run, the reference), prompt-lookup[:N], assisted:DRAFTER (transformers, one "
-            "drafter), cascade[:DRAFTER,...][@CONFIG] (hf_cascade; Max-Gram only without drafters); prefix LABEL= to "
-            "name one. Default methods: greedy, prompt-lookup, then per drafter assisted:D, then cascade (Max-Gram "
+            "drafter), cascade[:DRAFTER,...][@CONFIG] (hf_cascade; Max-Gram only without drafters), "
+            "cascade+memory[:DRAFTER,...][@CONFIG] (a MaxGramMemory kept across the prompts, in order), suffix[:local] "
+            "(vLLM's SuffixDecoding, if arctic_inference is built; skipped otherwise); prefix LABEL= to name one. Default methods: greedy, prompt-lookup, then per drafter assisted:D, then cascade (Max-Gram "
             "only) and cascade over all drafters. Exits with status 1 when an output differs from greedy's."
         ),
     )
@@ -64,7 +67,10 @@ def add_parser(sub: Any) -> None:
     src.add_argument(
         "--builtin",
         metavar="SETS",
-        help=f"comma-separated built-in prompt sets: {', '.join(BUILTIN_SETS)} (18 prompts each)",
+        help=(
+            f"comma-separated built-in prompt sets: {', '.join(BUILTIN_SETS)} (18 prompts each; the default), and "
+            f"sets that repeat across calls, run in order: {', '.join(REPEATING_SETS)}"
+        ),
     )
     src.add_argument(
         "--prompts",
@@ -140,6 +146,9 @@ def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser, drafters
             )
         if any(m.label == method.label for m in methods):
             parser.error(f"--method {spec!r}: the label {method.label!r} is used twice; name it with LABEL=SPEC")
+        if method.kind == "suffix" and (missing := suffix_available()) is not None:
+            log(f"skipping --method {spec!r}: {missing}")  # an optional anchor, never a dependency
+            continue
         methods.append(method)
     return methods
 
@@ -151,9 +160,11 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
     try:
         if args.builtin:
             names = [n.strip() for n in args.builtin.split(",") if n.strip()]
-            unknown = [n for n in names if n not in BUILTIN_SETS]
+            unknown = [n for n in names if n not in BUILTIN_SETS + REPEATING_SETS]
             if unknown:
-                parser.error(f"--builtin: unknown set(s) {unknown}; choose from {', '.join(BUILTIN_SETS)}")
+                parser.error(
+                    f"--builtin: unknown set(s) {unknown}; choose from {', '.join(BUILTIN_SETS + REPEATING_SETS)}"
+                )
             sources += [load_builtin(n) for n in names]
         sources += [load_jsonl(path) for path in args.prompts]
         if args.dataset:
