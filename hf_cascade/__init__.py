@@ -9,7 +9,7 @@ from .config import CascadeConfig, MaxGramConfig, default_k_matrix
 from .cpu import use_onednn_linear
 from .errors import CascadeError, CascadeTypeError, CascadeValueError
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
-from .loading import load_model_and_tokenizer
+from .loading import default_model_path, load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
 from .stats import CascadeStats, LevelStats
 
@@ -30,6 +30,7 @@ __all__ = [
     "MaxGramConfig",
     "MaxGramIndex",
     "default_k_matrix",
+    "default_model_path",
     "disable",
     "enable",
     "generate",

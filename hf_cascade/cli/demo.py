@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..benchmark import Method, Prompt, busy_warning, describe_machine, machine_info, run_benchmark, summarize
+from ..errors import CascadeError
 from ._args import ONEDNN_HELP, THREADS_HELP, positive_int
 from ._models import pack_all
 
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model, tokenizer = loading.load_model_and_tokenizer(
             folder, gguf_file=gguf, dtype=torch.float32, cache_dir=args.cache_dir
         )
-    except (ImportError, OSError, ValueError) as e:  # e.g. the gguf package is missing
+    except (ImportError, OSError, CascadeError) as e:  # e.g. the gguf package is missing
         print(f"hf-cascade demo: error: could not load {gguf}: {e}\n(pip install gguf)", file=sys.stderr)
         return 1
     print(f"loaded in {time.perf_counter() - t0:.1f} s")

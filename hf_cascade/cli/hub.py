@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..config import CascadeConfig
+from ..errors import CascadeError
 
 __all__ = ["add_parser"]
 
@@ -69,7 +70,7 @@ def _load_config(path: str | None, parser: argparse.ArgumentParser) -> CascadeCo
         parser.error(f"--cascade-config: {path} does not exist (give cascade_config.json or a directory holding it)")
     try:
         return CascadeConfig.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+    except (OSError, CascadeError) as e:  # malformed JSON is a CascadeValueError naming the file
         parser.error(f"--cascade-config {path}: {e}")
 
 
@@ -86,7 +87,7 @@ def run_export(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
             repo_id=args.repo_id,
             overwrite=args.force,
         )
-    except (FileExistsError, ValueError) as e:
+    except (FileExistsError, CascadeError) as e:
         parser.error(str(e))
     for path in written:
         print(path)
@@ -106,7 +107,7 @@ def run_card(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--results: {args.results} is not a file (give the results.json of hf-cascade bench)")
     try:
         text = model_card_section(args.results, args.target, cascade_config=config)
-    except (OSError, ValueError, TypeError, KeyError) as e:
+    except (OSError, CascadeError, KeyError, TypeError) as e:  # KeyError, TypeError: a field missing or mistyped
         detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         parser.error(f"--results {args.results}: {detail}")
     if args.out is None:
