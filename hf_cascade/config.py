@@ -477,7 +477,7 @@ class CascadeConfig(PushToHubMixin):
             `CascadeValueError`: a local path that does not exist, a folder without `cascade_config.json`, or a file
                 that is not valid JSON.
         """
-        from .loading import is_local_path
+        from .loading import is_local_path, missing_path_error
 
         path = os.path.expanduser(os.fspath(pretrained))
         if os.path.isdir(path):
@@ -489,10 +489,7 @@ class CascadeConfig(PushToHubMixin):
                 )
         elif not os.path.isfile(path):
             if is_local_path(path) or path.endswith(".json"):
-                raise CascadeValueError(
-                    f"{pretrained}: path does not exist; pass a directory holding {CONFIG_NAME}, that file, or a Hub "
-                    "repository id (owner/name)."
-                )
+                raise missing_path_error(pretrained, f"a directory holding {CONFIG_NAME}, that file")
             from huggingface_hub import hf_hub_download
 
             path = hf_hub_download(repo_id=path, filename=CONFIG_NAME, **hub_kwargs)

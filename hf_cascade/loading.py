@@ -29,6 +29,7 @@ __all__ = [
     "default_model_path",
     "is_local_path",
     "load_model_and_tokenizer",
+    "missing_path_error",
     "resolve_dtype",
     "resolve_source",
 ]
@@ -129,6 +130,25 @@ def is_local_path(name_or_path: str | os.PathLike) -> bool:
     return owner is not None and os.path.isdir(owner)
 
 
+def missing_path_error(name_or_path: str | os.PathLike, expected: str) -> CascadeValueError:
+    """The error for a local-looking reference (`is_local_path`) that does not exist.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): the reference as the user gave it.
+        expected (`str`): what to pass instead, e.g. `"an existing model directory, a .gguf file"`.
+
+    Returns:
+        `CascadeValueError`: "<reference>: path does not exist; pass ...", saying why an `owner/name` form was not
+        taken for a Hub id when its `owner` is a local folder.
+    """
+    text = os.fspath(name_or_path)
+    owner = text.split("/", 1)[0]
+    why = ""
+    if "/" in text and os.path.isdir(owner) and not os.path.isabs(text):
+        why = f" (./{owner} is a local folder, so this is read as a path; for the Hub id run from another folder)"
+    return CascadeValueError(f"{text}: path does not exist{why}; pass {expected}, or a Hub repository id (owner/name).")
+
+
 def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None) -> tuple[str, str | None]:
     """Split a model reference into what `from_pretrained` takes: `(name_or_folder, gguf_file)`.
 
@@ -186,10 +206,7 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
             )
         return path, None
     if is_local_path(name_or_path):
-        raise CascadeValueError(
-            f"{name_or_path}: path does not exist; pass an existing model directory, a .gguf file, or a Hub "
-            "repository id (owner/name)."
-        )
+        raise missing_path_error(name_or_path, "an existing model directory, a .gguf file")
     return os.fspath(name_or_path), gguf_file
 
 

@@ -651,3 +651,11 @@ def test_generate_loads_a_config_file_from_a_newer_version(tiny_dir, tmp_path, c
     ):
         status, _, err = run_cli(argv + ["--cascade-config", str(tmp_path)], capsys)
     assert status == 0, err
+
+
+def test_owner_name_under_a_local_folder_says_why_it_is_a_path(no_hub):
+    (no_hub / "Qwen").mkdir()
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"\./Qwen is a local folder, so this is read as a path"):
+        loading.resolve_source("Qwen/Qwen2.5-0.5B")
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"\./Qwen is a local folder, so this is read as a path"):
+        hf_cascade.CascadeConfig.from_pretrained("Qwen/Qwen2.5-0.5B")
