@@ -354,6 +354,7 @@ def test_malformed_json_names_the_file(tmp_path):
         (MaxGramConfig, "token_cost", -(10**400)),
         (MaxGramConfig, "draft_cost", 10**400),
     ],
+    ids=["lenience", "confidence_threshold", "token_cost", "draft_cost"],
 )
 def test_float_fields_beyond_the_float_range(cls, field, value):
     with pytest.raises(hf_cascade.CascadeValueError, match=f"^{cls.__name__}.{field} must .*got -?10000000000"):
