@@ -9,7 +9,7 @@ from .config import CascadeConfig, MaxGramConfig, default_k_matrix
 from .cpu import use_onednn_linear
 from .errors import CascadeError, CascadeTypeError, CascadeValueError
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
-from .loading import load_model_and_tokenizer
+from .loading import default_model_path, load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
 from .memory import MaxGramMemory
 from .stats import CascadeStats, LevelStats
@@ -32,6 +32,7 @@ __all__ = [
     "MaxGramIndex",
     "MaxGramMemory",
     "default_k_matrix",
+    "default_model_path",
     "disable",
     "enable",
     "generate",

@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -13,17 +14,73 @@ from transformers.utils import PushToHubMixin
 
 from .errors import CascadeTypeError, CascadeValueError
 
-__all__ = ["CONFIG_NAME", "CascadeConfig", "MaxGramConfig", "default_k_matrix"]
+__all__ = ["CONFIG_NAME", "MAX_NGRAM_SIZE_LIMIT", "CascadeConfig", "MaxGramConfig", "default_k_matrix"]
 
 CONFIG_NAME = "cascade_config.json"
+# The Max-Gram index stores every n-gram of `min_ngram_size..max_ngram_size` tokens ending at each position as a
+# tuple, so time and memory per token grow with `max_ngram_size ** 2` (1024 with a 600-token prompt: 5 s and +242 MB
+# per call). A longer suffix only chooses between earlier occurrences that already share the last 64 tokens, which in
+# practice are the same repeated passage, so a larger bound costs much and gains nothing.
+MAX_NGRAM_SIZE_LIMIT = 64
+_VERSION_KEY = "hf_cascade_version"  # recorded by to_dict, read only to explain unknown keys on load
 _INT_LIST = re.compile(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]")  # a JSON list of ints spread over lines by indent=2
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
+def _short(value: Any) -> str:
+    """`repr(value)`, cut to 40 characters (an int like `10**400` would fill the screen)."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None, why: str = "") -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise CascadeTypeError(f"{name} must be an int, got {value!r} of type {type(value).__name__}.")
+        raise CascadeTypeError(f"{name} must be an int, got {_short(value)} of type {type(value).__name__}.")
     if value < minimum:
-        raise CascadeValueError(f"{name} must be >= {minimum}, got {value}.")
+        raise CascadeValueError(f"{name} must be >= {minimum}, got {_short(value)}.")
+    if maximum is not None and value > maximum:
+        raise CascadeValueError(f"{name} must be <= {maximum}{why}, got {_short(value)}.")
+
+
+def _check_float(
+    name: str,
+    value: Any,
+    low: float,
+    high: float = math.inf,
+    *,
+    low_open: bool = False,
+    high_open: bool = True,
+    meaning: str = "",
+) -> float:
+    """`value` as a float after checking it is a finite real number in the interval `low..high`.
+
+    Args:
+        name (`str`): the field, for example `"CascadeConfig.lenience"`, named in every error.
+        value: the setting; ints are accepted (`2` for `2.0`), bools are not.
+        low, high (`float`): the bounds; `high=math.inf` only requires a finite value.
+        low_open, high_open (`bool`): whether the bound itself is excluded.
+        meaning (`str`, *optional*): what the number means, added to the error in parentheses.
+
+    Returns:
+        `float`: the value converted to a float.
+    """
+    if high == math.inf:
+        bounds = f"{'>' if low_open else '>='} {low:g}"
+        expected = f"be a finite number {bounds}"
+    else:
+        bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        expected = f"lie {bounds}"
+    hint = f" ({meaning})" if meaning else ""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CascadeTypeError(f"{name} must be a float {bounds}, got {_short(value)}.")
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond the float range, e.g. 10**400
+        number = math.inf
+    below = number < low or (low_open and number == low)
+    above = number > high or (high_open and number == high)
+    if not math.isfinite(number) or below or above:
+        raise CascadeValueError(f"{name} must {expected}{hint}, got {_short(value)}.")
+    return number
 
 
 @dataclass
@@ -36,14 +93,16 @@ class MaxGramConfig:
 
     Args:
         max_ngram_size (`int`, *optional*, defaults to 8):
-            Longest suffix (in tokens) that is matched against the earlier text.
+            Longest suffix (in tokens) that is matched against the earlier text; at most `MAX_NGRAM_SIZE_LIMIT`
+            (64): the index costs time and memory growing with its square, and longer suffixes gain nothing.
         min_ngram_size (`int`, *optional*, defaults to 1):
             Shortest suffix that still counts as a match.
         num_pred_tokens (`int`, *optional*, defaults to 16):
             The largest Max-Gram proposal in the default k-matrix (`default_k_matrix`). An explicit `k_matrix`
             decides instead.
         bigram_table (`str`, *optional*):
-            Path to a bigram table saved with `BigramTable.save` (safetensors). `None` disables the fallback.
+            Path to a bigram table file saved with `BigramTable.save` (safetensors; `hf-cascade bigram` builds one).
+            `None` disables the fallback.
         occurrence (`str`, *optional*, defaults to `"latest"`):
             Which earlier occurrence of the matched suffix to copy from: `"latest"` (most recent) or `"earliest"`.
         adaptive_length (`bool`, *optional*, defaults to `True`):
@@ -51,34 +110,28 @@ class MaxGramConfig:
             (`hf_cascade.adaptive`): acceptance is tracked per reviewing level and match length during the call.
             The k-matrix entry stays the upper bound. `False` always proposes the full k-matrix entry.
         token_cost (`float`, *optional*, defaults to 0.05):
-            Cost of verifying one more draft token, as a fraction of a one-token forward pass of the reviewer: the
-            adaptive length's tuning knob. 0.05 scored best among the settings in `benchmarks/results/k_defaults.md`
-            (SmolLM2-135M on 2 CPU cores, where the measured cost was 0.17 per token); higher values draft less,
-            which helps prompts with little to copy and costs speed on copy-heavy ones.
+            Cost of verifying one more draft token, as a fraction of a one-token forward pass of the reviewer, in
+            (0, 1): the adaptive length's tuning knob. Higher values draft less, which helps prompts with little to
+            copy and costs speed on copy-heavy ones. The default scored best in `benchmarks/results/k_defaults.md`.
         draft_cost (`float`, *optional*, defaults to 0.3):
             Fixed extra cost of a forward pass that verifies any draft at all, as a fraction of a one-token forward
-            of the reviewer. On many CPUs a 2-token forward already costs clearly more than a 1-token one (fp32
-            matrix-vector vs matrix-matrix kernels; Qwen2.5-Coder-1.5B on 2 cores: about 2x with PyTorch's default
-            kernels, about 1.1x after `hf_cascade.use_onednn_linear`), so a short, unsure
-            proposal loses time even when it is sometimes accepted. With adaptive length, a proposal is made only
-            when its expected accepted tokens exceed `draft_cost + token_cost * k`. Measure it with
-            `hf_cascade.benchmark.measure_cost`: `forward_s[2] / forward_s[1] - 1 - token_cost`. 0.3 fitted
-            SmolLM2-135M on our 2-core machine when chosen (2 tokens cost about 1.3 one-token forwards; 1.65 on a
-            later day, 1.04 packed for oneDNN) and scored better than
-            0 and 0.6 there on every prompt category (`docs/benchmarks.md`); set it near 1.0 for models whose
-            multi-token forward costs twice a one-token one. With `measure_cost` (the default) this and
-            `token_cost` are only the prior: the values fitted to the reviewer's timed forward passes replace them.
+            of the reviewer (finite, >= 0). With adaptive length, a proposal is made only when its expected accepted
+            tokens exceed `draft_cost + token_cost * k`, so a short, unsure proposal is skipped where a multi-token
+            forward costs clearly more than a one-token one. Measure it with `hf_cascade.benchmark.measure_cost`:
+            `forward_s[2] / forward_s[1] - 1 - token_cost`; set it near 1.0 for models whose 2-token forward costs
+            twice a one-token one. With `measure_cost` (the default) this and `token_cost` are only the prior: the
+            values fitted to the reviewer's timed forward passes replace them. How the default was chosen:
+            `docs/benchmarks.md` ("How the default `draft_cost` was chosen").
         measure_cost (`bool`, *optional*, defaults to `True`):
             With adaptive length, replace `draft_cost` and `token_cost` by values fitted to the reviewing model's
             own forward passes, timed during the `generate` call (`hf_cascade.cost`); the configured values are the
             prior until enough passes were timed. The best values depend on the machine and the kernels far more
-            than on the model (SmolLM2-135M on one 2-core CPU: a 2-token forward costs 1.65x a 1-token one with
-            PyTorch's default fp32 kernels, 1.04x packed for oneDNN). Timed on CPU only (on CUDA a forward returns
-            before the GPU is done) and for greedy decoding only: when sampling, the drafts decide how many random
-            numbers are drawn, so the configured values apply and a seeded sampled run stays reproducible.
-            Elsewhere, and for a target run by transformers' own assisted-decoding loop, the configured values are
-            used too. Drafts then depend on timings, so forward-pass counts may differ from run to run; the output
-            never does. `False` keeps the configured values (reproducible drafts).
+            than on the model. Timed on CPU only (on CUDA a forward returns before the GPU is done) and for greedy
+            decoding only: when sampling, the drafts decide how many random numbers are drawn, so the configured
+            values apply and a seeded sampled run stays reproducible. Elsewhere, and for a target run by
+            transformers' own assisted-decoding loop, the configured values are used too. Drafts then depend on
+            timings, so forward-pass counts may differ from run to run; the output never does. `False` keeps the
+            configured values (reproducible drafts).
     """
 
     max_ngram_size: int = 8
@@ -95,8 +148,14 @@ class MaxGramConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ValueError`/`TypeError` naming the field when a setting is invalid."""
-        _check_int("MaxGramConfig.max_ngram_size", self.max_ngram_size, 1)
+        """Raise `CascadeValueError`/`CascadeTypeError` naming the field when a setting is invalid."""
+        _check_int(
+            "MaxGramConfig.max_ngram_size",
+            self.max_ngram_size,
+            1,
+            MAX_NGRAM_SIZE_LIMIT,
+            " (MAX_NGRAM_SIZE_LIMIT: the index grows with its square, longer suffixes gain nothing)",
+        )
         _check_int("MaxGramConfig.min_ngram_size", self.min_ngram_size, 1)
         _check_int("MaxGramConfig.num_pred_tokens", self.num_pred_tokens, 1)
         if self.min_ngram_size > self.max_ngram_size:
@@ -112,28 +171,24 @@ class MaxGramConfig:
             raise CascadeTypeError(f"MaxGramConfig.adaptive_length must be a bool, got {self.adaptive_length!r}.")
         if not isinstance(self.measure_cost, bool):
             raise CascadeTypeError(f"MaxGramConfig.measure_cost must be a bool, got {self.measure_cost!r}.")
-        if isinstance(self.token_cost, bool) or not isinstance(self.token_cost, (int, float)):
-            raise CascadeTypeError(f"MaxGramConfig.token_cost must be a float in (0, 1), got {self.token_cost!r}.")
-        if not 0 < self.token_cost < 1:
-            raise CascadeValueError(
-                f"MaxGramConfig.token_cost must lie in (0, 1) (a fraction of one forward pass), got {self.token_cost}."
-            )
-        self.token_cost = float(self.token_cost)
-        if isinstance(self.draft_cost, bool) or not isinstance(self.draft_cost, (int, float)):
-            raise CascadeTypeError(f"MaxGramConfig.draft_cost must be a float >= 0, got {self.draft_cost!r}.")
-        if not 0 <= self.draft_cost < math.inf:
-            raise CascadeValueError(
-                f"MaxGramConfig.draft_cost must be a finite number >= 0 (a fraction of one forward pass), "
-                f"got {self.draft_cost}."
-            )
-        self.draft_cost = float(self.draft_cost)
-        if self.bigram_table is not None and not isinstance(self.bigram_table, (str, os.PathLike)):
-            raise CascadeTypeError(
-                "MaxGramConfig.bigram_table must be a path to a safetensors file saved with BigramTable.save, or None; "
-                f"got {type(self.bigram_table).__name__}."
-            )
+        self.token_cost = _check_float(
+            "MaxGramConfig.token_cost", self.token_cost, 0, 1, low_open=True, meaning="a fraction of one forward pass"
+        )
+        self.draft_cost = _check_float(
+            "MaxGramConfig.draft_cost", self.draft_cost, 0, meaning="a fraction of one forward pass"
+        )
         if self.bigram_table is not None:
+            if not isinstance(self.bigram_table, (str, os.PathLike)):
+                raise CascadeTypeError(
+                    "MaxGramConfig.bigram_table must be a path to a safetensors file saved with BigramTable.save, "
+                    f"or None; got {type(self.bigram_table).__name__}."
+                )
             self.bigram_table = os.fspath(self.bigram_table)
+            if os.path.isdir(self.bigram_table):
+                raise CascadeValueError(
+                    f"MaxGramConfig.bigram_table ({self.bigram_table}) is a folder; give the path of the table file "
+                    "itself (a .safetensors file written by BigramTable.save or `hf-cascade bigram --out FILE`)."
+                )
 
 
 def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: int = 16) -> list[list[int]]:
@@ -230,25 +285,17 @@ class CascadeConfig(PushToHubMixin):
         self.validate()
 
     def validate(self) -> None:
-        """Raise `ValueError`/`TypeError` naming the field when the configuration is invalid."""
-        if isinstance(self.lenience, bool) or not isinstance(self.lenience, (int, float)):
-            raise CascadeTypeError(f"CascadeConfig.lenience must be a float >= 1, got {self.lenience!r}.")
-        if not math.isfinite(self.lenience) or self.lenience < 1:
-            raise CascadeValueError(
-                f"CascadeConfig.lenience must be a finite number >= 1 (1 means exact reviews), got {self.lenience}."
-            )
-        self.lenience = float(self.lenience)
+        """Raise `CascadeValueError`/`CascadeTypeError` naming the field when the configuration is invalid."""
+        self.lenience = _check_float("CascadeConfig.lenience", self.lenience, 1, meaning="1 means exact reviews")
         if not isinstance(self.use_max_gram, bool):
             raise CascadeTypeError(f"CascadeConfig.use_max_gram must be a bool, got {self.use_max_gram!r}.")
-        threshold = self.confidence_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-            raise CascadeTypeError(f"CascadeConfig.confidence_threshold must be a float in [0, 1), got {threshold!r}.")
-        if not 0 <= threshold < 1:
-            raise CascadeValueError(
-                f"CascadeConfig.confidence_threshold must lie in [0, 1) (a probability; 0 never stops early), "
-                f"got {threshold}."
-            )
-        self.confidence_threshold = float(threshold)
+        self.confidence_threshold = _check_float(
+            "CascadeConfig.confidence_threshold",
+            self.confidence_threshold,
+            0,
+            1,
+            meaning="a probability; 0 never stops early",
+        )
         if not isinstance(self.max_gram, MaxGramConfig):
             raise CascadeTypeError(
                 f"CascadeConfig.max_gram must be a MaxGramConfig or a dict, got {type(self.max_gram).__name__}."
@@ -277,19 +324,67 @@ class CascadeConfig(PushToHubMixin):
         return [list(row) for row in self.k_matrix]
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; `CascadeConfig.from_dict(config.to_dict()) == config`."""
-        return asdict(self)
+        """A JSON-serialisable dict of the fields plus `hf_cascade_version` (the version that wrote it, so an older
+        version loading the file can say why it does not know a key); `CascadeConfig.from_dict(config.to_dict()) ==
+        config`."""
+        from . import __version__
+
+        return {**asdict(self), _VERSION_KEY: __version__}
 
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any]) -> CascadeConfig:
-        """Build a config from `to_dict()` output. Unknown keys raise `ValueError` (a typo must not be ignored)."""
+        """Build a config from `to_dict()` output or a dict written in code.
+
+        Unknown keys raise `CascadeValueError`: in a dict written in code a wrong name is a typo that must not be
+        ignored (as `CascadeConfig(lenince=2)` raises the dataclass's `TypeError`). Files are different: `from_pretrained`
+        and `from_json_file` drop keys this version does not know with a warning, so a file written by a newer
+        hf_cascade still loads. `hf_cascade_version` (written by `to_dict`) is accepted and ignored.
+
+        Args:
+            config_dict (`dict[str, Any]`): the fields, `max_gram` as a dict or a `MaxGramConfig`.
+
+        Returns:
+            `CascadeConfig`: the validated config.
+        """
         if not isinstance(config_dict, dict):
             raise CascadeTypeError(f"CascadeConfig.from_dict expects a dict, got {type(config_dict).__name__}.")
+        fields = {key: value for key, value in config_dict.items() if key != _VERSION_KEY}
         known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(config_dict) - known)
+        unknown = sorted(set(fields) - known)
         if unknown:
             raise CascadeValueError(f"Unknown CascadeConfig field(s) {unknown}; known fields are {sorted(known)}.")
-        return cls(**config_dict)
+        return cls(**fields)
+
+    @classmethod
+    def from_json_file(cls, json_file: str | os.PathLike) -> CascadeConfig:
+        """Load a `cascade_config.json` file.
+
+        Like peft's configs, keys this version does not know (top level and in `max_gram`) are dropped with a
+        warning naming them, so a file written by a newer hf_cascade still loads; the warning says so when the
+        file's `hf_cascade_version` is newer than this one.
+
+        Args:
+            json_file (`str` or `os.PathLike`): the file's path.
+
+        Returns:
+            `CascadeConfig`: the validated config. Malformed JSON raises `CascadeValueError` naming the file, the
+            line and the column.
+        """
+        path = os.fspath(json_file)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CascadeValueError(
+                f"{path} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); fix the file or write it "
+                "again with CascadeConfig.save_pretrained."
+            ) from None
+        if not isinstance(data, dict):
+            raise CascadeValueError(
+                f"{path} must hold a JSON object of CascadeConfig fields, got a JSON {type(data).__name__}."
+            )
+        return cls.from_dict(_drop_unknown_keys(data, path))
 
     def to_json_string(self) -> str:
         """The content of `cascade_config.json`: `to_dict()` as indented JSON with sorted keys and a final newline.
@@ -365,29 +460,73 @@ class CascadeConfig(PushToHubMixin):
     def from_pretrained(cls, pretrained: str | os.PathLike, **hub_kwargs: Any) -> CascadeConfig:
         """Load `cascade_config.json` from a local directory, a JSON file, or a Hub repository id.
 
+        A reference that looks like a local path (`hf_cascade.loading.is_local_path`: it exists, is absolute,
+        starts with `.`, `..` or `~`, is not a valid `owner/name` Hub id, has a `owner/...` whose `owner` is a local
+        folder, or ends with `.json`) is never looked up on the Hub: a missing one raises at once.
+
         Args:
             pretrained (`str` or `os.PathLike`):
                 A directory containing `cascade_config.json`, the path of such a file, or a Hub repo id
                 (downloaded with `huggingface_hub.hf_hub_download`; `HF_HUB_OFFLINE=1` makes that fail loudly).
             hub_kwargs: passed to `hf_hub_download` (`revision`, `token`, `cache_dir`, ...).
+
+        Returns:
+            `CascadeConfig`: the validated config; unknown keys are dropped with a warning (`from_dict`).
+
+        Raises:
+            `CascadeValueError`: a local path that does not exist, a folder without `cascade_config.json`, or a file
+                that is not valid JSON.
         """
-        path = os.fspath(pretrained)
+        from .loading import is_local_path, missing_path_error
+
+        path = os.path.expanduser(os.fspath(pretrained))
         if os.path.isdir(path):
             path = os.path.join(path, CONFIG_NAME)
             if not os.path.isfile(path):
-                raise OSError(
-                    f"No {CONFIG_NAME} in directory {pretrained}; save one with CascadeConfig.save_pretrained."
+                raise CascadeValueError(
+                    f"{pretrained} holds no {CONFIG_NAME}; write one there with CascadeConfig.save_pretrained, or pass "
+                    "the path of the JSON file."
                 )
         elif not os.path.isfile(path):
-            if os.path.isabs(path) or path.startswith(".") or path.count("/") > 1 or path.endswith(".json"):
-                raise OSError(
-                    f"{pretrained} does not exist: pass a directory with {CONFIG_NAME}, that file, or a Hub id."
-                )
+            if is_local_path(path) or path.endswith(".json"):
+                raise missing_path_error(pretrained, f"a directory holding {CONFIG_NAME}, that file")
             from huggingface_hub import hf_hub_download
 
             path = hf_hub_download(repo_id=path, filename=CONFIG_NAME, **hub_kwargs)
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_json_file(path)
+
+
+def _drop_unknown_keys(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """`data` without the keys (top level and in `max_gram`) this version does not know, with a warning naming them
+    and saying whether a newer hf_cascade wrote the file (its `hf_cascade_version`)."""
+    fields = {key: value for key, value in data.items() if key in CascadeConfig.__dataclass_fields__}
+    unknown = sorted(set(data) - set(fields) - {_VERSION_KEY})
+    if isinstance(fields.get("max_gram"), dict):
+        extra = sorted(set(fields["max_gram"]) - set(MaxGramConfig.__dataclass_fields__))
+        fields["max_gram"] = {k: v for k, v in fields["max_gram"].items() if k not in extra}
+        unknown += [f"max_gram.{key}" for key in extra]
+    if not unknown:
+        return fields
+    from packaging.version import InvalidVersion, Version
+
+    from . import __version__
+
+    written_by = data.get(_VERSION_KEY)
+    reason = "a typo, or a file written by a newer hf_cascade"
+    try:
+        if written_by is not None and Version(str(written_by)) > Version(__version__):
+            reason = (
+                f"the file was written by hf_cascade {written_by}, newer than this {__version__}; upgrade to use them"
+            )
+    except InvalidVersion:
+        pass
+    warnings.warn(
+        f"Ignoring unknown CascadeConfig key(s) {unknown} in {source} ({reason}). Known fields: "
+        f"{sorted(CascadeConfig.__dataclass_fields__)}, max_gram: {sorted(MaxGramConfig.__dataclass_fields__)}.",
+        UserWarning,
+        stacklevel=3,  # the caller of from_json_file
+    )
+    return fields
 
 
 def _validated_k_matrix(k_matrix: Any) -> list[list[int]]:

@@ -27,7 +27,9 @@ __all__ = [
     "DEFAULT_GGUF_FILE",
     "DEFAULT_MODEL_PACKAGE",
     "default_model_path",
+    "is_local_path",
     "load_model_and_tokenizer",
+    "missing_path_error",
     "resolve_dtype",
     "resolve_source",
 ]
@@ -90,12 +92,70 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     raise CascadeValueError(f"dtype must be a torch.dtype or one of {sorted(_DTYPES)}, got {dtype!r}.")
 
 
+def is_local_path(name_or_path: str | os.PathLike) -> bool:
+    """Whether a model or config reference means a local path rather than a Hub repository id.
+
+    The rule (so a mistyped path fails at once with "path does not exist" instead of a Hub error, or a long wait
+    offline): a reference is a local path when
+
+    - it exists on disk, or
+    - it is absolute, or starts with `~`, `.` or `..` followed by a separator (`./m`, `../m`, `~/m`), or is `.`/`..`,
+      or
+    - it is not a valid Hub id (`huggingface_hub.utils.validate_repo_id`: `name` or `owner/name` of letters, digits,
+      `-`, `_` and `.`, so `a/b/c` is a path), or
+    - it has the `owner/name` form but `owner` is an existing local folder (`configs/x` run where `configs/` exists).
+
+    Anything else (`gpt2`, `HuggingFaceTB/SmolLM2-135M-Instruct`) is a Hub id, as in transformers.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): the reference as the user gave it.
+
+    Returns:
+        `bool`: `True` for a local path.
+    """
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = os.fspath(name_or_path)
+    path = os.path.expanduser(text)
+    if os.path.exists(path) or os.path.isabs(path) or text.startswith("~"):
+        return True
+    separators = tuple(s for s in (os.sep, os.altsep, "/") if s)
+    if text in (".", "..") or text.startswith(tuple(p + s for p in (".", "..") for s in separators)):
+        return True
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return True
+    owner = text.split("/", 1)[0] if "/" in text else None
+    return owner is not None and os.path.isdir(owner)
+
+
+def missing_path_error(name_or_path: str | os.PathLike, expected: str) -> CascadeValueError:
+    """The error for a local-looking reference (`is_local_path`) that does not exist.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): the reference as the user gave it.
+        expected (`str`): what to pass instead, e.g. `"an existing model directory, a .gguf file"`.
+
+    Returns:
+        `CascadeValueError`: "<reference>: path does not exist; pass ...", saying why an `owner/name` form was not
+        taken for a Hub id when its `owner` is a local folder.
+    """
+    text = os.fspath(name_or_path)
+    owner = text.split("/", 1)[0]
+    why = ""
+    if "/" in text and os.path.isdir(owner) and not os.path.isabs(text):
+        why = f" (./{owner} is a local folder, so this is read as a path; for the Hub id run from another folder)"
+    return CascadeValueError(f"{text}: path does not exist{why}; pass {expected}, or a Hub repository id (owner/name).")
+
+
 def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None) -> tuple[str, str | None]:
     """Split a model reference into what `from_pretrained` takes: `(name_or_folder, gguf_file)`.
 
     - a path to a `.gguf` file becomes `(its folder, its file name)`;
     - a local directory is used as is; when it has no `config.json` but exactly one `*.gguf` file, that file is
       picked (several GGUF files need `gguf_file`);
+    - a reference that looks like a local path (`is_local_path`) but does not exist raises;
     - anything else is taken as a Hub repository id (with `gguf_file` when given).
 
     Args:
@@ -104,6 +164,10 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
 
     Returns:
         `(name_or_folder, gguf_file)`; `gguf_file` is `None` for ordinary (safetensors) checkpoints.
+
+    Raises:
+        `CascadeValueError`: a local path that does not exist, a folder that holds no model (no `config.json`, no
+            `*.gguf`), a file that is not GGUF, or a `gguf_file` that is not in the folder.
     """
     path = os.path.expanduser(os.fspath(name_or_path))
     if os.path.isfile(path):
@@ -118,14 +182,14 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
         folder, name = os.path.split(os.path.abspath(path))
         return folder, name
     if path.lower().endswith(".gguf") and (os.sep in path or path.startswith(".")):
-        raise FileNotFoundError(
-            f"GGUF file {name_or_path} does not exist. For a GGUF file in a Hub repository pass the repository id "
-            "and gguf_file= (CLI: --gguf-file)."
+        raise CascadeValueError(
+            f"GGUF file {name_or_path}: path does not exist. For a GGUF file in a Hub repository pass the repository "
+            "id and gguf_file= (CLI: --gguf-file)."
         )
     if os.path.isdir(path):
         if gguf_file is not None:
             if not os.path.isfile(os.path.join(path, gguf_file)):
-                raise FileNotFoundError(f"gguf_file {gguf_file!r} is not in directory {name_or_path}.")
+                raise CascadeValueError(f"gguf_file {gguf_file!r} is not in directory {name_or_path}.")
             return path, gguf_file
         if not os.path.isfile(os.path.join(path, "config.json")):
             ggufs = sorted(f for f in os.listdir(path) if f.lower().endswith(".gguf"))
@@ -136,7 +200,13 @@ def resolve_source(name_or_path: str | os.PathLike, gguf_file: str | None = None
                     f"Directory {name_or_path} holds several GGUF files ({', '.join(ggufs)}); choose one with "
                     "gguf_file= (CLI: --gguf-file)."
                 )
+            raise CascadeValueError(
+                f"{name_or_path}: folder holds no model (no config.json and no *.gguf file); pass the folder a model "
+                "was saved to (save_pretrained), a .gguf file, or a Hub repository id."
+            )
         return path, None
+    if is_local_path(name_or_path):
+        raise missing_path_error(name_or_path, "an existing model directory, a .gguf file")
     return os.fspath(name_or_path), gguf_file
 
 
@@ -151,8 +221,8 @@ def load_model_and_tokenizer(
     """Load a causal language model and its tokenizer, in eval mode, from a Hub id, a directory or a GGUF file.
 
     ```python
-    folder, name = hf_cascade.loading.default_model_path()  # the embedded SmolLM2-135M-Instruct GGUF
-    model, tokenizer = load_model_and_tokenizer(folder, gguf_file=name, cache_dir="~/.cache/hf_cascade")
+    folder, name = hf_cascade.default_model_path()  # the embedded SmolLM2-135M-Instruct GGUF
+    model, tokenizer = hf_cascade.load_model_and_tokenizer(folder, gguf_file=name, cache_dir="~/.cache/hf_cascade")
     ```
 
     Args:
@@ -195,8 +265,14 @@ def _from_pretrained(
     extra = dict(kwargs)
     if gguf is not None:
         extra["gguf_file"] = gguf
-    tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+    except ValueError as e:
+        # transformers refuses the files (unrecognised model type, unreadable tokenizer, ...): a problem with the
+        # source, not a bug, so it becomes the library's own error naming the source (the CLI reports those).
+        what = f"{source} (gguf_file={gguf!r})" if gguf is not None else source
+        raise CascadeValueError(f"transformers could not load {what}: {e}") from e
     return model, tokenizer
 
 

@@ -255,20 +255,35 @@ class BigramTable:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BigramTable:
-        """Load a table written by `save`."""
+        """Load a table written by `save`.
+
+        Args:
+            path (`str` or `os.PathLike`): the safetensors file.
+
+        Raises:
+            `CascadeValueError`: naming the file, when it is a folder, is not safetensors, or holds no 1-D integer
+                `next_token` tensor with valid token ids. `FileNotFoundError` when it does not exist.
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        hint = "build a bigram table with BigramTable.save or `hf-cascade bigram`."
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise CascadeValueError(f"Bigram table {path} is a folder; give the table file itself ({hint})")
         try:
-            tensors = load_file(os.fspath(path))
+            tensors = load_file(path)
         except SafetensorError as e:
-            raise CascadeValueError(
-                f"{path} is not a safetensors file ({e}); build a bigram table with BigramTable.save or "
-                "`hf-cascade bigram`."
-            ) from None
+            raise CascadeValueError(f"{path} is not a safetensors file ({e}); {hint}") from None
         if "next_token" not in tensors:
+            raise CascadeValueError(f"{path} is not a hf_cascade bigram table (no 'next_token' tensor); {hint}")
+        table = tensors["next_token"]
+        if table.dim() != 1 or table.dtype not in (torch.int32, torch.int64):
             raise CascadeValueError(
-                f"{path} is not a hf_cascade bigram table (no 'next_token' tensor); build one with BigramTable.save or "
-                "`hf-cascade bigram`."
+                f"{path}: 'next_token' is a {table.dim()}-D {str(table.dtype).removeprefix('torch.')} tensor of shape "
+                f"{tuple(table.shape)}; a bigram table is a 1-D integer tensor of shape (vocab_size,); {hint}"
             )
-        return cls(tensors["next_token"])
+        try:
+            return cls(table)
+        except CascadeValueError as e:
+            raise CascadeValueError(f"{path}: {e}") from None

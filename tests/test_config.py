@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -152,6 +153,7 @@ def test_to_dict_is_plain_json():
             "measure_cost": True,
         },
         "confidence_threshold": 0.4,
+        "hf_cascade_version": hf_cascade.__version__,
     }
     assert json.loads(json.dumps(d)) == d
 
@@ -223,7 +225,14 @@ def test_saved_file_is_readable_json(tmp_path):
     CascadeConfig(k_matrix=[[3]]).save_pretrained(tmp_path)
     data = json.loads((tmp_path / "cascade_config.json").read_text(encoding="utf-8"))
     assert data["k_matrix"] == [[3]]
-    assert set(data) == {"k_matrix", "lenience", "use_max_gram", "max_gram", "confidence_threshold"}
+    assert set(data) == {
+        "k_matrix",
+        "lenience",
+        "use_max_gram",
+        "max_gram",
+        "confidence_threshold",
+        "hf_cascade_version",
+    }
 
 
 def test_save_pretrained_into_a_file_raises(tmp_path):
@@ -237,13 +246,10 @@ def test_from_pretrained_validates_the_file(tmp_path):
     (tmp_path / "cascade_config.json").write_text(json.dumps({"k_matrix": [[1, 2], [3, 4]]}))
     with pytest.raises(ValueError, match="upper-triangular"):
         CascadeConfig.from_pretrained(tmp_path)
-    (tmp_path / "cascade_config.json").write_text(json.dumps({"lenince": 2}))
-    with pytest.raises(ValueError, match="Unknown CascadeConfig field"):
-        CascadeConfig.from_pretrained(tmp_path)
 
 
-def test_from_pretrained_directory_without_config_raises_oserror(tmp_path):
-    with pytest.raises(OSError, match="No cascade_config.json in directory"):
+def test_from_pretrained_directory_without_config_raises(tmp_path):
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"holds no cascade_config\.json"):
         CascadeConfig.from_pretrained(tmp_path)
 
 
@@ -264,8 +270,8 @@ def test_from_pretrained_missing_relative_directory_raises_oserror(hub_offline):
         CascadeConfig.from_pretrained("missing_config_dir", cache_dir=str(hub_offline / "cache"))
 
 
-def test_from_pretrained_missing_absolute_directory_raises_oserror(tmp_path):
-    with pytest.raises(OSError, match="does not exist"):
+def test_from_pretrained_missing_absolute_directory_raises(tmp_path):
+    with pytest.raises(hf_cascade.CascadeValueError, match="does_not_exist: path does not exist"):
         CascadeConfig.from_pretrained(tmp_path / "does_not_exist")
 
 
@@ -278,3 +284,111 @@ def test_from_pretrained_unknown_hub_id_offline_raises_fast(hub_offline):
 
 def test_max_gram_none_means_defaults():
     assert CascadeConfig(max_gram=None).max_gram == MaxGramConfig()
+
+
+# ---------------------------------------------------------------------------------------------------- issue 11
+def test_to_dict_records_the_version_and_from_dict_accepts_it():
+    d = CascadeConfig(lenience=3).to_dict()
+    assert d["hf_cascade_version"] == hf_cascade.__version__
+    assert CascadeConfig.from_dict(d) == CascadeConfig(lenience=3)
+
+
+def test_direct_construction_with_a_wrong_name_raises():
+    """In code a wrong name is a typo: the dataclass raises, and so does from_dict (files warn instead)."""
+    with pytest.raises(TypeError, match="lenince"):
+        CascadeConfig(lenince=2.0)
+    with pytest.raises(TypeError, match="max_ngram"):
+        MaxGramConfig(max_ngram=3)
+    with pytest.raises(ValueError, match=r"Unknown CascadeConfig field\(s\) \['lenince'\]"):
+        CascadeConfig.from_dict({"lenince": 2.0})
+
+
+@pytest.mark.parametrize(
+    "version, reason",
+    [
+        ("99.0", r"the file was written by hf_cascade 99.0, newer than this"),
+        (None, "a typo, or a file written by a newer"),
+    ],
+)
+def test_config_file_with_unknown_keys_loads_with_a_warning(version, reason, tmp_path):
+    data = CascadeConfig(lenience=2.0, max_gram={"max_ngram_size": 5}).to_dict()
+    data["future_field"] = [1, 2]
+    data["max_gram"]["future_knob"] = 0.5
+    data["hf_cascade_version"] = version
+    path = tmp_path / "cascade_config.json"
+    path.write_text(json.dumps(data))
+    keys = re.escape("['future_field', 'max_gram.future_knob']")
+    with pytest.warns(UserWarning, match=f"Ignoring unknown CascadeConfig key\\(s\\) {keys} in {path} \\({reason}"):
+        config = CascadeConfig.from_pretrained(tmp_path)
+    assert config == CascadeConfig(lenience=2.0, max_gram={"max_ngram_size": 5})
+    with pytest.warns(UserWarning, match="future_field"):
+        assert CascadeConfig.from_json_file(path) == config
+
+
+def test_config_file_without_unknown_keys_does_not_warn(tmp_path, recwarn):
+    CascadeConfig(lenience=2.0).save_pretrained(tmp_path)
+    CascadeConfig.from_pretrained(tmp_path)
+    assert not [w for w in recwarn if "CascadeConfig" in str(w.message)]
+
+
+def test_malformed_json_names_the_file(tmp_path):
+    path = tmp_path / "cascade_config.json"
+    path.write_text('{"lenience": 2.0,\n "k_matrix": [[3]],}\n')
+    message = f"{re.escape(str(path))} is not valid JSON \\(Expecting property name enclosed in double quotes at line 2"
+    with pytest.raises(hf_cascade.CascadeValueError, match=message):
+        CascadeConfig.from_pretrained(tmp_path)
+    with pytest.raises(hf_cascade.CascadeValueError, match=message):
+        CascadeConfig.from_json_file(path)
+    path.write_text("[1, 2]")
+    with pytest.raises(
+        hf_cascade.CascadeValueError, match="must hold a JSON object of CascadeConfig fields, got a JSON"
+    ):
+        CascadeConfig.from_pretrained(path)
+
+
+@pytest.mark.parametrize(
+    "cls, field, value",
+    [
+        (CascadeConfig, "lenience", 10**400),
+        (CascadeConfig, "confidence_threshold", 10**400),
+        (MaxGramConfig, "token_cost", -(10**400)),
+        (MaxGramConfig, "draft_cost", 10**400),
+    ],
+    ids=["lenience", "confidence_threshold", "token_cost", "draft_cost"],
+)
+def test_float_fields_beyond_the_float_range(cls, field, value):
+    with pytest.raises(hf_cascade.CascadeValueError, match=f"^{cls.__name__}.{field} must .*got -?10000000000"):
+        cls(**{field: value})
+
+
+def test_max_ngram_size_has_an_upper_bound():
+    from hf_cascade.config import MAX_NGRAM_SIZE_LIMIT
+
+    assert MaxGramConfig(max_ngram_size=MAX_NGRAM_SIZE_LIMIT).max_ngram_size == 64
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"MaxGramConfig.max_ngram_size must be <= 64 .*got 1024"):
+        MaxGramConfig(max_ngram_size=1024)
+
+
+def test_bigram_table_folder_is_named(tmp_path):
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"MaxGramConfig.bigram_table \(.*\) is a folder"):
+        MaxGramConfig(bigram_table=tmp_path)
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"MaxGramConfig.bigram_table \(.*\) is a folder"):
+        CascadeConfig(max_gram={"bigram_table": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "reference", ["./missing", "../missing-hf-cascade", "~/missing-hf-cascade-x", "a/b/c", "configs/x"]
+)
+def test_from_pretrained_missing_local_path_never_reaches_the_hub(reference, hub_offline, monkeypatch):
+    """`configs/x` has the owner/name form, but ./configs is a local folder: a path, not a Hub id."""
+    import huggingface_hub
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a local path was looked up on the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", forbidden)
+    (hub_offline / "configs").mkdir()
+    t0 = time.perf_counter()
+    with pytest.raises(hf_cascade.CascadeValueError, match=f"^{re.escape(reference)}: path does not exist"):
+        CascadeConfig.from_pretrained(reference)
+    assert time.perf_counter() - t0 < 1

@@ -398,3 +398,28 @@ def test_max_gram_occurrence_and_token_cost_errors():
         MaxGramConfig(draft_cost="1")
     with pytest.raises(TypeError, match=r"MaxGramConfig.measure_cost must be a bool, got 'yes'"):
         MaxGramConfig(measure_cost="yes")
+
+
+@pytest.mark.parametrize(
+    "tensor, message",
+    [
+        (
+            torch.zeros(4, 4, dtype=torch.int64),
+            r"'next_token' is a 2-D int64 tensor of shape \(4, 4\); a bigram table is",
+        ),
+        (torch.zeros(4), r"'next_token' is a 1-D float32 tensor of shape \(4,\); a bigram table is a 1-D integer"),
+        (torch.tensor([1, 9, -1]), r"BigramTable entries must be -1 or token ids in \[0, 3\)"),
+    ],
+)
+def test_bigram_table_load_names_the_file_and_the_problem(tensor, message, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "table.safetensors"
+    save_file({"next_token": tensor}, str(path))
+    with pytest.raises(hf_cascade.CascadeValueError, match=f"^{re.escape(str(path))}: {message}"):
+        hf_cascade.BigramTable.load(path)
+
+
+def test_bigram_table_load_of_a_folder(tmp_path):
+    with pytest.raises(hf_cascade.CascadeValueError, match=f"Bigram table {re.escape(str(tmp_path))} is a folder"):
+        hf_cascade.BigramTable.load(tmp_path)

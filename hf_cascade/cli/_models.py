@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from ..errors import CascadeError
+
 __all__ = ["check_sources", "load_models", "log", "model_or_default", "pack_all", "use_chat_template"]
 
 
@@ -53,7 +55,7 @@ def check_sources(
         resolve_source(target, gguf_file)
         for path in drafters:
             resolve_source(path)
-    except (OSError, ValueError) as e:
+    except (OSError, CascadeError) as e:
         parser.error(f"{flags}: {e}")
     if onednn_linear and torch.device(device).type != "cpu":
         parser.error(f"--onednn-linear packs weights for CPU kernels; drop it or use --device cpu, not {device!r}")
@@ -83,7 +85,7 @@ def load_models(
                 path, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
             )
         log(f"loaded in {time.perf_counter() - t0:.1f} s")
-    except (OSError, ValueError, ImportError) as e:
+    except (OSError, ImportError, CascadeError) as e:  # missing files/repos, the gguf package, our own checks
         print(f"hf-cascade {command}: error: could not load a model: {e}", file=sys.stderr)
         return None
     if getattr(args, "onednn_linear", False) and not pack_all(command, [model, *loaded.values()]):
@@ -103,7 +105,7 @@ def pack_all(command: str, models: list[Any]) -> bool:
     t0 = time.perf_counter()
     try:
         layers = sum(use_onednn_linear(m) for m in models)
-    except ValueError as e:
+    except CascadeError as e:
         print(f"hf-cascade {command}: error: --onednn-linear: {e}", file=sys.stderr)
         return False
     log(f"packed {layers} linear layers for oneDNN in {time.perf_counter() - t0:.1f} s")

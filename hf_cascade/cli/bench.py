@@ -7,6 +7,7 @@ category geometric means of the speedup over greedy, forward passes and time per
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -31,6 +32,7 @@ from ..benchmark import (
     write_reports,
 )
 from ..benchmark.suffix import suffix_available
+from ..errors import CascadeError
 from ._args import add_loading_args, add_model_source_args, positive_int
 from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
@@ -134,7 +136,7 @@ def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser, drafters
     for spec in specs:
         try:
             method = parse_method(spec)
-        except ValueError as e:
+        except CascadeError as e:
             parser.error(f"--method: {e}")
         if method.kind == "greedy":
             continue  # greedy always runs first, as the reference
@@ -171,7 +173,7 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
             sources.append(load_dataset_file(args.dataset, args.data_file))
         if not sources:
             sources = [load_builtin(n) for n in BUILTIN_SETS]
-    except (OSError, ValueError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, CascadeError) as e:  # unreadable or malformed files
         parser.error(f"prompts: {e}")
     prompts = [p for source in sources for p in sample(source, args.sample, args.seed)]
     ids = [p.id for p in prompts]

@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from ..errors import CascadeError
 from ._args import add_loading_args, add_model_source_args, positive_int
 from ._models import check_sources, load_models, log, model_or_default
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     t0 = time.perf_counter()
     try:
         table = BigramTable.from_model(model, batch_size=args.batch_size, progress=not args.no_progress)
-    except ValueError as e:
+    except CascadeError as e:
         print(f"hf-cascade bigram: error: {e}", file=sys.stderr)
         return 1
     table.save(args.out)

@@ -27,6 +27,7 @@ from ..benchmark import (
     summarize,
 )
 from ..benchmark.runner import first_difference
+from ..errors import CascadeError
 from ._args import ONEDNN_HELP, THREADS_HELP, positive_int
 from ._models import pack_all
 
@@ -177,7 +178,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         model, tokenizer = loading.load_model_and_tokenizer(
             folder, gguf_file=gguf, dtype=torch.float32, cache_dir=args.cache_dir
         )
-    except (ImportError, OSError, ValueError) as e:  # e.g. the gguf package is missing
+    except (ImportError, OSError, CascadeError) as e:  # e.g. the gguf package is missing
         print(f"hf-cascade demo: error: could not load {gguf}: {e}\n(pip install gguf)", file=sys.stderr)
         return 1
     print(f"loaded in {time.perf_counter() - t0:.1f} s")

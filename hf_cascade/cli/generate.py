@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from ..config import CascadeConfig
+from ..errors import CascadeError
 from ._args import add_loading_args, add_model_source_args, finite_float, positive_int
-from ._models import check_sources, load_models, log, use_chat_template
+from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
 __all__ = ["add_parser"]
 
@@ -28,7 +29,7 @@ def add_parser(sub: Any) -> None:
             "sampling distribution with --sample)."
         ),
     )
-    add_model_source_args(gen, "--target", "the model whose output you get", embedded_default=False)
+    add_model_source_args(gen, "--target", "the model whose output you get", embedded_default=True)
     gen.add_argument(
         "--assistant",
         action="append",
@@ -94,7 +95,7 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
             parser.error(f"--cascade-config: {args.cascade_config} does not exist (give a JSON file or a directory)")
         try:
             base = CascadeConfig.from_pretrained(args.cascade_config)
-        except (OSError, ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        except (OSError, CascadeError) as e:  # malformed JSON is a CascadeValueError naming the file
             parser.error(f"--cascade-config {args.cascade_config}: {e}")
     fields = base.to_dict()
     if args.k_matrix is not None:
@@ -104,13 +105,13 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
             parser.error(f"--k-matrix is not valid JSON ({e}); example: --k-matrix '[[4, 2], [0, 6]]'")
         try:
             CascadeConfig(k_matrix=k_matrix)
-        except (ValueError, TypeError) as e:
+        except CascadeError as e:
             parser.error(f"--k-matrix: {e}")
         fields["k_matrix"] = k_matrix
     if args.lenience is not None:
         try:
             CascadeConfig(lenience=args.lenience)
-        except (ValueError, TypeError) as e:
+        except CascadeError as e:
             parser.error(f"--lenience: {e}")
         fields["lenience"] = args.lenience
     if args.max_gram is not None:
@@ -134,7 +135,7 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
         )
     try:
         config.resolved_k_matrix(n_assistants)
-    except ValueError as e:
+    except CascadeError as e:
         source = "--k-matrix" if args.k_matrix is not None else "--cascade-config"
         parser.error(f"{source}: {e}")
     return config
@@ -148,7 +149,7 @@ def _check_bigram_table(path: str, parser: argparse.ArgumentParser) -> None:
         parser.error(f"--bigram-table: {path} is not a file; build one with `hf-cascade bigram --model ... --out FILE`")
     try:
         BigramTable.load(path)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, CascadeError) as e:
         parser.error(f"--bigram-table: {e}")
 
 
@@ -192,16 +193,17 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     config = _cascade_config_from_args(args, parser)
     text = _read_prompt(args, parser)
     drafter_paths = {f"assistant_{i}": path for i, path in enumerate(args.assistant)}
+    target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
     check_sources(
         parser,
         args.device,
-        args.target,
-        args.gguf_file,
+        target_path,
+        gguf,
         args.assistant,
         "--target/--gguf-file/--assistant",
         onednn_linear=args.onednn_linear,
     )
-    models = load_models("generate", args, args.target, args.gguf_file, drafter_paths)
+    models = load_models("generate", args, target_path, gguf, drafter_paths)
     if models is None:
         return 1
     model, tokenizer, drafters = models
@@ -231,7 +233,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             return_dict_in_generate=True,
             **gen_kwargs,
         )
-    except (ValueError, TypeError) as e:
+    except CascadeError as e:  # the library's own refusal; anything else is a bug and keeps its traceback
         print(f"\nhf-cascade generate: error: {e}", file=sys.stderr)
         return 1
     stats = out.cascade_stats

@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..config import CascadeConfig
+from ..errors import CascadeError
 
 __all__ = ["add_parser"]
 
@@ -74,7 +75,7 @@ def _load_config(path: str | None, parser: argparse.ArgumentParser) -> CascadeCo
         parser.error(f"--cascade-config: {path} does not exist (give cascade_config.json or a directory holding it)")
     try:
         return CascadeConfig.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+    except (OSError, CascadeError) as e:  # malformed JSON is a CascadeValueError naming the file
         parser.error(f"--cascade-config {path}: {e}")
 
 
