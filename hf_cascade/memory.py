@@ -26,14 +26,12 @@ from typing import Any
 
 import torch
 
+from .config import MAX_NGRAM_SIZE_LIMIT  # the same bound as MaxGramConfig's, for the same reason
 from .errors import CascadeTypeError, CascadeValueError
 
 __all__ = ["MaxGramMemory", "check_memory"]
 
 _FORMAT = "hf_cascade.MaxGramMemory/1"
-# Longest n-gram a memory indexes. Each token of a document adds up to this many keys, so the bound keeps memory use
-# and add() time proportional to the documents (the same bound as MaxGramConfig.max_ngram_size's reasoning).
-_MAX_NGRAM_LIMIT = 64
 
 
 def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -111,9 +109,9 @@ class MaxGramMemory:
         _check_positive_int("max_tokens", max_tokens)
         _check_positive_int("max_ngram_size", max_ngram_size)
         _check_positive_int("min_ngram_size", min_ngram_size)
-        if max_ngram_size > _MAX_NGRAM_LIMIT:
+        if max_ngram_size > MAX_NGRAM_SIZE_LIMIT:
             raise CascadeValueError(
-                f"MaxGramMemory max_ngram_size must be <= {_MAX_NGRAM_LIMIT} (each token adds that many index keys), "
+                f"MaxGramMemory max_ngram_size must be <= {MAX_NGRAM_SIZE_LIMIT} (each token adds that many index keys), "
                 f"got {max_ngram_size}."
             )
         if min_ngram_size > max_ngram_size:
