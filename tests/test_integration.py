@@ -52,7 +52,10 @@ def test_enable_routes_only_cascade_calls(llama, llama_drafters, prompt):
     hf_cascade.disable(llama)  # a no-op the second time
 
 
-def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafters, prompt):
+@pytest.mark.parametrize("name", ["cascade_streamer", "streamer"])
+def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafters, prompt, name):
+    """streamer=: transformers drops it before a callable custom_generate (after putting the prompt itself); the
+    cascade recovers it from the call, must not put the prompt twice, and must call end()."""
     recorder = Recorder()
     out = llama.generate(
         prompt,
@@ -60,7 +63,7 @@ def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafter
         do_sample=False,
         custom_generate=hf_cascade.generate,
         assistant_models=[llama_drafters[0]],
-        cascade_streamer=recorder,
+        **{name: recorder},
     )
     assert recorder.puts[0] == prompt[0].tolist()
     streamed = [t for chunk in recorder.puts[1:] for t in chunk]
@@ -368,22 +371,3 @@ def test_pipeline_stop_sequence_on_an_enabled_model(llama, llama_drafters, promp
         hf_cascade.disable(llama)
     assert out[0]["generated_text"] == plain and recorder.ended
     assert len(plain) < prompt.shape[1] + NEW  # one character per token: the stop string stopped it early
-
-
-# ------------------------------------------------------------------------------- the bare custom_generate= path
-
-
-def test_bare_custom_generate_uses_streamer(llama, llama_drafters, prompt):
-    """transformers drops streamer= before a callable custom_generate; the cascade recovers it and calls end()."""
-    recorder = Recorder()
-    out = llama.generate(
-        prompt,
-        max_new_tokens=NEW,
-        do_sample=False,
-        custom_generate=hf_cascade.generate,
-        assistant_models=[llama_drafters[1]],
-        streamer=recorder,
-    )
-    assert recorder.puts[0] == prompt[0].tolist()  # once: transformers puts the prompt, the cascade does not repeat it
-    assert [t for chunk in recorder.puts[1:] for t in chunk] == out[0, prompt.shape[1] :].tolist()
-    assert recorder.ended
