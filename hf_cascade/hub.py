@@ -8,10 +8,12 @@ transformers loads a `custom_generate` *repository* (a Hub repo id or a local di
   `trust_remote_code`, and nothing has been prepared yet (no `generation_config` merge, no logits processors);
 - a callable is called *after* that preparation, and only with the keyword arguments in its own signature.
 
-`hub_generate` bridges the two: it maps `streamer=` to `cascade_streamer=`, refuses the arguments the cascade
-cannot honour, and calls the model's stock `generate` with `custom_generate=hf_cascade.generate`. `export_hub` writes
-a repository whose `custom_generate/` carries this module and the generation modules it imports (copied from the
-installed package at export time), so the repository runs with transformers alone.
+`hub_generate` bridges the two with `hf_cascade.generation.run_cascade` (as an `enable()`d model does): it maps
+`streamer=` to `cascade_streamer=`, turns `stop_strings=` with `tokenizer=` into a stopping criterion, refuses the
+arguments the cascade cannot honour, and calls the model's stock `generate` with
+`custom_generate=hf_cascade.generate`. `export_hub` writes a repository whose `custom_generate/` carries this module
+and the generation modules it imports (copied from the installed package at export time), so the repository runs with
+transformers alone.
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ def hub_generate(*args: Any, **kwargs: Any) -> Any:
         args: the model (unless passed as `model=`), then `generate`'s positional arguments (`inputs`, ...).
         kwargs: every `generate` argument. The cascade's own are `assistant_models` (`list[PreTrainedModel]`,
             largest first), `cascade_config` (`CascadeConfig`, `dict` or `None`) and `cascade_streamer`;
-            `streamer` is forwarded as `cascade_streamer`.
+            `streamer` is forwarded as `cascade_streamer`, `stop_strings` with `tokenizer` work as in plain
+            `generate`.
 
     Returns:
         What `model.generate(..., custom_generate=hf_cascade.generate)` returns: `torch.LongTensor` of shape
@@ -90,7 +93,7 @@ def hub_generate(*args: Any, **kwargs: Any) -> Any:
     """
     from transformers.generation.utils import GenerationMixin
 
-    from .generation import generate as cascade_generate
+    from .generation import run_cascade
 
     model = kwargs.pop("model", None)
     if model is None:
@@ -104,21 +107,9 @@ def hub_generate(*args: Any, **kwargs: Any) -> Any:
             f"hf_cascade's custom_generate entry point expects a transformers model with generate(), got "
             f"{type(model).__name__}."
         )
-    if kwargs.pop("assistant_model", None) is not None:
-        raise CascadeValueError(
-            "assistant_model (transformers' single-drafter assisted generation) cannot be combined with the "
-            "cascade; put the model in assistant_models=[...] instead."
-        )
-    if kwargs.pop("synced_gpus", None):
-        raise CascadeValueError("synced_gpus=True is not supported by the cascade.")
-    streamer = kwargs.pop("streamer", None)
-    if streamer is not None:
-        if kwargs.get("cascade_streamer") is not None:
-            raise CascadeValueError("Pass the streamer once: streamer= or cascade_streamer=, not both.")
-        kwargs["cascade_streamer"] = streamer
-    # The class's generate, not `model.generate`: an instance-level replacement (this very function when the model
-    # was loaded from a custom_generate repository, or `hf_cascade.enable`) would otherwise recurse or refuse.
-    return type(model).generate(model, *args, custom_generate=cascade_generate, **kwargs)
+    # The refusals, streamer= and stop_strings= are handled as on an enable()d model: this entry point sees every
+    # argument, as enable()'s wrapper does.
+    return run_cascade(model, *args, **kwargs)
 
 
 def requirements() -> list[str]:

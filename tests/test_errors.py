@@ -7,12 +7,14 @@ import re
 import pytest
 import torch
 from transformers import GenerationConfig, LlamaForCausalLM, LlamaModel
+from transformers.generation.logits_process import LogitsProcessorList
+from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 import hf_cascade
-from hf_cascade import CascadeConfig, MaxGramConfig
+from hf_cascade import CascadeConfig, CascadeValueError, MaxGramConfig
 from hf_cascade.checks import check_generation
 
-from conftest import build, llama_config
+from conftest import Recorder, build, llama_config
 
 CASCADE = dict(custom_generate=hf_cascade.generate, max_new_tokens=3)
 
@@ -380,7 +382,71 @@ def test_enabled_model_validates_like_generate(enabled, prompt):
 
 
 def test_enable_fixture_cleans_up(llama):
-    assert "_hf_cascade_generate" not in vars(llama) and "generate" not in vars(llama)
+    assert "generate" not in vars(llama)
+
+
+def test_enabled_model_refuses_streamer_and_cascade_streamer(enabled, prompt):
+    with pytest.raises(CascadeValueError, match=r"Got both streamer= and cascade_streamer=; pass the streamer once"):
+        enabled.generate(
+            prompt, assistant_models=[], max_new_tokens=3, streamer=Recorder(), cascade_streamer=Recorder()
+        )
+
+
+def test_enabled_model_refuses_synced_gpus(enabled, prompt):
+    with pytest.raises(CascadeValueError, match="synced_gpus=True is not supported by the cascade"):
+        enabled.generate(prompt, assistant_models=[], max_new_tokens=3, synced_gpus=True)
+
+
+def test_enable_keeps_an_instance_generate_for_plain_calls(llama, prompt):
+    """A model loaded from a custom_generate repository has an instance-level generate: enable() must not lose it."""
+    calls = []
+
+    def repo_generate(*args, **kwargs):
+        calls.append(kwargs)
+        return type(llama).generate(llama, *args, **kwargs)
+
+    llama.generate = repo_generate
+    try:
+        hf_cascade.enable(llama)
+        llama.generate(prompt, max_new_tokens=3, do_sample=False)
+        assert len(calls) == 1
+        hf_cascade.disable(llama)
+        assert llama.generate is repo_generate
+    finally:
+        del llama.generate
+
+
+# ------------------------------------------------------------ the bare custom_generate=hf_cascade.generate path
+# transformers drops assistant_model=, streamer= and synced_gpus= before calling a callable custom_generate; the
+# cascade recovers them from the running generate call (generation._generate_call_arguments) to refuse or use them.
+
+
+def test_bare_custom_generate_refuses_assistant_model(llama, llama_drafters, prompt):
+    with pytest.raises(
+        CascadeValueError,
+        match=r"assistant_model \(LlamaForCausalLM, .*cannot be combined.*assistant_models=\[\.\.\.\]",
+    ):
+        llama.generate(prompt, assistant_model=llama_drafters[0], assistant_models=[llama_drafters[1]], **CASCADE)
+
+
+def test_bare_custom_generate_refuses_synced_gpus(llama, prompt):
+    with pytest.raises(CascadeValueError, match="synced_gpus=True is not supported by the cascade"):
+        llama.generate(prompt, assistant_models=[], synced_gpus=True, **CASCADE)
+
+
+def test_bare_custom_generate_refuses_streamer_and_cascade_streamer(llama, prompt):
+    with pytest.raises(CascadeValueError, match="Got both streamer= and cascade_streamer="):
+        llama.generate(prompt, assistant_models=[], streamer=Recorder(), cascade_streamer=Recorder(), **CASCADE)
+
+
+def test_generate_stop_strings_without_a_criterion(llama, prompt):
+    """Only a direct call gets this far (through model.generate transformers refuses first): never ignore them."""
+    config = GenerationConfig(stop_strings=["ab"], max_new_tokens=3, do_sample=False, eos_token_id=1)
+    with pytest.raises(
+        CascadeValueError,
+        match=r"stop_strings=\['ab'\] reached hf_cascade.generate without a tokenizer.*hf_cascade.enable\(model\)",
+    ):
+        hf_cascade.generate(llama, prompt, LogitsProcessorList(), StoppingCriteriaList(), config, assistant_models=[])
 
 
 def test_max_gram_occurrence_and_token_cost_errors():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+import string
 import threading
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
 
 import hf_cascade
@@ -50,7 +52,10 @@ def test_enable_routes_only_cascade_calls(llama, llama_drafters, prompt):
     hf_cascade.disable(llama)  # a no-op the second time
 
 
-def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafters, prompt):
+@pytest.mark.parametrize("name", ["cascade_streamer", "streamer"])
+def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafters, prompt, name):
+    """streamer=: transformers drops it before a callable custom_generate (after putting the prompt itself); the
+    cascade recovers it from the call, must not put the prompt twice, and must call end()."""
     recorder = Recorder()
     out = llama.generate(
         prompt,
@@ -58,7 +63,7 @@ def test_streamer_gets_prompt_then_accepted_tokens_then_end(llama, llama_drafter
         do_sample=False,
         custom_generate=hf_cascade.generate,
         assistant_models=[llama_drafters[0]],
-        cascade_streamer=recorder,
+        **{name: recorder},
     )
     assert recorder.puts[0] == prompt[0].tolist()
     streamed = [t for chunk in recorder.puts[1:] for t in chunk]
@@ -251,3 +256,118 @@ def test_pipeline_streams_with_text_iterator_streamer(chat_pipe, llama, llama_dr
         hf_cascade.disable(llama)
     assert text.split() == plain.split()
     assert result["out"][0]["generated_text"][-1]["content"] == plain
+
+
+# ---------------------------------------------------------------------------------- copies and pickles of enable()
+
+
+def test_deepcopy_of_enabled_model_generates_with_its_own_weights(llama, prompt):
+    model = copy.deepcopy(llama)  # a private model: its weights change below
+    hf_cascade.enable(model)
+    clone = copy.deepcopy(model)
+    with torch.no_grad():
+        clone.lm_head.weight.mul_(-1.0)  # the copy's greedy text now differs from the original's
+    recorder = Recorder()  # proves the copy is still enabled: the call goes through the cascade
+    out = clone.generate(prompt, assistant_models=[], max_new_tokens=NEW, do_sample=False, cascade_streamer=recorder)
+    hf_cascade.disable(clone)
+    own = clone.generate(prompt, max_new_tokens=NEW, do_sample=False)
+    original = model.generate(prompt, max_new_tokens=NEW, do_sample=False)
+    assert not torch.equal(own, original)  # else the test could not tell whose weights were used
+    assert torch.equal(out, own) and recorder.ended
+    assert "generate" not in vars(clone) and hf_cascade.enable(model) is model  # enabling twice is a no-op
+    hf_cascade.disable(model)
+    assert "generate" not in vars(model)
+
+
+def test_enabled_model_round_trips_through_torch_save(llama, prompt, tmp_path):
+    model = copy.deepcopy(llama)
+    hf_cascade.enable(model)
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    out = loaded.generate(
+        prompt, assistant_models=[], max_new_tokens=NEW, do_sample=False, return_dict_in_generate=True
+    )
+    assert out.cascade_stats is not None  # still enabled after loading
+    assert torch.equal(out.sequences, llama.generate(prompt, max_new_tokens=NEW, do_sample=False))
+    hf_cascade.disable(loaded)
+    assert "generate" not in vars(loaded)
+
+
+# ------------------------------------------------------------------------------- stop strings (need a tokenizer)
+
+
+@pytest.fixture(scope="module")
+def char_tokenizer():
+    """One token per character (ids 2..95), BOS 0, EOS 1: transformers' StopStringCriteria needs a tokenizer whose
+    tokens spell text (the word-level `tokenizer` above joins words with spaces, which it cannot map)."""
+    chars = string.ascii_letters + string.digits + string.punctuation
+    vocab = {"<s>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate(chars)}}
+    assert len(vocab) == VOCAB
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+
+
+def _stop_string(llama, prompt, tokenizer) -> str:
+    """Two characters plain greedy generates mid-way, so stopping on them shortens the output."""
+    plain = llama.generate(prompt, max_new_tokens=NEW, do_sample=False)[0, prompt.shape[1] :].tolist()
+    return tokenizer.decode(plain[NEW // 2 - 1 : NEW // 2 + 1])
+
+
+@pytest.mark.parametrize(
+    "entry, source",
+    [
+        ("enable", "argument"),
+        ("enable", "generation_config"),
+        ("enable", "model_default"),
+        ("hub_generate", "argument"),
+    ],
+)
+def test_stop_strings_with_tokenizer_equal_plain_generate(llama, llama_drafters, prompt, char_tokenizer, source, entry):
+    from transformers import GenerationConfig
+
+    from hf_cascade.hub import hub_generate
+
+    word = _stop_string(llama, prompt, char_tokenizer)
+    common = dict(max_new_tokens=NEW, do_sample=False, tokenizer=char_tokenizer)
+    if source == "argument":
+        common["stop_strings"] = [word]
+    elif source == "generation_config":
+        common["generation_config"] = GenerationConfig(stop_strings=[word], max_new_tokens=NEW, do_sample=False)
+        del common["max_new_tokens"], common["do_sample"]
+    saved = llama.generation_config.stop_strings
+    if source == "model_default":
+        llama.generation_config.stop_strings = [word]
+    try:
+        plain = llama.generate(prompt, **common)
+        cascade = dict(assistant_models=[llama_drafters[0]], return_dict_in_generate=True, **common)
+        if entry == "enable":
+            hf_cascade.enable(llama)
+            try:
+                out = llama.generate(prompt, **cascade)
+            finally:
+                hf_cascade.disable(llama)
+        else:
+            out = hub_generate(llama, prompt, **cascade)
+    finally:
+        llama.generation_config.stop_strings = saved
+    assert plain.shape[1] < prompt.shape[1] + NEW  # the stop string did stop plain generate early
+    assert out.cascade_stats is not None and torch.equal(out.sequences, plain)
+
+
+def test_pipeline_stop_sequence_on_an_enabled_model(llama, llama_drafters, prompt, char_tokenizer):
+    """A pipeline's stop_sequence= becomes stop_strings= with tokenizer=: the wrapper must honour both."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=llama, tokenizer=char_tokenizer)
+    text = char_tokenizer.decode(prompt[0])
+    kwargs = dict(max_new_tokens=NEW, do_sample=False, stop_sequence=_stop_string(llama, prompt, char_tokenizer))
+    plain = pipe(text, **kwargs)[0]["generated_text"]
+    hf_cascade.enable(llama)
+    try:
+        recorder = Recorder()
+        out = pipe(text, assistant_models=[llama_drafters[1]], cascade_streamer=recorder, **kwargs)
+    finally:
+        hf_cascade.disable(llama)
+    assert out[0]["generated_text"] == plain and recorder.ended
+    assert len(plain) < prompt.shape[1] + NEW  # one character per token: the stop string stopped it early

@@ -303,3 +303,15 @@ def test_docs_memory_page_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(blocks[0].replace("/tmp/memory.safetensors", "memory.safetensors"), "docs/memory.md", "exec"), {})
     assert MaxGramMemory.load(tmp_path / "memory.safetensors").num_documents == 3
+
+
+def test_an_enabled_model_runs_the_cascade_when_only_a_memory_is_passed(llama):
+    prompt = _fresh_prompt(2)
+    memory = MaxGramMemory(vocab_size=VOCAB)
+    hf_cascade.enable(llama)
+    try:
+        out = llama.generate(prompt, max_new_tokens=8, do_sample=False, max_gram_memory=memory)
+    finally:
+        hf_cascade.disable(llama)
+    assert out.tolist() == llama.generate(prompt, max_new_tokens=8, do_sample=False).tolist()
+    assert memory.num_documents == 1  # the cascade ran and added its output
