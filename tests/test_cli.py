@@ -101,6 +101,7 @@ def test_generate_help_lists_every_flag(capsys):
         "--target", "--gguf-file", "--assistant", "--prompt", "--prompt-file", "--no-chat-template", "--k-matrix",
         "--lenience", "--max-gram", "--no-max-gram", "--sample", "--temperature", "--top-p", "--seed",
         "--max-new-tokens", "--device", "--dtype", "--cascade-config", "--stats-json", "--threads", "--bigram-table",
+        "--memory",
     ]  # fmt: skip
     missing = [f for f in flags if f not in out]
     assert not missing
@@ -262,6 +263,31 @@ def test_generate_greedy_matches_plain_generate(tiny_dir, tmp_path, capsys):
     assert [lvl["name"] for lvl in payload["cascade_stats"]["levels"]] == ["target", "max_gram"]
     assert out.startswith(payload["generated_text"] + "\n")  # the streamed text comes first on stdout
     assert f"statistics written to {stats_path}" in err and "loading target" in err  # progress goes to stderr
+
+
+def test_generate_memory_file_is_created_then_grows(tiny_dir, tmp_path, capsys):
+    path = tmp_path / "memory.safetensors"
+    argv = ["generate", "--target", tiny_dir, "--prompt", PROMPT, "--max-new-tokens", "12", "--memory", str(path)]
+    for calls in (1, 2):
+        stats = tmp_path / f"stats{calls}.json"
+        status, _, err = run_cli(argv + ["--stats-json", str(stats)], capsys)
+        assert status == 0, err
+        ids = json.loads(stats.read_text())["generated_token_ids"]
+        assert ids == greedy_reference(tiny_dir, PROMPT, 12)  # the memory changes drafts, never the output
+        memory = hf_cascade.MaxGramMemory.load(path)
+        assert memory.num_documents == calls and memory.documents()[-1] == ids
+        assert f"memory: {calls} documents" in err
+
+
+def test_generate_memory_errors(tiny_dir, tmp_path, capsys):
+    base = ["generate", "--target", tiny_dir, "--prompt", PROMPT]
+    status, _, err = run_cli(base + ["--memory", str(tmp_path / "missing" / "m.safetensors")], capsys)
+    assert status == 2 and "--memory: cannot create" in err and "is not a writable folder" in err
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    status, _, err = run_cli(base + ["--memory", str(tmp_path / "junk.safetensors")], capsys)
+    assert status == 2 and "--memory: MaxGramMemory.load" in err and "not a readable safetensors file" in err
+    status, _, err = run_cli(base + ["--no-max-gram", "--assistant", tiny_dir, "--memory", str(tmp_path / "m")], capsys)
+    assert status == 2 and "--memory is read by Max-Gram" in err
 
 
 def test_generate_onednn_linear(tiny_dir, tmp_path, capsys):

@@ -10,8 +10,10 @@ from typing import Any
 
 import torch
 
+from ..checks import vocab_size
 from ..config import CascadeConfig
 from ..errors import CascadeError
+from ..memory import MaxGramMemory
 from ._args import add_loading_args, add_model_source_args, finite_float, positive_int
 from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
@@ -65,6 +67,12 @@ def add_parser(sub: Any) -> None:
         metavar="FILE",
         help="Max-Gram's fallback table for when nothing matches (built by `hf-cascade bigram`); overrides "
         "--cascade-config",
+    )
+    gen.add_argument(
+        "--memory",
+        metavar="FILE",
+        help="a Max-Gram memory (safetensors, hf_cascade.MaxGramMemory): drafts also copy from earlier outputs kept "
+        "there; created if missing, and this call's output is added and saved back",
     )
     gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     gen.add_argument("--temperature", type=finite_float, metavar="T", help="sampling temperature (needs --sample)")
@@ -141,6 +149,24 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
     return config
 
 
+def _load_memory(path: str, config: CascadeConfig, parser: argparse.ArgumentParser) -> MaxGramMemory | None:
+    """`--memory FILE`: the memory saved there, or `None` when the file is new (the caller creates one for the
+    target's vocabulary and saves it there after the call); checked before any model loads."""
+    if not config.use_max_gram:
+        parser.error(
+            "--memory is read by Max-Gram, which this configuration turns off; drop --memory or add --max-gram"
+        )
+    if not os.path.exists(path):
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+            parser.error(f"--memory: cannot create {path}: {parent} is not a writable folder")
+        return None
+    try:
+        return MaxGramMemory.load(path)
+    except CascadeError as e:
+        parser.error(f"--memory: {e}")
+
+
 def _check_bigram_table(path: str, parser: argparse.ArgumentParser) -> None:
     """Load the table once before any model, so a wrong path or file fails in a second, naming the flag."""
     from ..max_gram import BigramTable
@@ -192,6 +218,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     _check_sampling_args(args, parser)
     config = _cascade_config_from_args(args, parser)
     text = _read_prompt(args, parser)
+    memory = _load_memory(args.memory, config, parser) if args.memory else None
     drafter_paths = {f"assistant_{i}": path for i, path in enumerate(args.assistant)}
     target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
     check_sources(
@@ -208,6 +235,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 1
     model, tokenizer, drafters = models
     assistants = list(drafters.values())
+    if args.memory and memory is None:
+        memory = MaxGramMemory(vocab_size=vocab_size(model))
     use_template = use_chat_template(tokenizer, not args.no_chat_template)
     inputs = encode_prompt(tokenizer, text, use_template, model.device)
     gen_kwargs: dict[str, Any] = dict(max_new_tokens=args.max_new_tokens, do_sample=args.sample)
@@ -230,6 +259,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             assistant_models=assistants,
             cascade_config=config,
             cascade_streamer=streamer,
+            max_gram_memory=memory,
             return_dict_in_generate=True,
             **gen_kwargs,
         )
@@ -239,6 +269,9 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     stats = out.cascade_stats
     print()
     print(stats.summary())
+    if memory is not None:
+        memory.save(args.memory)
+        log(f"memory: {memory.num_documents} documents, {memory.num_tokens} tokens, saved to {args.memory}")
     if args.stats_json:
         new_ids = out.sequences[0, inputs["input_ids"].shape[1] :]
         payload = {
