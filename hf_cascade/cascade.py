@@ -204,6 +204,8 @@ class CascadeDrafter:
         self.truncate(start + n)
         self.ids.extend(kept[n:])
         self.committed = len(self.ids)
+        for runner in self.runners:
+            runner.commit(self.committed)
         self._q.clear()
         self._owner.clear()
         self._tag.clear()

@@ -19,7 +19,7 @@ from .checks import check_assistants, check_cascade_config, check_generation, vo
 from .config import CascadeConfig
 from .cost import cost_model_for
 from .errors import CascadeTypeError, CascadeValueError
-from .runner import ModelRunner, new_cache
+from .runner import ModelRunner
 from .stats import CascadeStats, LevelStats
 from .verification import review
 
@@ -100,15 +100,10 @@ def generate(
 
     encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
     target_stats = LevelStats("target", "target")
-    cache = model_kwargs.get("cache")
-    if cache is None:
-        cache = new_cache(model)
-    else:
-        cache.activate_past_recording()
     target = ModelRunner(
         model,
         target_stats,
-        cache=cache,
+        cache=model_kwargs.get("cache"),  # reused and returned like plain generate's (a new one when None)
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
@@ -150,6 +145,7 @@ def generate(
         target.truncate_to(start + n)
         kept, finished = _stop_within(draft[:n] + [next_token], drafter, other_criteria, step_scores)
         drafter.advance(kept)
+        target.commit(len(drafter.ids))
         finished = finished or len(drafter.ids) >= max_length
         if scores is not None:
             scores.extend(step_scores[i : i + 1] for i in range(len(kept)))
@@ -161,6 +157,8 @@ def generate(
     if streamer is not None:
         streamer.end()
     sequences = torch.tensor([drafter.ids], dtype=input_ids.dtype, device=input_ids.device)
+    # The cache as plain generate leaves it (the caller's own when passed): every token but the last, none rejected.
+    cache = target.release(sequences.shape[1] - 1)
     stats.new_tokens = sequences.shape[1] - prompt_length
     stats.wall_time_s = time.perf_counter() - t0
     if not return_dict:
@@ -170,7 +168,7 @@ def generate(
         sequences=sequences,
         scores=tuple(scores) if scores is not None else None,
         logits=tuple(raw_logits) if raw_logits is not None else None,
-        cache=target.cache,
+        cache=cache,
         cascade_stats=stats,
     )
 
