@@ -271,7 +271,7 @@ def test_greedy_identical_on_gpu(llama, llama_drafters, prompt):
 
 
 # ---------------------------------------------------------------- the returned cache (reused for a follow-up turn)
-def assert_same_cache(mine, theirs):
+def assert_same_cache(mine, theirs, atol: float = 1e-9):
     """Same length and, layer by layer, the same keys/values (fp64, up to the noise of multi-token forwards)."""
     assert mine.get_seq_length() == theirs.get_seq_length()
     mine_layers = getattr(mine, "self_attention_cache", mine).layers
@@ -279,7 +279,7 @@ def assert_same_cache(mine, theirs):
     for a, b in zip(mine_layers, their_layers, strict=True):
         for x, y in ((a.keys, b.keys), (a.values, b.values)):
             assert x.shape == y.shape
-            torch.testing.assert_close(x.double(), y.double(), rtol=0, atol=1e-9)
+            torch.testing.assert_close(x.double(), y.double(), rtol=0, atol=atol)
         assert getattr(a, "record_past", False) == getattr(b, "record_past", False)
 
 
