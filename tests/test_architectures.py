@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_greedy import assert_same_cache
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
@@ -14,20 +15,11 @@ import hf_cascade
 from hf_cascade.runner import ModelRunner
 from hf_cascade.stats import LevelStats
 
-from conftest import VOCAB, perturbed
-from test_greedy import assert_same_cache
+from conftest import DECODER_KWARGS, VOCAB, perturbed
 
 TINY = dict(
-    vocab_size=VOCAB,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    DECODER_KWARGS,
     head_dim=8,
-    max_position_embeddings=256,
-    bos_token_id=0,
-    eos_token_id=1,
     pad_token_id=2,
     is_decoder=True,  # BERT-style encoders used as causal LMs
     # GPT-2 style names
@@ -50,7 +42,7 @@ TINY = dict(
     num_experts_per_tok=2,
     moe_intermediate_size=32,
 )
-WINDOW = 4  # real models: Gemma-3 1B 512, Mistral 4096; prompt + output here is 45 tokens
+WINDOW = 4  # real models: Gemma-3 1B 512, Mistral 4096; prompt + output here is 41 tokens
 
 # Every layer or some layers attend to the last WINDOW tokens only.
 SLIDING = [
