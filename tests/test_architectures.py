@@ -174,7 +174,9 @@ def test_runner_rolls_back_before_an_earlier_rollback(model_type):
     runner.truncate_to(10)  # then the target rejects before the drafter's rollback point
     ids = ids[:10] + seq[2][10:]
     check(ids, 9, 14)
-    runner.commit(12)
+    runner.commit(12)  # positions before 11 are final: sliding layers keep only the window before 11 onwards
+    sliding = [layer for layer in runner.cache.layers if getattr(layer, "is_sliding", False)]
+    assert sliding and all(layer.keys.shape[-2] == 14 - (11 - WINDOW + 1) for layer in sliding)
     check(ids, 13, 16)
 
 
