@@ -449,6 +449,8 @@ class CascadeDrafter:
         self._record(start, n)
         self.truncate(start + n)
         self.buffer.commit(kept[n:])
+        for runner in self.runners:
+            runner.commit(self.committed)
         if self.index is not None:
             self.index.extend(kept)
         return n

@@ -7,11 +7,22 @@ from typing import Any
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
+from transformers.cache_utils import get_layer_types_and_kwargs
 
 from .config import CascadeConfig
 from .errors import CascadeTypeError, CascadeValueError
 
-__all__ = ["check_assistants", "check_cascade_config", "check_generation", "vocab_size"]
+__all__ = [
+    "check_assistants",
+    "check_cascade_config",
+    "check_generation",
+    "check_rollback",
+    "refuse_stateful",
+    "vocab_size",
+]
+
+# transformers cache layer types holding a recurrent (Mamba / linear-attention) state: `crop` cannot roll it back.
+_RECURRENT_LAYER_TYPES = frozenset({"linear_attention", "hybrid", "hybrid_sliding"})
 
 
 def vocab_size(model: PreTrainedModel) -> int:
@@ -32,6 +43,46 @@ def check_cascade_config(cascade_config: Any) -> CascadeConfig:
         )
     cascade_config.validate()
     return cascade_config
+
+
+def refuse_stateful(model: torch.nn.Module, name: str, what: str) -> CascadeValueError:
+    """The error for a model whose state cannot be rolled back after a rejected draft.
+
+    Args:
+        model (`torch.nn.Module`): the model.
+        name (`str`): how the call names it (`"the target"`, `"assistant_models[0]"`).
+        what (`str`): what it has that cannot be rolled back.
+    """
+    return CascadeValueError(
+        f"{name} ({type(model).__name__}) has {what}, so a rejected draft cannot be rolled back. CS Drafting "
+        "needs models whose KV cache can be cropped (attention layers only, possibly sliding-window); state-space, "
+        "linear-attention and other recurrent models cannot be a target or an assistant."
+    )
+
+
+def check_rollback(model: torch.nn.Module, name: str) -> None:
+    """Refuse, before any forward pass, a model whose cache cannot drop rejected draft tokens.
+
+    Models that build their own cache (MiniMax, RWKV, xLSTM, Reformer, XLNet) or whose layers keep a recurrent state
+    (Mamba, Jamba, Falcon-H1, Qwen3-Next, RecurrentGemma, ...) are refused here; `ModelRunner` still checks the
+    cache after the first forward pass for layers that only then know whether they can roll back.
+
+    Args:
+        model (`torch.nn.Module`): a target or assistant model.
+        name (`str`): how the error names it (`"the target"`, `"assistant_models[0]"`).
+    """
+    supports_dynamic_cache = getattr(model, "_supports_default_dynamic_cache", None)
+    if supports_dynamic_cache is not None and not supports_dynamic_cache():
+        raise refuse_stateful(model, name, "its own cache type instead of a transformers DynamicCache")
+    try:
+        layer_types = get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))[0]
+    except (AttributeError, KeyError, TypeError, ValueError):  # an unusual config: the check after prefill decides
+        return
+    recurrent = sorted(set(layer_types) & _RECURRENT_LAYER_TYPES)
+    if recurrent:
+        raise refuse_stateful(model, name, f"recurrent layers (layer types {', '.join(recurrent)})")
+    if set(layer_types) <= {"conv", "dummy"}:
+        raise refuse_stateful(model, name, "no attention layer (convolution layers only)")
 
 
 def check_assistants(target: PreTrainedModel, assistant_models: Any) -> list[PreTrainedModel]:
@@ -63,6 +114,7 @@ def check_assistants(target: PreTrainedModel, assistant_models: Any) -> list[Pre
                 f"{target_vocab}; CS Drafting compares token ids and probabilities directly, so every assistant must "
                 "share the target's tokenizer and vocabulary."
             )
+        check_rollback(model, f"assistant_models[{i}]")
     return list(assistant_models)
 
 

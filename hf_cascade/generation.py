@@ -28,7 +28,7 @@ from .config import CascadeConfig
 from .cost import cost_model_for
 from .errors import CascadeTypeError, CascadeValueError
 from .memory import MaxGramMemory, check_memory
-from .runner import ModelRunner, new_cache
+from .runner import ModelRunner
 from .stats import CascadeStats, LevelStats
 from .verification import review
 
@@ -143,15 +143,10 @@ def generate(
 
     encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
     target_stats = LevelStats("target", "target")
-    cache = model_kwargs.get("cache")
-    if cache is None:
-        cache = new_cache(model)
-    else:
-        cache.activate_past_recording()
     target = ModelRunner(
         model,
         target_stats,
-        cache=cache,
+        cache=model_kwargs.get("cache"),  # reused and returned like plain generate's (a new one when None)
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
@@ -192,6 +187,7 @@ def generate(
         target.truncate_to(start + n)
         kept, finished = _stop_within(draft[:n] + [next_token], drafter, other_criteria, step_scores)
         drafter.advance(kept)
+        target.commit(len(drafter.ids))
         finished = finished or len(drafter.ids) >= max_length
         if scores is not None:
             scores.extend(step_scores[i : i + 1] for i in range(len(kept)))
@@ -203,6 +199,8 @@ def generate(
     if streamer is not None:
         streamer.end()
     sequences = torch.tensor([drafter.ids], dtype=input_ids.dtype, device=input_ids.device)
+    # The cache as plain generate leaves it (the caller's own when passed): every token but the last, none rejected.
+    cache = target.release(sequences.shape[1] - 1)
     stats.new_tokens = sequences.shape[1] - prompt_length
     if memory is not None:
         memory.add(drafter.ids[prompt_length:])
@@ -214,7 +212,7 @@ def generate(
         sequences=sequences,
         scores=tuple(scores) if scores is not None else None,
         logits=tuple(raw_logits) if raw_logits is not None else None,
-        cache=target.cache,
+        cache=cache,
         cascade_stats=stats,
     )
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 from transformers import DynamicCache, EncoderDecoderCache
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
+from .checks import check_rollback, refuse_stateful
 from .cost import ForwardCostModel
-from .errors import CascadeValueError
 from .stats import LevelStats
 
 __all__ = ["ModelRunner", "accepts_logits_to_keep", "new_cache"]
@@ -20,7 +20,11 @@ __all__ = ["ModelRunner", "accepts_logits_to_keep", "new_cache"]
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     """Whether `model.forward` takes `logits_to_keep` (computing the output layer only where logits are read)."""
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _accepts(model, "logits_to_keep")
+
+
+def _accepts(model: torch.nn.Module, argument: str) -> bool:
+    return argument in inspect.signature(model.forward).parameters
 
 
 def new_cache(model: torch.nn.Module) -> Cache:
@@ -35,12 +39,30 @@ def new_cache(model: torch.nn.Module) -> Cache:
     return cache
 
 
+def _self_attention_layers(cache: Cache) -> list[Any]:
+    """The layers of `cache` holding the decoder's own keys/values (not an encoder-decoder's cross-attention)."""
+    return getattr(cache, "self_attention_cache", cache).layers
+
+
+def _is_sliding(layer: Any) -> bool:
+    """A plain `DynamicSlidingWindowLayer` (subclasses may keep extra state: they roll back with their own `crop`)."""
+    return type(layer) is DynamicSlidingWindowLayer and layer.is_initialized
+
+
 class ModelRunner:
     """Runs forward passes of one model over the shared token sequence, reusing its KV cache.
 
     The cache always holds the keys/values of a prefix `ids[:cache_len]` of the sequence. When a review rejects
     draft tokens, the owner lowers `cache_len` (`truncate_to`) and the cache is cropped lazily at the next forward, so
-    each token is encoded once per model unless it was rejected.
+    each token is encoded once per model unless it was rejected. The owner calls `commit` when tokens become final,
+    and `release` to hand the cache back exactly as plain `generate` would leave it.
+
+    Sliding-window layers are rolled back here rather than with transformers' `crop`: `crop` also shrinks a layer
+    to the `sliding_window - 1` states the *next* token needs, which is all transformers' assisted decoding ever asks
+    of it (it crops once per step, never below the previous crop). A cascade can roll a drafter back twice in one
+    step (a drafter's own review, then the target's), the second time to before the first: the states `crop` dropped
+    are then missing and attention fails on mismatched shapes. So sliding layers keep every state a later rollback
+    can need, back to `commit`'s point, and drop the rest only there.
 
     Args:
         model (`PreTrainedModel`): the model.
@@ -65,18 +87,90 @@ class ModelRunner:
         self.stats = stats
         self.device = model.device
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
-        self.cache = cache if cache is not None else new_cache(model)
+        # Before any forward pass and before touching the cache (a recurrent model's cache has no sequence length).
+        self._label = "the target" if stats.kind == "target" else stats.name
+        check_rollback(model, self._label)
+        fresh = cache is None
+        self.cache = new_cache(model) if fresh else cache
+        # Layers keep what a rollback needs only while they record their past; `release` restores the caller's flags.
+        self._recorded = [False if fresh else getattr(layer, "record_past", False) for layer in self._layers()]
+        self.cache.activate_past_recording()
         self.cache_len = self.cache.get_seq_length()
+        self._floor = 0  # no later forward starts before this position (see `commit`)
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
         self.cost = cost
         self._logits_to_keep = accepts_logits_to_keep(model)
+        # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
+        # embeddings) would otherwise count from their padding index and compute something else.
+        self._position_ids = not self.is_encoder_decoder and _accepts(model, "position_ids")
         self._checked_croppable = False
 
     def truncate_to(self, length: int) -> None:
         """The sequence was cut to `length` tokens: cached states past it are stale."""
         if self.cache_len > length:
             self.cache_len = length
+
+    def commit(self, length: int) -> None:
+        """The first `length` tokens of the sequence are final: nothing before them will be truncated or re-read.
+
+        Sliding-window layers then drop the states no later forward pass can attend to.
+
+        Args:
+            length (`int`): the committed sequence length; later calls ask for logits from position `length - 1`
+                on and truncate to `length` or more.
+        """
+        self._floor = max(self._floor, min(length - 1, self.cache_len))
+        self._trim()
+
+    def release(self, length: int) -> Cache:
+        """Crop the cache to the first `length` tokens and return it as plain `generate` leaves it.
+
+        Sliding-window layers keep the last `sliding_window - 1` states and record their past again only if they did
+        before this runner, so the cache can be reused for a follow-up turn by any `generate` call.
+
+        Args:
+            length (`int`): tokens the cache should hold (the sequence length minus one: the last token is never fed).
+
+        Returns:
+            The cache (`Cache`).
+        """
+        self._rewind(length)
+        self.cache_len = min(self.cache_len, length)
+        self._floor = max(self._floor, length)
+        self._trim()
+        for layer, recorded in zip(self._layers(), self._recorded, strict=False):
+            if hasattr(layer, "record_past"):
+                layer.record_past = recorded
+        return self.cache
+
+    def _layers(self) -> list[Any]:
+        return _self_attention_layers(self.cache)
+
+    def _rewind(self, length: int) -> None:
+        """Drop the cached states of positions `length ..` (rejected or stale draft tokens)."""
+        remove = self.cache.get_seq_length() - length
+        if remove <= 0:
+            return
+        for layer in self._layers():
+            if _is_sliding(layer):
+                # Not `layer.crop`: it would also drop the old states an earlier rollback point still needs.
+                kept = layer.keys.shape[-2] - remove
+                layer.keys = layer.keys[..., :kept, :]
+                layer.values = layer.values[..., :kept, :]
+                layer.cumulative_length -= remove
+            else:
+                layer.crop(-remove)
+
+    def _trim(self) -> None:
+        """Drop sliding-window states before `floor - sliding_window + 1`: outside every later query's window."""
+        for layer in self._layers():
+            if _is_sliding(layer):
+                held_from = layer.cumulative_length - layer.keys.shape[-2]
+                drop = self._floor - layer.sliding_window + 1 - held_from
+                if drop > 0:
+                    layer.keys = layer.keys[..., drop:, :]
+                    layer.values = layer.values[..., drop:, :]
 
     @torch.no_grad()
     def logits(self, ids: Sequence[int], first: int, end: int) -> torch.Tensor:
@@ -93,9 +187,7 @@ class ModelRunner:
             `torch.FloatTensor` of shape `(end - first, vocab_size)` on the model's device, in the model's dtype.
         """
         start = min(self.cache_len, first)
-        cached = self.cache.get_seq_length()
-        if cached > start:
-            self.cache.crop(start - cached)
+        self._rewind(start)
         new = torch.tensor([list(ids[start:end])], dtype=torch.long, device=self.device)
         kwargs: dict[str, Any] = {"cache": self.cache, "use_cache": True}
         if self.is_encoder_decoder:
@@ -106,6 +198,8 @@ class ModelRunner:
             )
         else:
             kwargs["input_ids"] = new
+            if self._position_ids:
+                kwargs["position_ids"] = torch.arange(start, end, device=self.device)[None]
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = end - first
         t0 = time.perf_counter()
@@ -119,14 +213,13 @@ class ModelRunner:
                 self.stats.draft_cost, self.stats.token_cost = costs
         self.stats.forward_passes += 1
         self.stats.forward_tokens += end - start
-        self.cache = out.cache if getattr(out, "cache", None) is not None else self.cache
         if not self._checked_croppable:
+            if getattr(out, "cache", None) is None:  # e.g. OpenAI GPT: every pass would have to re-read the sequence
+                raise refuse_stateful(self.model, self._label, "no KV cache (its forward pass returns none)")
             # Linear-attention layers only know after their first update whether they can roll back.
-            if not getattr(self.cache, "is_croppable", True):
-                raise CascadeValueError(
-                    f"{type(self.model).__name__} uses a cache that cannot be cropped after a rejected draft "
-                    "(linear attention or a fixed-size state); CS Drafting needs a croppable KV cache."
-                )
+            if not getattr(out.cache, "is_croppable", True):
+                raise refuse_stateful(self.model, self._label, "a cache that cannot be cropped")
             self._checked_croppable = True
+        self.cache = out.cache
         self.cache_len = end
         return out.logits[0, -(end - first) :]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import StoppingCriteria
+from transformers import DynamicCache, StoppingCriteria
 
 import hf_cascade
 from hf_cascade.cascade import first_unsure
@@ -268,3 +268,71 @@ def test_greedy_identical_on_gpu(llama, llama_drafters, prompt):
     assert out.sequences.device.type == "cuda"
     assert torch.equal(out.sequences, plain(target, ids, max_new_tokens=NEW))
     assert out.cache.layers[0].keys.device.type == "cuda"
+
+
+# ---------------------------------------------------------------- the returned cache (reused for a follow-up turn)
+def assert_same_cache(mine, theirs, atol: float = 1e-9):
+    """Same length and, layer by layer, the same keys/values (fp64, up to the noise of multi-token forwards)."""
+    assert mine.get_seq_length() == theirs.get_seq_length()
+    mine_layers = getattr(mine, "self_attention_cache", mine).layers
+    their_layers = getattr(theirs, "self_attention_cache", theirs).layers
+    for a, b in zip(mine_layers, their_layers, strict=True):
+        for x, y in ((a.keys, b.keys), (a.values, b.values)):
+            assert x.shape == y.shape
+            torch.testing.assert_close(x.double(), y.double(), rtol=0, atol=atol)
+        assert getattr(a, "record_past", False) == getattr(b, "record_past", False)
+
+
+def _stop_kwargs(llama, prompt, stop: str) -> dict:
+    """generate kwargs that end the sequence mid-draft at an EOS or by a user criterion, or at max_length.
+
+    Fixed Max-Gram costs (not timed ones) keep the draft lengths, hence what the last draft leaves behind, the same
+    from run to run; with them both EOS and the criterion stop inside a longer draft.
+    """
+    token = _eos_from_reference(llama, prompt)
+    kwargs = dict(max_new_tokens=NEW, cascade_config=hf_cascade.CascadeConfig(max_gram={"measure_cost": False}))
+    if stop == "eos":
+        return dict(kwargs, eos_token_id=token, pad_token_id=0)
+    if stop == "max_length":  # the last draft always fits exactly: a guard against cutting too much
+        return dict(kwargs, max_new_tokens=None, max_length=prompt.shape[1] + 13)
+    return dict(kwargs, stopping_criteria=[StopAfterToken(token)])
+
+
+def _plain_kwargs(kwargs: dict) -> dict:
+    return {key: value for key, value in kwargs.items() if key != "cascade_config"}
+
+
+@pytest.mark.parametrize("drafters", [[], ["partial"]], ids=["max_gram", "drafter+max_gram"])
+@pytest.mark.parametrize("stop", ["eos", "max_length", "criterion"])
+def test_returned_cache_equals_plain_generate(llama, llama_drafters, prompt, drafters, stop):
+    """Regression: the cache came back holding the rejected tail of the last draft (28 states for 27 tokens)."""
+    assistants = [llama_drafters[1] for _ in drafters]
+    kwargs = dict(_stop_kwargs(llama, prompt, stop), return_dict_in_generate=True)
+    out = cascade(llama, prompt, assistants, **kwargs)
+    ref = plain(llama, prompt, **_plain_kwargs(kwargs))
+    assert torch.equal(out.sequences, ref.sequences)
+    assert out.cache.get_seq_length() == out.sequences.shape[1] - 1
+    assert_same_cache(out.cache, ref.cache)
+
+
+@pytest.mark.parametrize("drafters", [[], ["partial"]], ids=["max_gram", "drafter+max_gram"])
+@pytest.mark.parametrize("stop", ["eos", "criterion"])
+def test_follow_up_turn_reusing_the_returned_cache(llama, llama_drafters, prompt, drafters, stop):
+    """A second turn fed the first turn's cache (`cache=`) continues exactly as without it."""
+    assistants = [llama_drafters[1] for _ in drafters]
+    kwargs = dict(_stop_kwargs(llama, prompt, stop), return_dict_in_generate=True)
+    first = cascade(llama, prompt, assistants, **kwargs)
+    first_plain = plain(llama, prompt, **_plain_kwargs(kwargs))
+    follow_up = torch.cat([first.sequences, prompt[:, 3:9]], dim=1)  # the user's next message
+    second = cascade(llama, follow_up, assistants, cache=first.cache, max_new_tokens=NEW)
+    assert torch.equal(second, plain(llama, follow_up, max_new_tokens=NEW))
+    assert torch.equal(second, plain(llama, follow_up, cache=first_plain.cache, max_new_tokens=NEW))
+
+
+def test_caller_cache_left_as_plain_generate_leaves_it(llama, llama_drafters, prompt):
+    """Without return_dict_in_generate the caller's own `cache=` object is what plain generate would leave too."""
+    mine, theirs = DynamicCache(config=llama.config), DynamicCache(config=llama.config)
+    kwargs = _stop_kwargs(llama, prompt, "criterion")
+    out = cascade(llama, prompt, [llama_drafters[1]], cache=mine, **kwargs)
+    assert torch.equal(out, plain(llama, prompt, cache=theirs, **_plain_kwargs(kwargs)))
+    assert_same_cache(mine, theirs)
