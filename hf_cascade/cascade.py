@@ -167,7 +167,10 @@ class DraftBuffer:
     ) -> None:
         """Append draft `tokens`, token `i` drawn from `q_rows[i]` by drafter `owner`."""
         if len(q_rows) != len(tokens):
-            raise CascadeValueError(f"DraftBuffer.append got {len(tokens)} tokens but {len(q_rows)} q rows.")
+            raise CascadeValueError(
+                f"DraftBuffer.append got {len(tokens)} tokens but {len(q_rows)} q rows; pass one q row (None for a "
+                "one-hot draft) per token."
+            )
         self.ids.extend(tokens)
         self.positions.extend(DraftedPosition(q, owner, tag) for q in q_rows)
 
@@ -175,7 +178,10 @@ class DraftBuffer:
         """Re-attribute the draft from `start` on to drafter `owner`, which emitted its tokens from `q_rows` (the
         tokens a reviewing drafter kept are its own contribution to the level above)."""
         if len(q_rows) != len(self.ids) - start:
-            raise CascadeValueError(f"DraftBuffer.assign got {len(q_rows)} q rows for {len(self.ids) - start} tokens.")
+            raise CascadeValueError(
+                f"DraftBuffer.assign got {len(q_rows)} q rows for {len(self.ids) - start} tokens from position {start}; "
+                "truncate the draft to what the reviewer kept first."
+            )
         self.positions[start - self.committed :] = [DraftedPosition(q, owner) for q in q_rows]
 
     def truncate(self, length: int) -> None:

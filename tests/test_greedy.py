@@ -11,7 +11,7 @@ import torch
 from transformers import StoppingCriteria, T5ForConditionalGeneration
 
 import hf_cascade
-from hf_cascade.cascade import first_unsure
+from hf_cascade.cascade import DraftBuffer, DraftedPosition, first_unsure
 
 from conftest import nonfinite_copy, perturbed, rolled_copy
 
@@ -82,6 +82,29 @@ def test_first_unsure():
     assert first_unsure(scores, [2, 1, 2], 0.4) == 0
     assert first_unsure(scores, [0, 0, 2], 0.6) == 1
     assert first_unsure(scores[:0], [], 0.5) is None
+
+
+def test_draft_buffer_keeps_one_record_per_draft_token():
+    buffer = DraftBuffer.from_prompt([7, 8])
+    q = torch.tensor([0.25, 0.75, 0.0])
+    buffer.append([1, 2], [q, None], owner=1, tag=(1, 2))
+    buffer.append([0], [None], owner=0)
+    assert (buffer.ids, buffer.committed, len(buffer)) == ([7, 8, 1, 2, 0], 2, 5)
+    assert buffer.drafted(3) == [DraftedPosition(None, 1, (1, 2)), DraftedPosition(None, 0)]
+    assert buffer.ends_with(frozenset({0})) and not buffer.ends_with(frozenset({2}))
+    dense = buffer.dense_q(2, 5, vocab_size=3, device=torch.device("cpu"))
+    assert torch.equal(dense, torch.stack([q, torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])]))
+    buffer.truncate(3)  # a review rejected the last two tokens
+    assert buffer.ids == [7, 8, 1] and len(buffer.drafted(2)) == 1
+    buffer.assign(2, [None], owner=0)  # the reviewer kept token 1: now its own contribution
+    assert buffer.drafted(2) == [DraftedPosition(None, 0)]
+    buffer.commit([5])
+    assert (buffer.ids, buffer.committed, buffer.drafted(5)) == ([7, 8, 1, 5], 4, [])
+    assert not buffer.ends_with(frozenset({5}))  # committed tokens are no draft
+    with pytest.raises(ValueError, match="DraftBuffer.append got 2 tokens but 1 q rows"):
+        buffer.append([1, 2], [None], owner=0)
+    with pytest.raises(ValueError, match="DraftBuffer.assign got 2 q rows for 0 tokens"):
+        buffer.assign(4, [None, None], owner=0)
 
 
 @pytest.mark.parametrize(
