@@ -10,7 +10,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation.candidate_generator import CandidateGenerator
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .cascade import CascadeDrafter, eos_token_ids
+from .cascade import CascadeDrafter, DraftSettings, eos_token_ids
 from .config import CascadeConfig, MaxGramConfig
 from .cost import ForwardCostModel
 from .errors import CascadeValueError
@@ -56,13 +56,14 @@ class CascadeCandidateGenerator(CandidateGenerator):
         target_cost: ForwardCostModel | None = None,
     ):
         self.max_length = generation_config.max_length
-        self.drafter = CascadeDrafter.from_config(
+        config = cascade_config if cascade_config is not None else CascadeConfig()
+        settings = DraftSettings.from_config(
+            config, len(assistant_models), generation_config, logits_processor, vocab_size, input_ids.device
+        )
+        self.drafter = CascadeDrafter.build(
             input_ids,
             assistant_models,
-            cascade_config if cascade_config is not None else CascadeConfig(),
-            generation_config,
-            logits_processor,
-            vocab_size,
+            settings,
             inputs_tensor=inputs_tensor,
             encoder_attention_mask=encoder_attention_mask,
             bigram_table=bigram_table,

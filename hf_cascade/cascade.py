@@ -14,7 +14,7 @@ and the Max-Gram index. `_draft_level` and `_review` are the paper's `step` (see
 
 The target's review (level 0, always exact) is done by the caller, which then calls `advance` with the tokens it
 kept. One row's sequence and per-position draft records live in a `DraftBuffer`; the settings shared by every row of
-a call in a `DraftSettings`; `CascadeDrafter.from_config` builds the whole drafting side of a `generate` call.
+a call in a `DraftSettings`; `CascadeDrafter.build` builds the whole drafting side of a `generate` call from them.
 """
 
 from __future__ import annotations
@@ -168,7 +168,10 @@ class DraftBuffer:
     ) -> None:
         """Append draft `tokens`, token `i` drawn from `q_rows[i]` by drafter `owner`."""
         if len(q_rows) != len(tokens):
-            raise CascadeValueError(f"DraftBuffer.append got {len(tokens)} tokens but {len(q_rows)} q rows.")
+            raise CascadeValueError(
+                f"DraftBuffer.append got {len(tokens)} tokens but {len(q_rows)} q rows; pass one q row (None for a "
+                "one-hot draft) per token."
+            )
         self.ids.extend(tokens)
         self.positions.extend(DraftedPosition(q, owner, tag) for q in q_rows)
 
@@ -176,7 +179,10 @@ class DraftBuffer:
         """Re-attribute the draft from `start` on to drafter `owner`, which emitted its tokens from `q_rows` (the
         tokens a reviewing drafter kept are its own contribution to the level above)."""
         if len(q_rows) != len(self.ids) - start:
-            raise CascadeValueError(f"DraftBuffer.assign got {len(q_rows)} q rows for {len(self.ids) - start} tokens.")
+            raise CascadeValueError(
+                f"DraftBuffer.assign got {len(q_rows)} q rows for {len(self.ids) - start} tokens from position {start}; "
+                "truncate the draft to what the reviewer kept first."
+            )
         self.positions[start - self.committed :] = [DraftedPosition(q, owner) for q in q_rows]
 
     def truncate(self, length: int) -> None:
@@ -218,7 +224,8 @@ class DraftSettings:
         k_matrix (`list[list[int]]` of shape `(n, n)`): see `CascadeConfig.k_matrix` (resolved for the drafters).
         lenience (`float`): leniency of reviews between drafters.
         confidence_threshold (`float`): see `CascadeConfig.confidence_threshold`.
-        max_gram (`MaxGramConfig`, *optional*): Max-Gram's settings; `None` when Max-Gram is off.
+        use_max_gram (`bool`): whether Max-Gram is the last drafter.
+        max_gram (`MaxGramConfig`): Max-Gram's settings (its costs also apply to timing the neural reviewers).
         do_sample (`bool`): sampling (track draft distributions) or greedy.
         logits_processor (`LogitsProcessorList`): the target's processors, applied to every reviewer's logits.
         eos_token_ids (`frozenset[int]`): tokens that end generation.
@@ -229,7 +236,8 @@ class DraftSettings:
     k_matrix: list[list[int]]
     lenience: float
     confidence_threshold: float
-    max_gram: MaxGramConfig | None
+    use_max_gram: bool
+    max_gram: MaxGramConfig
     do_sample: bool
     logits_processor: LogitsProcessorList
     eos_token_ids: frozenset[int]
@@ -251,7 +259,8 @@ class DraftSettings:
             k_matrix=config.resolved_k_matrix(num_assistants),
             lenience=config.lenience,
             confidence_threshold=config.confidence_threshold,
-            max_gram=config.max_gram if config.use_max_gram else None,
+            use_max_gram=config.use_max_gram,
+            max_gram=config.max_gram,
             do_sample=bool(generation_config.do_sample),
             logits_processor=logits_processor if logits_processor is not None else LogitsProcessorList(),
             eos_token_ids=eos_token_ids(generation_config),
@@ -282,7 +291,7 @@ def _assistant_runner(
 class CascadeDrafter:
     """Drafting state of one cascade `generate` call (one row).
 
-    Build it with `CascadeDrafter.from_config`.
+    Build it with `CascadeDrafter.build`.
 
     Args:
         prompt_ids (`Sequence[int]`): the starting sequence (decoder sequence for encoder-decoders).
@@ -323,13 +332,13 @@ class CascadeDrafter:
         self.vocab_size = settings.vocab_size
         self.device = settings.device
         self.stats = [runner.stats for runner in runners]
-        max_gram = settings.max_gram
         self.index: MaxGramIndex | None = None
         self.bigram = bigram
-        self.memory = memory if max_gram is not None else None
+        self.memory = memory if settings.use_max_gram else None
         self.tracker = None
         self.max_gram_column = -1
-        if max_gram is not None:
+        if settings.use_max_gram:
+            max_gram = settings.max_gram
             self.index = MaxGramIndex(max_gram.max_ngram_size, max_gram.min_ngram_size, corpus, max_gram.occurrence)
             self.index.extend(self.buffer.ids)
             self.tracker = max_gram_tracker() if max_gram.adaptive_length else None
@@ -340,14 +349,11 @@ class CascadeDrafter:
         self.reviewer_costs = [target_cost, *(runner.cost for runner in runners)]
 
     @classmethod
-    def from_config(
+    def build(
         cls,
         input_ids: torch.LongTensor,
         assistant_models: Sequence[PreTrainedModel],
-        config: CascadeConfig,
-        generation_config: GenerationConfig,
-        logits_processor: LogitsProcessorList | None,
-        vocab_size: int,
+        settings: DraftSettings,
         *,
         inputs_tensor: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
@@ -355,42 +361,40 @@ class CascadeDrafter:
         target_cost: ForwardCostModel | None = None,
         memory: MaxGramMemory | None = None,
     ) -> CascadeDrafter:
-        """The drafting side of a cascade `generate` call: the assistants' runners, Max-Gram and the settings.
+        """The drafting side of a cascade `generate` call: the assistants' runners, Max-Gram and its bigram table.
+
+        ```python
+        settings = DraftSettings.from_config(config, len(assistants), generation_config, processors, vocab, device)
+        drafter = CascadeDrafter.build(input_ids, assistants, settings)
+        ```
 
         Args:
             input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt (decoder ids for
-                encoder-decoders); its device is where scores are reviewed.
+                encoder-decoders).
             assistant_models (`Sequence[PreTrainedModel]`): neural drafters, largest first.
-            config (`CascadeConfig`): k-matrix, lenience and Max-Gram settings.
-            generation_config (`GenerationConfig`): gives `do_sample` and the EOS tokens.
-            logits_processor (`LogitsProcessorList`, *optional*): the target's processors.
-            vocab_size (`int`): size of the target's logits.
+            settings (`DraftSettings`): the call's settings (`DraftSettings.from_config`).
             inputs_tensor (`torch.LongTensor` of shape `(1, source_length)`, *optional*): encoder input of
                 encoder-decoders; encoded by each drafter and searched by Max-Gram.
             encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): its mask.
-            bigram_table (`BigramTable` or `str`, *optional*): overrides `config.max_gram.bigram_table`.
+            bigram_table (`BigramTable` or `str`, *optional*): overrides `settings.max_gram.bigram_table`.
             target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes, when the caller runs
                 them (`hf_cascade.generate`); without it the target's Max-Gram drafts use the configured costs.
             memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (read only here).
         """
-        do_sample = bool(generation_config.do_sample)
         runners = [
             _assistant_runner(
                 model,
                 f"assistant_{i}",
                 inputs_tensor,
                 encoder_attention_mask,
-                cost_model_for(model.device, config.max_gram, do_sample),
+                cost_model_for(model.device, settings.max_gram, settings.do_sample),
             )
             for i, model in enumerate(assistant_models)
         ]
-        settings = DraftSettings.from_config(
-            config, len(assistant_models), generation_config, logits_processor, vocab_size, input_ids.device
-        )
         bigram = None
-        if config.use_max_gram:
-            table = bigram_table if bigram_table is not None else config.max_gram.bigram_table
-            bigram = load_bigram(table, vocab_size)
+        if settings.use_max_gram:
+            table = bigram_table if bigram_table is not None else settings.max_gram.bigram_table
+            bigram = load_bigram(table, settings.vocab_size)
         corpus = [inputs_tensor[0].tolist()] if inputs_tensor is not None else []
         return cls(
             input_ids[0].tolist(),

@@ -22,7 +22,7 @@ from transformers.generation.stopping_criteria import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, GenerationMixin
 
-from .cascade import CascadeDrafter
+from .cascade import CascadeDrafter, DraftSettings
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
 from .cost import cost_model_for
@@ -151,13 +151,13 @@ def generate(
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
     )
-    drafter = CascadeDrafter.from_config(
+    settings = DraftSettings.from_config(
+        config, len(assistants), generation_config, logits_processor, vocab_size(model), input_ids.device
+    )
+    drafter = CascadeDrafter.build(
         input_ids,
         assistants,
-        config,
-        generation_config,
-        logits_processor,
-        vocab_size(model),
+        settings,
         inputs_tensor=inputs_tensor if is_encoder_decoder else None,
         encoder_attention_mask=encoder_mask,
         target_cost=target.cost,

@@ -82,6 +82,30 @@ def rolled_copy(model):
     return clone
 
 
+class NonFiniteLlama(LlamaForCausalLM):
+    """A broken drafter, as after an fp16 overflow: all logits NaN (`fill="nan"`) or token 2's logit `+inf`
+    (`fill="inf"`)."""
+
+    fill = "nan"
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        if self.fill == "nan":
+            out.logits = torch.full_like(out.logits, float("nan"))
+        else:
+            out.logits = out.logits.clone()
+            out.logits[..., 2] = float("inf")
+        return out
+
+
+def nonfinite_copy(model, fill: str):
+    """A `NonFiniteLlama` with `model`'s config and weights."""
+    clone = NonFiniteLlama(model.config).eval().to(model.dtype)
+    clone.load_state_dict(model.state_dict())
+    clone.fill = fill
+    return clone
+
+
 @pytest.fixture(scope="session")
 def llama():
     return build(LlamaForCausalLM, llama_config(), seed=0)

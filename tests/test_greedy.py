@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache, StoppingCriteria
+from transformers import DynamicCache, StoppingCriteria, T5ForConditionalGeneration
 
 import hf_cascade
-from hf_cascade.cascade import first_unsure
+from hf_cascade.cascade import DraftBuffer, DraftedPosition, first_unsure
 
-from conftest import perturbed, rolled_copy
+from conftest import nonfinite_copy, perturbed, rolled_copy
 
 NEW = 40
 
@@ -84,6 +84,29 @@ def test_first_unsure():
     assert first_unsure(scores[:0], [], 0.5) is None
 
 
+def test_draft_buffer_keeps_one_record_per_draft_token():
+    buffer = DraftBuffer.from_prompt([7, 8])
+    q = torch.tensor([0.25, 0.75, 0.0])
+    buffer.append([1, 2], [q, None], owner=1, tag=(1, 2))
+    buffer.append([0], [None], owner=0)
+    assert (buffer.ids, buffer.committed, len(buffer)) == ([7, 8, 1, 2, 0], 2, 5)
+    assert buffer.drafted(3) == [DraftedPosition(None, 1, (1, 2)), DraftedPosition(None, 0)]
+    assert buffer.ends_with(frozenset({0})) and not buffer.ends_with(frozenset({2}))
+    dense = buffer.dense_q(2, 5, vocab_size=3, device=torch.device("cpu"))
+    assert torch.equal(dense, torch.stack([q, torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])]))
+    buffer.truncate(3)  # a review rejected the last two tokens
+    assert buffer.ids == [7, 8, 1] and len(buffer.drafted(2)) == 1
+    buffer.assign(2, [None], owner=0)  # the reviewer kept token 1: now its own contribution
+    assert buffer.drafted(2) == [DraftedPosition(None, 0)]
+    buffer.commit([5])
+    assert (buffer.ids, buffer.committed, buffer.drafted(5)) == ([7, 8, 1, 5], 4, [])
+    assert not buffer.ends_with(frozenset({5}))  # committed tokens are no draft
+    with pytest.raises(ValueError, match="DraftBuffer.append got 2 tokens but 1 q rows"):
+        buffer.append([1, 2], [None], owner=0)
+    with pytest.raises(ValueError, match="DraftBuffer.assign got 2 q rows for 0 tokens"):
+        buffer.assign(4, [None, None], owner=0)
+
+
 @pytest.mark.parametrize(
     "k_matrix",
     [[[1, 1, 1], [0, 1, 1], [0, 0, 1]], [[5, 0, 10], [0, 3, 4], [0, 0, 9]], [[0, 2, 0], [0, 0, 3], [0, 0, 2]]],
@@ -119,6 +142,34 @@ def test_stats_rejecting_drafter_accepts_nothing_at_target(llama, llama_drafters
     assert assistant.accepted == 0 and assistant.drafted > 0
     assert target.forward_passes == 20  # one token per target forward: the cascade degrades to plain decoding
     assert out.cascade_stats.to_dict()["levels"][1]["acceptance_rate"] == 0.0
+
+
+# Drafter lists: "bad" is the broken drafter; the bool says whether Max-Gram is at the bottom.
+NONFINITE_LAYOUTS = {
+    "bad_alone": (["bad"], False),  # decodes token by token: every draft is dropped
+    "bad_over_max_gram": (["bad"], True),  # reviews Max-Gram's drafts
+    "partial_over_bad": (["partial", "bad"], True),  # a healthy drafter above the broken one
+    "bad_over_partial": (["bad", "partial"], True),  # the broken drafter reviews a healthy one
+}
+
+
+@pytest.mark.parametrize("fill", ["nan", "inf"])
+@pytest.mark.parametrize("layout", list(NONFINITE_LAYOUTS))
+def test_nonfinite_drafter_greedy_identical(llama, llama_drafters, prompt, fill, layout):
+    """A drafter with NaN/inf logits costs speed, never correctness: its reviews are dropped and counted."""
+    names, use_max_gram = NONFINITE_LAYOUTS[layout]
+    pool = {"bad": nonfinite_copy(llama, fill), "partial": llama_drafters[1]}
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=3.0)
+    out = cascade(
+        llama, prompt, [pool[n] for n in names], cascade_config=config, max_new_tokens=20, return_dict_in_generate=True
+    )
+    assert torch.equal(out.sequences, plain(llama, prompt, max_new_tokens=20))
+    stats = out.cascade_stats
+    bad = stats.levels[1 + names.index("bad")]
+    assert bad.nonfinite_drafts > 0 and bad.drafted == 0  # nothing it emitted reached a review
+    assert stats.to_dict()["levels"][1 + names.index("bad")]["nonfinite_drafts"] == bad.nonfinite_drafts
+    assert f"{bad.name}: {bad.nonfinite_drafts} review(s) dropped for non-finite scores" in stats.summary()
+    assert all(level.nonfinite_drafts == 0 for level in stats.levels if level is not bad)
 
 
 def test_max_gram_feeds_the_smallest_drafter(llama, llama_drafters, prompt):
@@ -243,13 +294,36 @@ def test_encoder_decoder_t5(t5, prompt, drafters, use_max_gram):
     assert torch.equal(out, t5.generate(prompt, do_sample=False, max_new_tokens=30))
 
 
+class CopyingT5(T5ForConditionalGeneration):
+    """A T5 whose greedy choice after decoder token `t` is `SUCCESSOR[t]`: it copies the source below."""
+
+    SUCCESSOR = {0: 5, **{t: t + 1 for t in range(5, 12)}, 12: 5}
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        inputs = kwargs["decoder_input_ids"]
+        bonus = torch.zeros_like(out.logits)
+        nxt = inputs.cpu().apply_(lambda t: self.SUCCESSOR.get(t, 1)).to(inputs.device)
+        bonus.scatter_(-1, nxt[..., None], 100.0)
+        out.logits = out.logits + bonus
+        return out
+
+
 def test_t5_max_gram_copies_from_the_encoder_input(t5):
-    # A source that the decoder tends to repeat: Max-Gram must search the encoder input too.
+    copier = CopyingT5(t5.config).eval().to(t5.dtype)
+    copier.load_state_dict(t5.state_dict())
     source = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12] * 3])
-    out = t5.generate(
-        source, do_sample=False, max_new_tokens=20, custom_generate=hf_cascade.generate, return_dict_in_generate=True
+    new = 8  # 5 .. 12: no token repeats in the output, so the output itself offers Max-Gram nothing to copy
+    out = copier.generate(
+        source, do_sample=False, max_new_tokens=new, custom_generate=hf_cascade.generate, return_dict_in_generate=True
     )
-    assert torch.equal(out.sequences, t5.generate(source, do_sample=False, max_new_tokens=20))
+    expected = copier.generate(source, do_sample=False, max_new_tokens=new)
+    assert torch.equal(out.sequences, expected)
+    assert expected[0, 1:].tolist() == [5, 6, 7, 8, 9, 10, 11, 12]
+    target, max_gram = out.cascade_stats.levels
+    # Every token after 5 continues the encoder input's 5, 6, ...: accepted Max-Gram drafts can only come from there.
+    assert max_gram.accepted >= new // 2 and max_gram.accepted == max_gram.drafted
+    assert target.forward_passes < new
 
 
 def test_reject_drafter_is_really_always_wrong(llama, prompt):

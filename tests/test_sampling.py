@@ -16,7 +16,7 @@ from transformers import LlamaForCausalLM
 import hf_cascade
 from hf_cascade.verification import sampling_review
 
-from conftest import build, llama_config, perturbed
+from conftest import build, llama_config, nonfinite_copy, perturbed
 
 V = 6
 NEW = 3
@@ -119,6 +119,45 @@ def test_cascade_samples_follow_target_distribution(tiny, case):
     # Power: the same test rejects samples drawn from the largest drafter instead of the target.
     drafter_counts = torch.bincount(torch.multinomial(q1, SAMPLES, replacement=True), minlength=V**NEW).double()
     assert chi_square_p_value(drafter_counts, p) < 1e-6
+
+
+@pytest.mark.parametrize("fill", ["nan", "inf"])
+def test_nonfinite_drafter_samples_follow_target_distribution(tiny, fill):
+    """A drafter with NaN/inf logits neither crashes sampling nor biases it: its reviews are dropped and counted."""
+    target, d1, _ = tiny
+    bad = nonfinite_copy(target, fill)
+    kwargs = dict(max_new_tokens=NEW, custom_generate=hf_cascade.generate, pad_token_id=0, **SAMPLING)
+    torch.manual_seed(0)
+    # Alone over Max-Gram: every level-0 draft is dropped.
+    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=3.0)
+    out = target.generate(PROMPT, assistant_models=[bad], cascade_config=config, return_dict_in_generate=True, **kwargs)
+    assert out.cascade_stats.levels[1].nonfinite_drafts > 0 and out.cascade_stats.levels[1].drafted == 0
+    # Below a healthy drafter, which then drafts (and is reviewed leniently) on its own: 150 runs against the target.
+    config = hf_cascade.CascadeConfig(k_matrix=[[1, 1, 0], [0, 1, 1], [0, 0, 2]], lenience=3.0)
+    out = target.generate(
+        PROMPT, assistant_models=[d1, bad], cascade_config=config, return_dict_in_generate=True, **kwargs
+    )
+    assert out.cascade_stats.levels[2].nonfinite_drafts > 0 and out.cascade_stats.levels[1].drafted > 0
+    counts = torch.zeros(V**NEW, dtype=torch.float64)
+    for _ in range(150):
+        out = target.generate(PROMPT, assistant_models=[d1, bad], cascade_config=config, **kwargs)
+        counts[outcome_index(out[0, PROMPT.shape[1] :].tolist())] += 1
+    assert chi_square_p_value(counts, exact_distribution(target)) > 1e-3
+
+
+def test_sampling_review_rejects_a_nonfinite_q_row():
+    """A draft whose q row is not a distribution is rejected for certain and replaced by a draw from p (exact)."""
+    p = torch.softmax(torch.randn(3, V, generator=torch.Generator().manual_seed(5)), dim=-1)
+    draft = torch.tensor([int(p[0].argmax()), int(p[1].argmax())])
+    q = torch.nn.functional.one_hot(draft, V).float()
+    q[1, 0] = float("nan")
+    torch.manual_seed(0)
+    for _ in range(50):
+        n, nxt, emitted = sampling_review(p, draft, q, lenience=2.0, need_emitted_q=True)
+        assert n <= 1  # the second token is never accepted
+        if n == 1:
+            torch.testing.assert_close(emitted[1], p[1])  # and what replaces it is drawn from p itself
+            assert bool(torch.isfinite(emitted).all())
 
 
 @pytest.mark.parametrize("lenience", [1.0, 2.5, 10.0])
