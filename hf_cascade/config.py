@@ -460,7 +460,7 @@ class CascadeConfig(PushToHubMixin):
     def from_pretrained(cls, pretrained: str | os.PathLike, **hub_kwargs: Any) -> CascadeConfig:
         """Load `cascade_config.json` from a local directory, a JSON file, or a Hub repository id.
 
-        A reference that looks like a local path (`hf_cascade.loading.is_local_path`: it exists, is absolute,
+        A reference that looks like a local path (`hf_cascade.paths.is_local_path`: it exists, is absolute,
         starts with `.`, `..` or `~`, is not a valid `owner/name` Hub id, has a `owner/...` whose `owner` is a local
         folder, or ends with `.json`) is never looked up on the Hub: a missing one raises at once.
 
@@ -477,7 +477,7 @@ class CascadeConfig(PushToHubMixin):
             `CascadeValueError`: a local path that does not exist, a folder without `cascade_config.json`, or a file
                 that is not valid JSON.
         """
-        from .loading import is_local_path, missing_path_error
+        from .paths import is_local_path, missing_path_error
 
         path = os.path.expanduser(os.fspath(pretrained))
         if os.path.isdir(path):

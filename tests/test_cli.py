@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import hf_cascade
-from hf_cascade import cli, loading
+from hf_cascade import cli, loading, paths
 
 from conftest import build, llama_config
 
@@ -531,7 +531,7 @@ def test_load_model_and_tokenizer_directory(tiny_dir):
 def test_is_local_path(reference, local, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").mkdir()
-    assert loading.is_local_path(reference) is local
+    assert paths.is_local_path(reference) is local
 
 
 @pytest.fixture

@@ -114,7 +114,7 @@ def test_transformers_loader_finds_the_whole_bundle_and_only_installed_imports(r
     imported = set().union(*(get_imports(str(folder / name)) for name in [*copied, "generate.py"]))
     third_party = {name for name in imported if name not in sys.stdlib_module_names}
     # requirements.txt plus what transformers itself depends on (so any transformers install has them)
-    assert third_party <= {"torch", "transformers", "safetensors", "huggingface_hub", "tqdm"}, third_party
+    assert third_party <= {"torch", "transformers", "safetensors", "huggingface_hub", "packaging", "tqdm"}, third_party
 
 
 def test_exported_folder_runs_without_hf_cascade_installed(repo, tmp_path):
