@@ -450,6 +450,22 @@ def test_cli_bench_unused_drafter(tiny_pair, capsys):
 
 
 # ------------------------------------------------------------------------------------------ methods that remember
+def _run_without_drafters(target, tokenizer, methods, repeats, warmup_tokens):
+    """A quick benchmark of drafter-free methods (8 greedy tokens, no cost measurement) that must match greedy."""
+    result = run_benchmark(
+        target,
+        _encoded(tokenizer),
+        methods,
+        {},
+        dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
+        repeats=repeats,
+        warmup_tokens=warmup_tokens,
+        measure_costs=False,
+    )
+    assert result.mismatches == []
+    return result
+
+
 def test_remembering_methods_start_each_prompt_from_the_earlier_answers_only(tiny_pair, monkeypatch):
     """cascade+memory: every run of prompt i sees the greedy answers of prompts < i, never its own (from a repeat)."""
     from hf_cascade import generation
@@ -465,17 +481,7 @@ def test_remembering_methods_start_each_prompt_from_the_earlier_answers_only(tin
 
     monkeypatch.setattr(generation, "generate", spy)
     methods = [Method("greedy", "greedy"), Method("mem", "cascade", memory=True)]
-    result = run_benchmark(
-        target,
-        _encoded(tokenizer),
-        methods,
-        {},
-        dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
-        repeats=2,
-        warmup_tokens=2,
-        measure_costs=False,
-    )
-    assert result.mismatches == []
+    result = _run_without_drafters(target, tokenizer, methods, repeats=2, warmup_tokens=2)
     answers = [p.runs["greedy"][0].ids for p in result.prompts]
     assert seen[0] == []  # the warm-up: a fresh memory
     assert seen[1:] == [[], [], [answers[0]], [answers[0]], [answers[0], answers[1]], [answers[0], answers[1]]]
@@ -494,16 +500,6 @@ def test_suffix_method_keeps_one_response_per_earlier_prompt(tiny_pair):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(MethodState, "__init__", record)
-        result = run_benchmark(
-            target,
-            _encoded(tokenizer),
-            methods,
-            {},
-            dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
-            repeats=3,
-            warmup_tokens=0,
-            measure_costs=False,
-        )
-    assert result.mismatches == []
+        _run_without_drafters(target, tokenizer, methods, repeats=3, warmup_tokens=0)
     assert len(states["suffix"].anchor.cache.cached_requests) == len(PROMPTS)  # one response per prompt
     assert len(states["suffix:local"].anchor.cache.cached_requests) == 0
