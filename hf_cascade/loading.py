@@ -158,6 +158,9 @@ def load_model_and_tokenizer(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     cache_dir: str | os.PathLike | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | os.PathLike | None = None,
+    max_memory: dict[Any, Any] | None = None,
     **from_pretrained_kwargs: Any,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal language model and its tokenizer, in eval mode, from a Hub id, a directory or a GGUF file.
@@ -181,35 +184,70 @@ def load_model_and_tokenizer(
             model and tokenizer with `save_pretrained` into a sub-directory named after the GGUF file (keyed by its
             path, size and modification time); later loads read that copy instead of dequantising again. The copy is
             written in float32 and converted to `dtype` on load.
+        device_map (`str` or `dict`, *optional*): accelerate's big-model placement (`"auto"`, or module name ->
+            device, `"cpu"` or `"disk"`), for models larger than the GPU or RAM: replaces `device`. Speculative
+            decoding gains most there, since a forward that streams offloaded weights costs about the same for one
+            token as for sixteen.
+        offload_folder (`str` or `os.PathLike`, *optional*): where `"disk"` modules of `device_map` are kept.
+        max_memory (`dict`, *optional*): per-device memory limits for `device_map="auto"` (e.g. `{0: "20GiB",
+            "cpu": "60GiB"}`).
         from_pretrained_kwargs: passed to both `from_pretrained` calls (`revision`, `token`, `local_files_only`, ...).
 
     Returns:
         `(model, tokenizer)`: a `PreTrainedModel` in eval mode on `device`, and its tokenizer.
     """
     torch_dtype = resolve_dtype(dtype)
+    placement = _placement(device, device_map, offload_folder, max_memory)
     source, gguf = resolve_source(name_or_path, gguf_file)
     if gguf is not None and cache_dir is not None:
         cached = _cache_path(os.path.expanduser(os.fspath(cache_dir)), source, gguf)
         if not os.path.isfile(os.path.join(cached, _CACHE_MARKER)):
             model, tokenizer = _from_pretrained(source, gguf, torch.float32, from_pretrained_kwargs)
             _write_cache(model, tokenizer, cached, source, gguf)
-            if torch_dtype != torch.float32:
-                model = model.to(torch_dtype)
-            return _finish(model, device), tokenizer
+            if not placement:
+                if torch_dtype != torch.float32:
+                    model = model.to(torch_dtype)
+                return _finish(model, device), tokenizer
         source, gguf = cached, None
-    model, tokenizer = _from_pretrained(source, gguf, torch_dtype, from_pretrained_kwargs)
-    return _finish(model, device), tokenizer
+    model, tokenizer = _from_pretrained(source, gguf, torch_dtype, from_pretrained_kwargs, placement)
+    return (model.eval() if placement else _finish(model, device)), tokenizer
+
+
+def _placement(device: str | torch.device, device_map: Any, offload_folder: Any, max_memory: Any) -> dict[str, Any]:
+    """The accelerate placement arguments for the model's `from_pretrained`, checked against `device`."""
+    if device_map is None:
+        if offload_folder is not None or max_memory is not None:
+            raise CascadeValueError(
+                "offload_folder and max_memory place a model with accelerate and need device_map (e.g. "
+                "device_map='auto'); pass device_map too, or drop them."
+            )
+        return {}
+    if torch.device(device) != torch.device("cpu"):
+        raise CascadeValueError(
+            f"device={device!r} and device_map={device_map!r} both place the model; pass one of them "
+            "(device_map={'': 'cuda:0'} puts the whole model on one device)."
+        )
+    placement: dict[str, Any] = {"device_map": device_map}
+    if offload_folder is not None:
+        placement["offload_folder"] = os.fspath(offload_folder)
+    if max_memory is not None:
+        placement["max_memory"] = max_memory
+    return placement
 
 
 def _from_pretrained(
-    source: str, gguf: str | None, dtype: torch.dtype, kwargs: dict[str, Any]
+    source: str,
+    gguf: str | None,
+    dtype: torch.dtype,
+    kwargs: dict[str, Any],
+    placement: dict[str, Any] | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     extra = dict(kwargs)
     if gguf is not None:
         extra["gguf_file"] = gguf
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra, **(placement or {}))
     except ValueError as e:
         # transformers refuses the files (unrecognised model type, unreadable tokenizer, ...): a problem with the
         # source, not a bug, so it becomes the library's own error naming the source (the CLI reports those).

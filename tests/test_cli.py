@@ -685,3 +685,30 @@ def test_owner_name_under_a_local_folder_says_why_it_is_a_path(no_hub):
         loading.resolve_source("Qwen/Qwen2.5-0.5B")
     with pytest.raises(hf_cascade.CascadeValueError, match=r"\./Qwen is a local folder, so this is read as a path"):
         hf_cascade.CascadeConfig.from_pretrained("Qwen/Qwen2.5-0.5B")
+
+
+# ------------------------------------------------------------------------------------ accelerate placement (offload)
+def test_model_offloaded_to_disk_runs_the_cascade_exactly(tiny_dir, tmp_path):
+    """accelerate's big-model placement (the reason accelerate is a dependency): a target with two of its layers on
+    disk, and the same model as a drafter, give plain greedy's tokens."""
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "disk"}
+    device_map.update({"model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"})
+    offloaded, tokenizer = loading.load_model_and_tokenizer(
+        tiny_dir, device_map=device_map, offload_folder=tmp_path / "offload"
+    )
+    assert set(offloaded.hf_device_map.values()) == {"cpu", "disk"}
+    plain, _ = loading.load_model_and_tokenizer(tiny_dir)
+    ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]
+    expected = plain.generate(ids, max_new_tokens=16, do_sample=False)
+    for target, assistants in ((offloaded, []), (plain, [offloaded])):
+        out = target.generate(
+            ids, max_new_tokens=16, do_sample=False, custom_generate=hf_cascade.generate, assistant_models=assistants
+        )
+        assert out.tolist() == expected.tolist()
+
+
+def test_placement_argument_errors(tiny_dir, tmp_path):
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"offload_folder and max_memory .* need device_map"):
+        loading.load_model_and_tokenizer(tiny_dir, offload_folder=tmp_path)
+    with pytest.raises(hf_cascade.CascadeValueError, match=r"device='meta' and device_map='auto' both place"):
+        loading.load_model_and_tokenizer(tiny_dir, device="meta", device_map="auto")
