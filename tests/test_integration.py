@@ -371,3 +371,18 @@ def test_pipeline_stop_sequence_on_an_enabled_model(llama, llama_drafters, promp
         hf_cascade.disable(llama)
     assert out[0]["generated_text"] == plain and recorder.ended
     assert len(plain) < prompt.shape[1] + NEW  # one character per token: the stop string stopped it early
+
+
+def test_a_pipeline_passes_the_memory_through(llama, tokenizer):
+    from transformers import pipeline
+
+    pipe = pipeline("text-generation", model=llama, tokenizer=tokenizer)
+    texts = [" ".join(f"w{i}" for i in (5, 9, 14, 22)), " ".join(f"w{i}" for i in (7, 9, 14, 22))]
+    memory = hf_cascade.MaxGramMemory(vocab_size=VOCAB)
+    for text in texts:
+        plain = pipe(text, max_new_tokens=12, do_sample=False)[0]["generated_text"]
+        out = pipe(
+            text, max_new_tokens=12, do_sample=False, custom_generate=hf_cascade.generate, max_gram_memory=memory
+        )
+        assert out[0]["generated_text"] == plain
+    assert memory.num_documents == 2  # each pipeline call ran the cascade, which added its output
