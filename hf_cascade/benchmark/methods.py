@@ -21,6 +21,7 @@ from what the earlier prompts left (their greedy answers), never from an earlier
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,8 +222,9 @@ class MethodState:
     """What a remembering method carries from prompt to prompt of a benchmark (nothing for the others).
 
     Each run of a prompt starts from the state the earlier prompts left: `cascade+memory` runs get a copy of the
-    memory (their own additions are dropped), and a `suffix` run's response is evicted from the global tree again
-    unless it is the prompt's last run. `end_prompt` then records the prompt's answer once.
+    memory (their own additions are dropped), and a `suffix` run's response is evicted from the global tree as soon as
+    the run ends (`end_run`), so a later repeat of the same prompt cannot copy its own answer. `end_prompt` then
+    records the prompt's answer once.
 
     Args:
         method (`Method`): the method.
@@ -234,26 +236,26 @@ class MethodState:
         remembers_max_gram = method.kind == "cascade" and method.memory
         self.memory = MaxGramMemory(vocab_size=vocab_size) if remembers_max_gram else None
         self.anchor = SuffixAnchor(global_tree=method.memory) if method.kind == "suffix" else None
-        self._requests: list[int] = []
+        self._ids = itertools.count(-1, -1)  # request ids of recorded answers (runs use 0, 1, 2, ...)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Extra `generate` arguments of one run."""
         return {"max_gram_memory": copy.deepcopy(self.memory)} if self.memory is not None else {}
 
-    def suffix_generator(self, input_ids: torch.LongTensor, max_length: int) -> SuffixCandidateGenerator:
-        """The SuffixDecoding candidate generator of one `suffix` run (its request is tracked for `end_prompt`)."""
-        generator = self.anchor.candidate_generator(input_ids, max_length)
-        self._requests.append(generator.request_id)
-        return generator
+    def end_run(self, generator: SuffixCandidateGenerator | None) -> None:
+        """A run is over: drop a `suffix` run's response from the global tree (`end_prompt` records the answer)."""
+        if generator is not None and self.method.memory:
+            self.anchor.cache.evict_cached_response(generator.request_id)
 
     def end_prompt(self, answer: list[int]) -> None:
         """All runs of a prompt are done: remember its answer (the new tokens, identical in every run) once."""
         if self.memory is not None:
             self.memory.add(answer)
         if self.anchor is not None and self.method.memory:
-            for request_id in self._requests[:-1]:
-                self.anchor.cache.evict_cached_response(request_id)
-        self._requests.clear()
+            request_id = next(self._ids)
+            self.anchor.cache.start_request(request_id, [])
+            self.anchor.cache.add_active_response(request_id, answer)
+            self.anchor.cache.stop_request(request_id)
 
 
 def run_method(
@@ -300,7 +302,7 @@ def run_method(
     elif method.kind == "suffix":
         prompt_length = inputs["input_ids"].shape[1]
         max_length = prompt_length + kwargs["max_new_tokens"]
-        suffix_generator = state.suffix_generator(inputs["input_ids"], max_length)
+        suffix_generator = state.anchor.candidate_generator(inputs["input_ids"], max_length)
     with ForwardTimer({"target": target, **used}) as timer:
         t0 = time.perf_counter()
         if suffix_generator is not None:
@@ -308,6 +310,8 @@ def run_method(
         else:
             out = target.generate(**inputs, **kwargs)
         seconds = time.perf_counter() - t0
+    if state is not None:
+        state.end_run(suffix_generator)
     sequences = out.sequences if method.kind == "cascade" else out
     ids = sequences[0, inputs["input_ids"].shape[1] :].tolist()
     levels = out.cascade_stats.to_dict()["levels"] if method.kind == "cascade" else []
