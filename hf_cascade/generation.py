@@ -139,7 +139,8 @@ def generate(
             "The cascade has no drafter: pass assistant_models=[...] or keep CascadeConfig.use_max_gram=True."
         )
 
-    memory = check_memory(max_gram_memory, config.use_max_gram, vocab_size(model))
+    vocab = vocab_size(model)
+    memory = check_memory(max_gram_memory, config.use_max_gram, vocab)
 
     encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
     target_stats = LevelStats("target", "target")
@@ -152,7 +153,7 @@ def generate(
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
     )
     settings = DraftSettings.from_config(
-        config, len(assistants), generation_config, logits_processor, vocab_size(model), input_ids.device
+        config, len(assistants), generation_config, logits_processor, vocab, input_ids.device
     )
     drafter = CascadeDrafter.build(
         input_ids,

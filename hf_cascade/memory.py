@@ -26,20 +26,12 @@ from typing import Any
 
 import torch
 
-from .config import MAX_NGRAM_SIZE_LIMIT  # the same bound as MaxGramConfig's, for the same reason
+from .config import MAX_NGRAM_SIZE_LIMIT, _check_int  # MaxGramConfig's bound and check, for the same reasons
 from .errors import CascadeTypeError, CascadeValueError
 
 __all__ = ["MaxGramMemory", "check_memory"]
 
 _FORMAT = "hf_cascade.MaxGramMemory/1"
-
-
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise CascadeTypeError(f"MaxGramMemory {name} must be an int, got {value!r} of type {type(value).__name__}.")
-    if value < minimum:
-        raise CascadeValueError(f"MaxGramMemory {name} must be >= {minimum}, got {value}.")
-    return value
 
 
 def _as_token_list(token_ids: Any, vocab_size: int | None) -> list[int]:
@@ -105,15 +97,16 @@ class MaxGramMemory:
         min_ngram_size: int = 2,
     ):
         if vocab_size is not None:
-            _check_positive_int("vocab_size", vocab_size)
-        _check_positive_int("max_tokens", max_tokens)
-        _check_positive_int("max_ngram_size", max_ngram_size)
-        _check_positive_int("min_ngram_size", min_ngram_size)
-        if max_ngram_size > MAX_NGRAM_SIZE_LIMIT:
-            raise CascadeValueError(
-                f"MaxGramMemory max_ngram_size must be <= {MAX_NGRAM_SIZE_LIMIT} (each token adds that many index keys), "
-                f"got {max_ngram_size}."
-            )
+            _check_int("MaxGramMemory vocab_size", vocab_size, 1)
+        _check_int("MaxGramMemory max_tokens", max_tokens, 1)
+        _check_int(
+            "MaxGramMemory max_ngram_size",
+            max_ngram_size,
+            1,
+            MAX_NGRAM_SIZE_LIMIT,
+            " (each token adds that many index keys)",
+        )
+        _check_int("MaxGramMemory min_ngram_size", min_ngram_size, 1)
         if min_ngram_size > max_ngram_size:
             raise CascadeValueError(
                 f"MaxGramMemory min_ngram_size ({min_ngram_size}) must not exceed max_ngram_size ({max_ngram_size})."

@@ -61,9 +61,9 @@ class Method:
     memory: bool = False
 
     @property
-    def remembers(self) -> bool:
-        """Whether runs of this method depend on the earlier prompts of the benchmark."""
-        return self.memory
+    def needs_state(self) -> bool:
+        """Whether runs of this method carry a `MethodState` from prompt to prompt (`cascade+memory`, `suffix`)."""
+        return self.memory or self.kind == "suffix"
 
     def __post_init__(self) -> None:
         if self.kind not in METHOD_KINDS:
@@ -274,7 +274,7 @@ def run_method(
         drafters (`dict[str, PreTrainedModel]`): registered drafter models by name.
         inputs (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of shape `(1, prompt_length)`.
         generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
-        state (`MethodState`, *optional*): for methods that remember (`Method.remembers`) and `suffix`: what the
+        state (`MethodState`, *optional*): for methods with `Method.needs_state`: what the
             earlier prompts left; a fresh state when not given.
 
     Returns:
@@ -282,7 +282,7 @@ def run_method(
     """
     from .. import generation  # looked up per call, so a patched generate (tests) is what runs
 
-    if state is None and (method.remembers or method.kind == "suffix"):
+    if state is None and method.needs_state:
         state = MethodState(method, target.config.get_text_config().vocab_size)
     kwargs = dict(generation_kwargs)
     used = {name: drafters[name] for name in method.drafters}

@@ -236,7 +236,7 @@ def run_benchmark(
             run_method(method, target, drafters, encoded[0][1], warm)  # a fresh state: remembers nothing after
 
     vocab_size = target.config.get_text_config().vocab_size
-    states = {m.label: MethodState(m, vocab_size) for m in methods if m.remembers or m.kind == "suffix"}
+    states = {m.label: MethodState(m, vocab_size) for m in methods if m.needs_state}
     results = []
     mismatches = []
     if progress is not None:
