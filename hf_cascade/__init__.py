@@ -13,6 +13,7 @@ from .loading import default_model_path, load_model_and_tokenizer
 from .max_gram import BigramTable, MaxGramIndex
 from .memory import MaxGramMemory
 from .stats import CascadeStats, LevelStats
+from .tuning import tune
 
 __version__ = "0.1.0"
 
@@ -37,5 +38,6 @@ __all__ = [
     "enable",
     "generate",
     "load_model_and_tokenizer",
+    "tune",
     "use_onednn_linear",
 ]

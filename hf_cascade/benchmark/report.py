@@ -24,14 +24,16 @@ from typing import Any
 
 from ..errors import CascadeValueError
 from ..stats import format_fitted_cost
-from .runner import BenchmarkResult, PromptResult
+from .runner import BenchmarkResult, ModelCost, PromptResult
 
 __all__ = [
     "SCHEMA",
     "SummaryRow",
     "categories",
+    "cost_table",
     "fmt",
     "summarize",
+    "summary_table",
     "to_json_dict",
     "to_markdown",
     "write_plot",
@@ -331,6 +333,45 @@ def _packing(settings: dict) -> str:
     return " (linear layers packed for oneDNN, all methods)" if settings.get("onednn_linear") else ""
 
 
+def summary_table(rows: list[SummaryRow]) -> list[str]:
+    """The Markdown table of `summarize` rows (category, method, tok/s, speedup, forwards, SWI, identical), as lines."""
+    lines = [
+        "| category | method | prompts | tok/s | speedup (geomean) | target fwd | tok/target fwd | SWI params "
+        "| SWI latency | outside fwd | identical |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.category} | {r.method} | {r.prompts} | {fmt(r.tokens_per_s, '.2f')} "
+            f"| {fmt(r.speedup, '.2f', 'x')} | {r.target_forwards} | {fmt(r.tokens_per_target_forward, '.2f')} "
+            f"| {fmt(r.swi_params, '.2f')} | {fmt(r.swi_latency, '.2f')} | {fmt(r.outside_forward_percent, '.1f', '%')} "
+            f"| {'yes' if r.identical else '**NO**'} |"
+        )
+    return lines
+
+
+def cost_table(costs: dict[str, ModelCost]) -> list[str]:
+    """The Markdown table of measured forward costs (median ms per k-token forward, and relative to 1 token), with
+    the sentence that explains it, as lines."""
+    ks = sorted({k for c in costs.values() for k in c.forward_s})
+    lines = [
+        "Median seconds of a k-token forward with a warm KV cache (first prompt as context); "
+        "relative to the 1-token pass in brackets.",
+        "",
+        "| model | parameters | " + " | ".join(f"{k} token{'s' if k > 1 else ''}" for k in ks) + " |",
+        "|---|---:|" + "---:|" * len(ks),
+    ]
+    for name, c in costs.items():
+        one = c.forward_s.get(1)
+        cells = [
+            f"{c.forward_s[k] * 1000:.1f} ms ({c.forward_s[k] / one:.2f}x)" if one else f"{c.forward_s[k]:.4f}"
+            for k in ks
+        ]
+        size = f"{c.parameters / 1e6:.1f}M" if c.parameters >= 1e5 else str(c.parameters)
+        lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
     """A Markdown report: what ran on which machine, the summary per category, per-level numbers and costs."""
     from .machine import describe_machine
@@ -354,20 +395,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
     else:
         lines += ["Every run of every method produced exactly greedy's tokens.", ""]
     rows = summarize(result)
-    lines += [
-        "## Summary",
-        "",
-        "| category | method | prompts | tok/s | speedup (geomean) | target fwd | tok/target fwd | SWI params "
-        "| SWI latency | outside fwd | identical |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r.category} | {r.method} | {r.prompts} | {fmt(r.tokens_per_s, '.2f')} "
-            f"| {fmt(r.speedup, '.2f', 'x')} | {r.target_forwards} | {fmt(r.tokens_per_target_forward, '.2f')} "
-            f"| {fmt(r.swi_params, '.2f')} | {fmt(r.swi_latency, '.2f')} | {fmt(r.outside_forward_percent, '.1f', '%')} "
-            f"| {'yes' if r.identical else '**NO**'} |"
-        )
+    lines += ["## Summary", "", *summary_table(rows)]
     lines += [
         "",
         "## Where the time goes (all prompts)",
@@ -390,25 +418,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
                 f"| {fmt(r.acceptance.get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} |"
             )
     if result.costs:
-        ks = sorted({k for c in result.costs.values() for k in c.forward_s})
-        lines += [
-            "",
-            "## Cost of a forward pass",
-            "",
-            "Median seconds of a k-token forward with a warm KV cache (first prompt as context); "
-            "relative to the 1-token pass in brackets.",
-            "",
-            "| model | parameters | " + " | ".join(f"{k} token{'s' if k > 1 else ''}" for k in ks) + " |",
-            "|---|---:|" + "---:|" * len(ks),
-        ]
-        for name, c in result.costs.items():
-            one = c.forward_s.get(1)
-            cells = [
-                f"{c.forward_s[k] * 1000:.1f} ms ({c.forward_s[k] / one:.2f}x)" if one else f"{c.forward_s[k]:.4f}"
-                for k in ks
-            ]
-            size = f"{c.parameters / 1e6:.1f}M" if c.parameters >= 1e5 else str(c.parameters)
-            lines.append(f"| {name} | {size} | " + " | ".join(cells) + " |")
+        lines += ["", "## Cost of a forward pass", "", *cost_table(result.costs)]
     lines += ["", "## Per prompt", "", "Speedup over greedy (median time) and new tokens.", ""]
     labels = [m.label for m in result.methods]
     lines += [

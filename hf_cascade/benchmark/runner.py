@@ -150,11 +150,12 @@ def measure_cost(
     length = context.shape[1]
     cuda = model.device.type == "cuda"
     keep = accepts_logits_to_keep(model)
-    forward_s = {}
-    for k in ks:
-        chunk = context[:, -1:].repeat(1, k)
-        times = []
-        for i in range(repeats + 1):
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    # Sizes take turns (1 2 4 8, 1 2 4 8, ...), so a busy spell of the machine slows every size alike instead of
+    # making one size look expensive (or a larger one cheaper than a smaller one).
+    for i in range(repeats + 1):
+        for k in ks:
+            chunk = context[:, -1:].repeat(1, k)
             positions = torch.arange(length, length + k, device=model.device).unsqueeze(0)
             if cuda:
                 torch.cuda.synchronize(model.device)
@@ -163,11 +164,10 @@ def measure_cost(
             model(input_ids=chunk, cache=cache, position_ids=positions, use_cache=True, **extra)
             if cuda:
                 torch.cuda.synchronize(model.device)
-            if i:  # the first pass of each size is a warm-up
-                times.append(time.perf_counter() - t0)
+            if i:  # the first round is a warm-up
+                times[k].append(time.perf_counter() - t0)
             cache.crop(-k)
-        forward_s[k] = statistics.median(times)
-    return ModelCost(parameters, forward_s)
+    return ModelCost(parameters, {k: statistics.median(t) for k, t in times.items()})
 
 
 def run_benchmark(

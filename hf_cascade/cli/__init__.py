@@ -7,6 +7,8 @@ Subcommands (each has `--help`):
 - `generate`: stream a cascade generation on any causal LM (Hub id, directory or GGUF; the embedded SmolLM2 by
   default), then print its statistics.
 - `bench`: interleaved, repeated benchmark of generation methods on prompt sets; JSON, Markdown and PNG reports.
+- `tune`: measure the models on this machine and write the cascade config that runs fastest here
+  (`cascade_config.json`, `tune_report.md`; `bench --tuned` uses it).
 - `bigram`: build Max-Gram's bigram fallback table from a model's own next-token choices (`--bigram-table`).
 - `export-hub`: write a Hub-ready `custom_generate` repository (generate.py, requirements.txt, model card).
 - `card`: write the model-card section "Faster generation with hf_cascade" from a `bench` results file.
@@ -20,11 +22,11 @@ from collections.abc import Sequence
 
 import torch
 
-from . import bench, bigram, demo, generate, hub
+from . import bench, bigram, demo, generate, hub, tune
 
 __all__ = ["build_parser", "main"]
 
-_SUBCOMMANDS = (demo, generate, bench, bigram, hub)
+_SUBCOMMANDS = (demo, generate, bench, tune, bigram, hub)
 
 
 def build_parser() -> argparse.ArgumentParser:

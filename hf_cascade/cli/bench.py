@@ -7,36 +7,32 @@ category geometric means of the speedup over greedy, forward passes and time per
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from typing import Any
 
 from ..benchmark import (
-    BUILTIN_SETS,
-    DATASETS,
-    REPEATING_SETS,
     Method,
     busy_warning,
     describe_machine,
     fmt,
-    load_builtin,
-    load_dataset_file,
-    load_jsonl,
     machine_info,
     parse_method,
     run_benchmark,
-    sample,
     summarize,
     write_reports,
 )
 from ..benchmark.suffix import suffix_available
+from ..config import CONFIG_NAME, CascadeConfig
 from ..errors import CascadeError
 from ._args import add_loading_args, add_model_source_args, positive_int
+from ._inputs import add_drafter_arg, add_prompt_args, load_prompts, parse_drafters
 from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
-__all__ = ["add_parser", "run"]
+__all__ = ["TUNED_LABEL", "add_parser", "run"]
+
+TUNED_LABEL = "cascade-tuned"  # the method --tuned adds
 
 
 def add_parser(sub: Any) -> None:
@@ -51,40 +47,23 @@ def add_parser(sub: Any) -> None:
             "drafter), cascade[:DRAFTER,...][@CONFIG] (hf_cascade; Max-Gram only without drafters), "
             "cascade+memory[:DRAFTER,...][@CONFIG] (a MaxGramMemory kept across the prompts, in order), suffix[:local] "
             "(vLLM's SuffixDecoding, if arctic_inference is built; skipped otherwise); prefix LABEL= to name one. Default methods: greedy, prompt-lookup, then per drafter assisted:D, then cascade (Max-Gram "
-            "only) and cascade over all drafters. Exits with status 1 when an output differs from greedy's."
+            "only) and cascade over all drafters; --tuned CONFIG adds cascade-tuned. Exits with status 1 when an output differs from greedy's."
         ),
     )
     add_model_source_args(p, "--target", "target model", embedded_default=True)
-    p.add_argument(
-        "--drafter",
-        action="append",
-        default=[],
-        metavar="NAME=ID_OR_PATH",
-        help="register a drafter model under NAME for the methods (repeatable; GGUF: give the .gguf file path)",
-    )
+    add_drafter_arg(p)
     p.add_argument(
         "--method", action="append", default=[], metavar="SPEC", help="a method to run (repeatable; see above)"
     )
-    src = p.add_argument_group("prompts (default: all built-in sets)")
-    src.add_argument(
-        "--builtin",
-        metavar="SETS",
+    p.add_argument(
+        "--tuned",
+        metavar="CONFIG",
         help=(
-            f"comma-separated built-in prompt sets: {', '.join(BUILTIN_SETS)} (18 prompts each; the default), and "
-            f"sets that repeat across calls, run in order: {', '.join(REPEATING_SETS)}"
+            f"a {CONFIG_NAME} (or its folder) written by `hf-cascade tune`: adds the method {TUNED_LABEL}, the "
+            "cascade over every --drafter (in the order given) with that config"
         ),
     )
-    src.add_argument(
-        "--prompts",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help='JSONL prompt file, one {"id", "category", "prompt"} object per line (repeatable)',
-    )
-    src.add_argument("--dataset", choices=DATASETS, help="a public dataset read from --data-file")
-    src.add_argument("--data-file", metavar="PATH", help="local file (or MMLU CSV directory) of --dataset")
-    src.add_argument("--sample", type=positive_int, metavar="N", help="use N prompts of each source, drawn at random")
-    src.add_argument("--seed", type=int, default=0, metavar="S", help="seed of --sample (default: 0)")
+    add_prompt_args(p)
     run_group = p.add_argument_group("running")
     run_group.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="default: 128")
     run_group.add_argument(
@@ -110,19 +89,6 @@ def add_parser(sub: Any) -> None:
     out.add_argument("--no-plot", action="store_true", help="skip speedup.png (the plot needs matplotlib)")
     out.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.set_defaults(func=run)
-
-
-def _parse_drafters(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, str]:
-    drafters: dict[str, str] = {}
-    for item in args.drafter:
-        name, sep, path = item.partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            parser.error(f"--drafter {item!r}: write NAME=ID_OR_PATH, e.g. --drafter small=Qwen/Qwen2.5-0.5B-Instruct")
-        if name == "target" or name in drafters:
-            parser.error(f"--drafter {item!r}: the name {name!r} is {'reserved' if name == 'target' else 'taken'}")
-        drafters[name] = path
-    return drafters
 
 
 def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser, drafters: dict[str, str]) -> list[Method]:
@@ -152,44 +118,37 @@ def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser, drafters
             log(f"skipping --method {spec!r}: {missing}")  # an optional anchor, never a dependency
             continue
         methods.append(method)
+    if args.tuned:
+        methods.append(_tuned_method(args.tuned, parser, drafters, methods))
     return methods
 
 
-def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
-    if (args.dataset is None) != (args.data_file is None):
-        parser.error("--dataset and --data-file go together, e.g. --dataset gsm8k --data-file test.jsonl")
-    sources = []
+def _tuned_method(
+    path: str, parser: argparse.ArgumentParser, drafters: dict[str, str], methods: list[Method]
+) -> Method:
+    """`cascade-tuned`: the cascade over every registered drafter with the config `hf-cascade tune` wrote."""
+    if any(m.label == TUNED_LABEL for m in methods):
+        parser.error(f"--tuned: the label {TUNED_LABEL!r} is taken by a --method; name that method otherwise")
     try:
-        if args.builtin:
-            names = [n.strip() for n in args.builtin.split(",") if n.strip()]
-            unknown = [n for n in names if n not in BUILTIN_SETS + REPEATING_SETS]
-            if unknown:
-                parser.error(
-                    f"--builtin: unknown set(s) {unknown}; choose from {', '.join(BUILTIN_SETS + REPEATING_SETS)}"
-                )
-            sources += [load_builtin(n) for n in names]
-        sources += [load_jsonl(path) for path in args.prompts]
-        if args.dataset:
-            sources.append(load_dataset_file(args.dataset, args.data_file))
-        if not sources:
-            sources = [load_builtin(n) for n in BUILTIN_SETS]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, CascadeError) as e:  # unreadable or malformed files
-        parser.error(f"prompts: {e}")
-    prompts = [p for source in sources for p in sample(source, args.sample, args.seed)]
-    ids = [p.id for p in prompts]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        parser.error(f"prompts: duplicate ids across sources: {duplicates[:5]}")
-    return prompts
+        config = CascadeConfig.from_pretrained(path)
+    except (OSError, CascadeError) as e:
+        parser.error(f"--tuned {path!r}: cannot read the config: {e}")
+    try:
+        return Method(TUNED_LABEL, "cascade", tuple(drafters), config)
+    except CascadeError as e:
+        parser.error(
+            f"--tuned {path!r}: {e} The config was tuned for another set of drafters: register the drafters "
+            f"hf-cascade tune was given, with --drafter, in the same order (registered: {list(drafters) or 'none'})."
+        )
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..loading import encode_prompt, pad_token_id
 
     # Everything that can be checked without loading a model is checked first.
-    drafter_paths = _parse_drafters(args, parser)
+    drafter_paths = parse_drafters(args, parser)
     methods = _methods(args, parser, drafter_paths)
-    prompts = _prompts(args, parser)
+    prompts = load_prompts(args, parser)
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401
@@ -234,6 +193,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "max_new_tokens": args.max_new_tokens,
         "repeats": args.repeats,
         "warmup_tokens": args.warmup_tokens,
+        "tuned": args.tuned,
         "chat_template": chat,
         "prompt_sources": {
             "builtin": args.builtin,

@@ -1,0 +1,323 @@
+"""`hf_cascade.tune`: measure this machine and these models, then pick the cascade's k-matrix and lenience.
+
+1. Time every model's forward pass over 1, 2, 4, 8 and 16 new tokens on a real prompt with its KV cache
+   (`measure.measure_costs`), and plain greedy's seconds per token on the prompts.
+2. Run the cascade's chains on the prompts and read each (reviewer, drafter) pair's acceptance from `CascadeStats`
+   (`measure.measure_acceptance`), per lenience value.
+3. Search k-matrices with the expected-walltime model (`ewif`: the paper's EWIF with measured costs).
+4. Confirm the best few by timing real interleaved runs against greedy (`benchmark.run_benchmark`); a candidate whose
+   greedy output differs from plain greedy's is refused (that would be a bug, never a trade-off).
+5. Keep the fastest confirmed configuration; `TuneResult.save` writes `cascade_config.json` and `tune_report.md`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from ..benchmark import Method, ModelCost, Prompt, run_benchmark, summarize
+from ..benchmark.runner import BenchmarkResult
+from ..config import CascadeConfig
+from ..errors import CascadeTypeError, CascadeValueError
+from .ewif import MAX_GRAM_GRID, CostCurve, Prediction, search_k_matrices
+from .measure import (
+    AcceptanceCount,
+    RunTimings,
+    is_packed,
+    measure_acceptance,
+    measure_costs,
+    measure_greedy,
+    probe_onednn,
+)
+
+__all__ = ["Candidate", "TuneResult", "tune"]
+
+
+@dataclass
+class Candidate:
+    """One configuration the tuner predicted, and what timing it showed.
+
+    Args:
+        label (`str`): its method label in the confirmation runs (`"tuned-1"`, ... or `"default"`).
+        k_matrix (`list[list[int]]`): per-drafter increments.
+        lenience (`float`): the lenience.
+        predicted_speedup (`float`, *optional*): the model's EWIF over greedy (`None` for the default config).
+        predicted_tokens_per_target_forward (`float`, *optional*): the model's `1 + E[A_0]`.
+        confirmed_speedup (`float`, *optional*): measured speedup over greedy (geometric mean over the prompts);
+            `None` when not confirmed.
+        identical (`bool`, *optional*): whether every confirmation run gave greedy's tokens (`None`: not checked).
+    """
+
+    label: str
+    k_matrix: list[list[int]]
+    lenience: float
+    predicted_speedup: float | None = None
+    predicted_tokens_per_target_forward: float | None = None
+    confirmed_speedup: float | None = None
+    identical: bool | None = None
+
+
+@dataclass
+class TuneResult:
+    """What `tune` measured and chose.
+
+    Args:
+        config (`CascadeConfig`): the chosen configuration (the user's base config with the chosen k-matrix and
+            lenience).
+        chosen (`str`): the label of the chosen `Candidate`.
+        drafters (`list[str]`): the drafter names, largest first (the k-matrix columns, then Max-Gram).
+        costs (`dict[str, ModelCost]`): per model (`"target"`, then each drafter) the timed forward sizes.
+        onednn_costs (`dict[str, ModelCost]`): the target's curve on a copy packed with `use_onednn_linear` (CPU
+            only, when probed).
+        acceptance (`dict[float, dict[tuple[int, int], AcceptanceCount]]`): per lenience, per (level, column).
+        candidates (`list[Candidate]`): the confirmed (or best predicted) configurations, best prediction first.
+        greedy_seconds_per_token (`float`): plain greedy on the prompts.
+        timings (`RunTimings`): seconds per forward outside the models and per Max-Gram proposal.
+        notes (`list[str]`): placement notes, with the numbers measured.
+        confirmation (`BenchmarkResult`, *optional*): the confirmation runs.
+        settings (`dict`): how it was run (recorded in the report).
+    """
+
+    config: CascadeConfig
+    chosen: str
+    drafters: list[str]
+    costs: dict[str, ModelCost]
+    onednn_costs: dict[str, ModelCost]
+    acceptance: dict[float, dict[tuple[int, int], AcceptanceCount]]
+    candidates: list[Candidate]
+    greedy_seconds_per_token: float
+    timings: RunTimings
+    notes: list[str] = field(default_factory=list)
+    confirmation: BenchmarkResult | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, out_dir: str, command: str | None = None) -> list[str]:
+        """Write `cascade_config.json`, `tune_report.md` and (after confirmation) the confirmation runs' bench
+        reports under `confirm/` into `out_dir`; returns the paths written."""
+        from .report import save
+
+        return save(self, out_dir, command)
+
+
+def _encode(prompts: Sequence[Any], tokenizer: Any, chat_template: bool, device: torch.device) -> list[tuple]:
+    from ..loading import encode_prompt
+
+    if not prompts:
+        raise CascadeValueError("tune: prompts is empty; give a few prompts like the ones the config is for.")
+    encoded = []
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, Prompt):
+            text, meta = prompt.text, prompt
+        elif isinstance(prompt, str):
+            text, meta = prompt, Prompt(f"prompt-{i}", "tune", prompt)
+        else:
+            raise CascadeTypeError(
+                f"tune: prompts[{i}] is a {type(prompt).__name__}; give strings (user messages) or "
+                "hf_cascade.benchmark.Prompt objects."
+            )
+        if tokenizer is None:
+            raise CascadeValueError("tune: tokenizer is None; pass the target's tokenizer to encode the prompts.")
+        encoded.append((meta, encode_prompt(tokenizer, text, chat_template, device)))
+    return encoded
+
+
+def _used_columns(k_matrix: Sequence[Sequence[int]]) -> set[int]:
+    """The drafter columns a k-matrix actually runs: those with tokens at level 0, or at a level whose reviewer runs."""
+    used: set[int] = set()
+    levels = [0]
+    while levels:
+        level = levels.pop()
+        for c in range(level, len(k_matrix)):
+            if k_matrix[level][c] and c not in used:
+                used.add(c)
+                if c + 1 < len(k_matrix):
+                    levels.append(c + 1)
+    return used
+
+
+def _lenient(k_matrix: Sequence[Sequence[int]], num_assistants: int) -> bool:
+    """Whether some drafter reviews another one under `k_matrix` (only then does lenience change anything)."""
+    return any(c < num_assistants and c + 1 < len(k_matrix) for c in _used_columns(k_matrix))
+
+
+def _pick(predictions: list[Prediction], count: int, num_assistants: int) -> list[Prediction]:
+    picked, seen = [], set()
+    for p in sorted(predictions, key=lambda p: -p.speedup):
+        key = (str(p.k_matrix), p.lenience if _lenient(p.k_matrix, num_assistants) else 1.0)
+        if key not in seen:
+            seen.add(key)
+            picked.append(replace(p, lenience=key[1]))
+        if len(picked) == count:
+            break
+    return picked
+
+
+def tune(
+    target: torch.nn.Module,
+    assistant_models: Sequence[torch.nn.Module] | Mapping[str, torch.nn.Module] = (),
+    tokenizer: Any = None,
+    prompts: Sequence[str | Prompt] = (),
+    *,
+    max_new_tokens: int = 64,
+    base_config: CascadeConfig | None = None,
+    lenience: Sequence[float] | None = None,
+    confirm: int = 3,
+    repeats: int = 2,
+    warmup_tokens: int = 8,
+    max_neural: int = 8,
+    max_gram_grid: Sequence[int] = MAX_GRAM_GRID,
+    compare_default: bool = True,
+    chat_template: bool = True,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    onednn_probe: bool = True,
+    cost_repeats: int = 5,
+    status: Callable[[str], Any] | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> TuneResult:
+    """Measure the models on this machine and choose the cascade's k-matrix and lenience for them.
+
+    ```python
+    result = hf_cascade.tune(target, [drafter], tokenizer, ["Summarise: ...", "Fix this code: ..."])
+    result.save("tuned")          # tuned/cascade_config.json, tuned/tune_report.md
+    target.generate(**inputs, custom_generate=hf_cascade.generate, assistant_models=[drafter],
+                    cascade_config=result.config)
+    ```
+
+    The models are used as they are: nothing is moved, cast or packed (the oneDNN probe packs a copy).
+
+    Args:
+        target (`PreTrainedModel`): the target.
+        assistant_models (`Sequence[PreTrainedModel]` or `Mapping[str, PreTrainedModel]`, *optional*): neural
+            drafters, largest first (names `assistant_0`, ... unless given as a mapping).
+        tokenizer (`PreTrainedTokenizerBase`): the target's tokenizer.
+        prompts (`Sequence[str | Prompt]`): a handful of prompts like the ones the configuration is for (user
+            messages, or `hf_cascade.benchmark.Prompt`).
+        max_new_tokens (`int`, *optional*, defaults to 64): tokens per run.
+        base_config (`CascadeConfig`, *optional*): settings kept (Max-Gram, bigram table, thresholds); only
+            `k_matrix` and `lenience` are tuned. Defaults to `CascadeConfig()`.
+        lenience (`Sequence[float]`, *optional*): lenience values to try; default `(1.0, 2.0)` where a drafter
+            reviews another drafter, `(1.0,)` otherwise.
+        confirm (`int`, *optional*, defaults to 3): best predicted configurations timed for real; 0 trusts the model.
+        repeats (`int`, *optional*, defaults to 2): interleaved timed repeats per prompt in the confirmation.
+        warmup_tokens (`int`, *optional*, defaults to 8): untimed warm-up of each confirmed method.
+        max_neural (`int`, *optional*, defaults to 8): largest neural k-matrix entry searched.
+        max_gram_grid (`Sequence[int]`, *optional*): Max-Gram entries searched (`ewif.MAX_GRAM_GRID`, up to 16).
+        compare_default (`bool`, *optional*, defaults to `True`): also time `base_config` as it is; it is chosen
+            when it measures faster than every candidate.
+        chat_template (`bool`, *optional*, defaults to `True`): wrap prompts in the tokenizer's chat template.
+        generation_kwargs (`Mapping[str, Any]`, *optional*): more `generate` arguments (e.g. sampling settings;
+            greedy by default). Sampled outputs are not compared with greedy's.
+        onednn_probe (`bool`, *optional*, defaults to `True`): on CPU, time a packed copy of the target
+            (`use_onednn_linear`; needs memory for a second copy) for the placement notes.
+        cost_repeats (`int`, *optional*, defaults to 5): timed forwards per size and model (median).
+        status (`Callable[[str], Any]`, *optional*): receives a line per phase (e.g. `print`).
+        settings (`Mapping[str, Any]`, *optional*): recorded in the report (the CLI passes its arguments).
+
+    Returns:
+        `TuneResult`
+    """
+    from ..loading import pad_token_id
+    from .report import placement_notes
+
+    say = status or (lambda line: None)
+    drafters = dict(assistant_models) if isinstance(assistant_models, Mapping) else {
+        f"assistant_{i}": m for i, m in enumerate(assistant_models)
+    }  # fmt: skip
+    config = base_config or CascadeConfig()
+    num_assistants, use_max_gram = len(drafters), config.use_max_gram
+    if not num_assistants and not use_max_gram:
+        raise CascadeValueError("tune: no drafter to tune; pass assistant_models or keep base_config.use_max_gram.")
+    if confirm < 0 or repeats < 1:
+        raise CascadeValueError(
+            f"tune: confirm must be >= 0 and repeats >= 1, got confirm={confirm}, repeats={repeats}."
+        )
+    if lenience is None:
+        lenience = (1.0, 2.0) if num_assistants + int(use_max_gram) > 1 else (1.0,)
+    lenience = tuple(float(v) for v in lenience)
+    for value in lenience:
+        replace(config, lenience=value)  # validates: CascadeValueError naming CascadeConfig.lenience
+    encoded = _encode(prompts, tokenizer, chat_template, target.device)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": False}
+    pad = pad_token_id(target, tokenizer)
+    if pad is not None:
+        kwargs["pad_token_id"] = pad
+    kwargs.update(generation_kwargs or {})
+    sampling = bool(kwargs.get("do_sample"))
+    inputs = [e[1] for e in encoded]
+    context = inputs[0]["input_ids"]
+
+    costs = measure_costs({"target": target, **drafters}, context, repeats=cost_repeats, status=say)
+    onednn = {}
+    if onednn_probe:
+        say("timing forwards of a copy of the target packed for oneDNN (use_onednn_linear)")
+        probed = probe_onednn(target, context, repeats=cost_repeats)
+        onednn = {"target": probed} if probed is not None else {}
+    say(f"plain greedy on {len(inputs)} prompt(s)")
+    measure_greedy(target, inputs[:1], {**kwargs, "max_new_tokens": min(8, max_new_tokens)})  # warm-up
+    greedy_s, _ = measure_greedy(target, inputs, kwargs)
+    acceptance, timings = measure_acceptance(
+        target, list(drafters.values()), inputs, kwargs, config, lenience, max_neural, max(max_gram_grid), status=say
+    )
+
+    max_gram_column = num_assistants if use_max_gram else None
+    curves = [CostCurve.from_forward_s(costs[name].forward_s) for name in ["target", *drafters]]
+    predictions: list[Prediction] = []
+    for value, counts in acceptance.items():
+        rates = {pair: count.rate or 0.0 for pair, count in counts.items()}
+        predictions += search_k_matrices(
+            rates, curves, greedy_s, num_columns=num_assistants + int(use_max_gram), max_gram_column=max_gram_column,
+            max_gram_seconds=timings.max_gram_s, overhead=timings.overhead_s, lenience=value, max_neural=max_neural,
+            max_gram_grid=max_gram_grid,
+        )  # fmt: skip
+    say(f"searched {len(predictions)} k-matrix/lenience combinations with the expected-walltime model")
+    candidates = [
+        Candidate(f"tuned-{i}", p.k_matrix, p.lenience, p.speedup, p.tokens_per_target_forward)
+        for i, p in enumerate(_pick(predictions, max(confirm, 1), num_assistants), 1)
+    ]
+    confirmation = None
+    if confirm:
+        names = tuple(drafters)
+        methods = [Method("greedy", "greedy")]
+        if compare_default:
+            default = Candidate("default", config.resolved_k_matrix(num_assistants), config.lenience)
+            candidates.append(default)
+        for c in candidates:
+            methods.append(Method(c.label, "cascade", names, replace(config, k_matrix=c.k_matrix, lenience=c.lenience)))
+        say(f"confirming {len(methods) - 1} configuration(s) against greedy ({repeats} interleaved repeat(s))")
+        confirmation = run_benchmark(
+            target, encoded, methods, drafters, kwargs, repeats=repeats, warmup_tokens=warmup_tokens,
+            settings=settings, measure_costs=False, status=say,
+        )  # fmt: skip
+        confirmation.costs = costs
+        rows = {r.method: r for r in summarize(confirmation) if r.category == "all"}
+        for c in candidates:
+            c.confirmed_speedup = rows[c.label].speedup
+            c.identical = None if sampling else rows[c.label].identical
+        usable = [c for c in candidates if c.identical is not False and c.confirmed_speedup is not None]
+        chosen = max(usable, key=lambda c: c.confirmed_speedup) if usable else None
+        if chosen is None:
+            raise CascadeValueError(
+                "tune: every candidate's greedy output differed from plain greedy's, which is a bug of hf_cascade; "
+                "nothing is recommended. Please report it with the prompts and models."
+            )
+    else:
+        chosen = candidates[0]
+    chosen_config = replace(config, k_matrix=chosen.k_matrix, lenience=chosen.lenience)
+    result = TuneResult(
+        config=chosen_config,
+        chosen=chosen.label,
+        drafters=list(drafters),
+        costs=costs,
+        onednn_costs=onednn,
+        acceptance=acceptance,
+        candidates=candidates,
+        greedy_seconds_per_token=greedy_s,
+        timings=timings,
+        confirmation=confirmation,
+        settings=dict(settings or {}),
+    )
+    result.notes = placement_notes(result, target, packed=is_packed(target), used=_used_columns(chosen.k_matrix))
+    return result

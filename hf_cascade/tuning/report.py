@@ -1,0 +1,206 @@
+"""`tune_report.md` and the placement notes of a `TuneResult`: what was measured, what was chosen, and why.
+
+Tables shared with `hf-cascade bench` (forward costs, the timed summary) come from `hf_cascade.benchmark.report`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..benchmark.machine import describe_machine
+from ..benchmark.report import cost_table, fmt, summarize, summary_table, write_reports
+from .measure import cost_ratio
+
+if TYPE_CHECKING:
+    from . import TuneResult
+
+__all__ = ["REPORT_NAME", "placement_notes", "save", "to_markdown"]
+
+REPORT_NAME = "tune_report.md"
+
+
+def _column_name(result: TuneResult, column: int) -> str:
+    return result.drafters[column] if column < len(result.drafters) else "max_gram"
+
+
+def _reviewer_name(result: TuneResult, level: int) -> str:
+    return "target" if level == 0 else result.drafters[level - 1]
+
+
+def _where(model: torch.nn.Module) -> str:
+    placement = getattr(model, "hf_device_map", None)
+    if placement and len(set(map(str, placement.values()))) > 1:
+        counts: dict[str, int] = {}
+        for device in placement.values():
+            counts[str(device)] = counts.get(str(device), 0) + 1
+        return "device_map: " + ", ".join(f"{n} module(s) on {d}" for d, n in counts.items())
+    return str(next(model.parameters()).device)
+
+
+def _curve(name: str, cost: Any) -> str:
+    one = cost.forward_s.get(1)
+    ratios = ", ".join(f"{k} tokens {cost_ratio(cost, k):.2f}x" for k in (2, 8, 16) if cost_ratio(cost, k))
+    return f"`{name}`: a 1-token forward takes {one * 1000:.1f} ms; {ratios} of that"
+
+
+def placement_notes(result: TuneResult, target: torch.nn.Module, *, packed: bool, used: set[int]) -> list[str]:
+    """What the measured numbers say about the placement and the kernels, as sentences with the numbers.
+
+    Args:
+        result (`TuneResult`): the measurements (costs, oneDNN probe, acceptance, timings, candidates).
+        target (`torch.nn.Module`): the target (its device or `hf_device_map`).
+        packed (`bool`): whether the target's linear layers are packed for oneDNN already.
+        used (`set[int]`): the drafter columns the chosen k-matrix runs.
+    """
+    kernels = "oneDNN-packed linear layers" if packed else "default kernels"
+    target_cost = result.costs["target"]
+    notes = [f"{_curve('target', target_cost)} ({_where(target)}, {kernels})."]
+    two, eight = cost_ratio(target_cost, 2), cost_ratio(target_cost, 8)
+    if two is not None and two >= 1.5:
+        notes.append(
+            f"A 2-token forward of the target costs {two:.2f}x a 1-token one with these kernels: every draft token "
+            "reviewed must be accepted often to pay, so drafts stay short."
+        )
+    elif eight is not None and eight <= 1.3:
+        notes.append(
+            f"Verification is nearly flat here (8 tokens cost {eight:.2f}x one): long drafts cost little, so the "
+            "k-matrix drafts long."
+        )
+    probe = result.onednn_costs.get("target")
+    if packed:
+        notes.append("The linear layers are packed for oneDNN (`--onednn-linear` / `use_onednn_linear`): all costs "
+                     "above are with packed kernels.")  # fmt: skip
+    elif probe is not None:
+        p2, p1, one = cost_ratio(probe, 2), probe.forward_s[1], target_cost.forward_s[1]
+        helps = (p2 or 0) < (two or 0) - 0.05 or p1 < 0.95 * one
+        notes.append(
+            f"`use_onednn_linear`, measured on a copy of the target: a 2-token forward costs {p2:.2f}x a 1-token one "
+            f"(here {two:.2f}x), a 1-token forward {p1 * 1000:.1f} ms (here {one * 1000:.1f} ms). "
+            + ("Pack the models (`--onednn-linear`, `hf_cascade.use_onednn_linear(model)`) and tune again."
+               if helps else "It would not help much here.")
+        )  # fmt: skip
+    for column, name in enumerate(result.drafters):
+        cost = result.costs[name]
+        relative = cost.forward_s[1] / target_cost.forward_s[1]
+        line = f"{_curve(name, cost)}; its 1-token forward costs {relative:.2f}x the target's."
+        if column not in used:
+            rate = result.acceptance[result.config.lenience if result.config.lenience in result.acceptance else 1.0]
+            a = rate.get((0, column))
+            line += (
+                f" The chosen k-matrix gives it no tokens: its drafts (accepted by the target at a = "
+                f"{fmt(a.rate if a else None, '.2f')}) do not pay for its forwards on this machine."
+            )
+        notes.append(line)
+    overhead = result.timings.overhead_s
+    if overhead:
+        notes.append(
+            f"Outside the models (drafting logic, reviews, Python): {overhead * 1000:.2f} ms per forward pass, "
+            f"{overhead / target_cost.forward_s[1]:.0%} of a 1-token target forward."
+        )
+    refused = [c for c in result.candidates if c.identical is False]
+    notes += [
+        f"REFUSED {c.label} (k_matrix {c.k_matrix}, lenience {c.lenience:g}): its greedy output differed from plain "
+        "greedy's. That is a bug of hf_cascade; please report it."
+        for c in refused
+    ]
+    return notes
+
+
+def _acceptance_table(result: TuneResult) -> list[str]:
+    lines = [
+        "| lenience | reviewer | drafter | reviews | drafted | accepted | accepted / drafted | a (per token) |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for lenience, counts in result.acceptance.items():
+        for (level, column), c in sorted(counts.items()):
+            ratio = c.accepted / c.drafted if c.drafted else None
+            lines.append(
+                f"| {lenience:g} | {_reviewer_name(result, level)} | {_column_name(result, column)} | {c.reviews} "
+                f"| {c.drafted} | {c.accepted} | {fmt(ratio, '.2f')} | {fmt(c.rate, '.3f')} |"
+            )
+    return lines
+
+
+def _candidate_table(result: TuneResult) -> list[str]:
+    lines = [
+        "| configuration | k_matrix | lenience | predicted speedup | predicted tok/target fwd | confirmed speedup "
+        "| identical | chosen |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+    ]
+    for c in result.candidates:
+        identical = {True: "yes", False: "**NO**", None: "-"}[c.identical]
+        lines.append(
+            f"| {c.label} | `{c.k_matrix}` | {c.lenience:g} | {fmt(c.predicted_speedup, '.2f', 'x')} "
+            f"| {fmt(c.predicted_tokens_per_target_forward, '.2f')} | {fmt(c.confirmed_speedup, '.2f', 'x')} "
+            f"| {identical} | {'**yes**' if c.label == result.chosen else ''} |"
+        )
+    return lines
+
+
+def to_markdown(result: TuneResult, command: str | None = None) -> str:
+    """The report: settings, the chosen configuration, placement notes, costs, acceptance, candidates, timed runs."""
+    s = result.settings
+    chosen = next(c for c in result.candidates if c.label == result.chosen)
+    lines = ["# hf_cascade tune", ""]
+    if command:
+        lines += ["Command:", "", "```bash", command, "```", ""]
+    if result.confirmation is not None and result.confirmation.machine:
+        lines.append(f"- machine: {describe_machine(result.confirmation.machine)}")
+    drafters = s.get("drafters") or {name: name for name in result.drafters}
+    lines += [
+        f"- target: `{s.get('target', 'target')}`; drafters: "
+        + (", ".join(f"`{k}` = `{v}`" for k, v in drafters.items()) or "none")
+        + ("; Max-Gram" if result.config.use_max_gram else ""),
+        f"- plain greedy: {result.greedy_seconds_per_token * 1000:.1f} ms per token on the prompts",
+        "",
+        "## Chosen configuration",
+        "",
+        f"`k_matrix` {result.config.k_matrix}, `lenience` {result.config.lenience:g} ({chosen.label}): "
+        f"{fmt(chosen.confirmed_speedup, '.2f', 'x')} greedy measured, "
+        f"{fmt(chosen.predicted_speedup, '.2f', 'x')} predicted. Written to `cascade_config.json`; use it with "
+        "`hf-cascade bench --tuned cascade_config.json` (same `--drafter` list, same order) or "
+        "`CascadeConfig.from_pretrained(DIR)`.",
+        "",
+        "## Placement",
+        "",
+        *[f"- {note}" for note in result.notes],
+        "",
+        "## Cost of a forward pass",
+        "",
+        *cost_table({**result.costs, **{f"{k} (oneDNN copy)": v for k, v in result.onednn_costs.items()}}),
+        "",
+        "## Acceptance",
+        "",
+        "Read from `CascadeStats` of chain runs (one drafter per level, long drafts, full-length Max-Gram proposals): "
+        "`a` is the per-token acceptance of the i.i.d. model whose expected accepted tokens per review match the "
+        "run's (`hf_cascade.tuning.ewif.geometric_acceptance`).",
+        "",
+        *_acceptance_table(result),
+        "",
+        "## Candidates",
+        "",
+        "Predicted: the expected-walltime model (`hf_cascade.tuning.ewif`) with the costs and acceptance above. "
+        "Confirmed: interleaved timed runs against plain greedy (geometric mean of the per-prompt speedups).",
+        "",
+        *_candidate_table(result),
+        "",
+    ]
+    if result.confirmation is not None:
+        lines += ["## Confirmation runs", "", *summary_table(summarize(result.confirmation)), ""]
+        lines += ["Full tables: `confirm/report.md`.", ""]
+    return "\n".join(lines)
+
+
+def save(result: TuneResult, out_dir: str | os.PathLike, command: str | None = None) -> list[str]:
+    """Write `cascade_config.json`, `tune_report.md` and the confirmation's `confirm/results.json` and
+    `confirm/report.md` into `out_dir` (created if missing); returns the paths."""
+    paths = [result.config.save_pretrained(out_dir)]
+    paths.append(os.path.join(out_dir, REPORT_NAME))
+    with open(paths[-1], "w", encoding="utf-8") as f:
+        f.write(to_markdown(result, command))
+    if result.confirmation is not None:
+        paths += write_reports(result.confirmation, os.path.join(out_dir, "confirm"), command, plot=False)
+    return paths

@@ -1,0 +1,271 @@
+"""`hf_cascade.tune` and `hf-cascade tune`: the expected-walltime model on synthetic costs and acceptance, the
+acceptance measurement, the search, the confirmation (identical greedy output required), the report, and
+`hf-cascade bench --tuned`, on tiny random models saved to disk (nothing downloaded)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+
+import pytest
+import torch
+from test_cli import WORDS, run_cli, save_tiny
+
+import hf_cascade
+from hf_cascade import CascadeConfig, CascadeTypeError, CascadeValueError
+from hf_cascade.cpu import onednn_linear_available
+from hf_cascade.tuning import TuneResult, tune
+from hf_cascade.tuning.ewif import CostCurve, geometric_acceptance, predict, search_k_matrices
+from hf_cascade.tuning.measure import _chain_pairs, chains
+
+PROMPTS = ["w1 w2 w3 w4 w5 w9 w1 w2 w3 w4 w5 w7 w1 w2 w3", "w7 w8 w9 w7 w8 w9 w7 w8"]
+FLAT = CostCurve.flat(1.0)
+STEEP = CostCurve.from_forward_s({1: 1.0, 2: 2.0, 4: 4.0, 8: 8.0, 16: 16.0})  # every token costs a forward
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def test_cost_curve_interpolates_and_extends_the_last_segment():
+    curve = CostCurve.from_forward_s({1: 1.0, 2: 1.5, 4: 2.0})
+    assert curve(1) == 1.0 and curve(3) == pytest.approx(1.75) and curve(8) == pytest.approx(3.0)
+    assert curve(0.5) == 1.0 and CostCurve.flat(2.0)(17) == 2.0
+    with pytest.raises(CascadeValueError, match="CostCurve needs at least one timed forward size"):
+        CostCurve.from_forward_s({})
+
+
+def test_single_level_matches_speculative_decoding_formula():
+    # Max-Gram alone, flat costs: the paper's (1 - a^(k+1)) / (1 - a) tokens per target forward.
+    a, k = 0.7, 5
+    p = predict([[k]], {(0, 0): a}, [FLAT], greedy_seconds=1.0, max_gram_column=0)
+    assert p.tokens_per_target_forward == pytest.approx((1 - a ** (k + 1)) / (1 - a))
+    assert p.speedup == pytest.approx(p.tokens_per_target_forward)
+    # Measured costs enter as they are: 1 + k tokens on the steep curve cost 1 + k forwards.
+    assert predict([[k]], {(0, 0): a}, [STEEP], 1.0, max_gram_column=0).seconds_per_step == pytest.approx(1 + k)
+
+
+def test_vertical_cascade_yield_of_an_exact_drafter():
+    # A free drafter that reviews Max-Gram drafts of 4 and is always right (a = 1 below and above): each of its
+    # reviews yields 5 tokens, so reaching 4 takes one review, and the target accepts all 5.
+    acceptance = {(0, 0): 0.999999, (0, 1): 0.0, (1, 1): 0.999999}
+    costs = [FLAT, CostCurve.flat(0.0)]
+    p = predict([[4, 0], [0, 4]], acceptance, costs, 1.0, max_gram_column=1)
+    assert p.tokens_per_target_forward == pytest.approx(6.0, rel=1e-4)
+    assert p.seconds_per_step == pytest.approx(1.0)
+
+
+def test_search_drafts_long_when_verification_is_flat_and_short_when_steep():
+    acceptance = {(0, 0): 0.8}
+    flat = search_k_matrices(acceptance, [FLAT], 1.0, num_columns=1, max_gram_column=0)
+    steep = search_k_matrices(acceptance, [STEEP], 1.0, num_columns=1, max_gram_column=0)
+    assert flat[0].k_matrix == [[16]] and flat[0].speedup > 4
+    assert steep[0].k_matrix == [[1]] and steep[0].speedup < 1  # nothing pays; the least harmful first
+    assert [p.speedup for p in flat] == sorted((p.speedup for p in flat), reverse=True)
+
+
+@pytest.mark.parametrize("drafter_cost, dropped", [(0.9, True), (0.02, False)])
+def test_search_drops_a_drafter_whose_drafts_do_not_pay(drafter_cost, dropped):
+    acceptance = {(0, 0): 0.8, (0, 1): 0.3, (1, 1): 0.3}
+    verify = CostCurve.from_forward_s({1: 1.0, 2: 1.05, 4: 1.1, 8: 1.2, 16: 1.4})
+    best = search_k_matrices(acceptance, [verify, CostCurve.flat(drafter_cost)], 1.0, num_columns=2, max_gram_column=1)[
+        0
+    ]
+    assert (best.k_matrix[0][0] == 0) is dropped
+    if dropped:  # Max-Gram alone reaches the target
+        assert best.k_matrix[0][1] > 0
+
+
+def test_search_without_max_gram_and_with_two_assistants():
+    acceptance = {(0, 0): 0.9, (0, 1): 0.6, (1, 1): 0.8}
+    costs = [FLAT, CostCurve.flat(0.05), CostCurve.flat(0.01)]
+    best = search_k_matrices(acceptance, costs, 1.0, num_columns=2, max_gram_column=None, max_neural=4)[0]
+    assert best.k_matrix[0][0] > 0 and best.speedup > 1
+    CascadeConfig(k_matrix=best.k_matrix, use_max_gram=False)  # a valid matrix
+
+
+def test_search_errors():
+    with pytest.raises(CascadeValueError, match=r"acceptance lacks the \(level, column\) pair\(s\) \[\(1, 1\)\]"):
+        search_k_matrices({(0, 0): 0.5, (0, 1): 0.5}, [FLAT, FLAT], 1.0, num_columns=2, max_gram_column=1)
+    with pytest.raises(CascadeValueError, match=r"costs has 1 curve\(s\); give one for the target and one per neural"):
+        search_k_matrices({(0, 0): 0.5}, [FLAT], 1.0, num_columns=1, max_gram_column=None)
+    with pytest.raises(CascadeValueError, match="needs at least one drafter column, got 0"):
+        search_k_matrices({}, [FLAT], 1.0, num_columns=0, max_gram_column=None)
+
+
+def test_geometric_acceptance_inverts_the_expected_accepted_tokens():
+    a, k, reviews = 0.7, 6, 1000
+    accepted = round(reviews * a * (1 - a**k) / (1 - a))
+    assert geometric_acceptance(accepted, k * reviews, reviews) == pytest.approx(a, abs=2e-3)
+    assert geometric_acceptance(accepted, k * reviews, reviews) > accepted / (k * reviews)  # not accepted/drafted
+    assert geometric_acceptance(10, 10, 2) == 0.999 and geometric_acceptance(0, 10, 2) == 0.0
+    assert geometric_acceptance(0, 0, 3) is None
+
+
+@pytest.mark.parametrize("assistants, max_gram", [(0, True), (1, True), (1, False), (2, True), (2, False)])
+def test_chains_cover_every_reviewer_drafter_pair(assistants, max_gram):
+    n = assistants + int(max_gram)
+    covered = {
+        pair for chain in chains(assistants, max_gram) for pair in _chain_pairs(chain, n - 1 if max_gram else None)
+    }
+    assert covered == {(r, c) for r in range(n) for c in range(r, n)}
+
+
+# ------------------------------------------------------------------------------------------------ tiny models
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target_dir = str(save_tiny(tmp_path_factory.mktemp("tune_target")))
+    drafter_dir = str(save_tiny(tmp_path_factory.mktemp("tune_drafter"), noise=0.3))
+    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
+    drafter = AutoModelForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).eval()
+    return target, drafter, AutoTokenizer.from_pretrained(target_dir), target_dir, drafter_dir
+
+
+FAST = dict(
+    max_new_tokens=6, confirm=1, repeats=1, warmup_tokens=2, lenience=(1.0,), onednn_probe=False, cost_repeats=2
+)
+
+
+def test_tune_python_confirms_and_round_trips_its_config(tiny, tmp_path):
+    target, drafter, tokenizer, *_ = tiny
+    result = tune(target, {"d": drafter}, tokenizer, PROMPTS, **{**FAST, "onednn_probe": True})
+    assert isinstance(result, TuneResult) and result.drafters == ["d"]
+    assert set(result.costs) == {"target", "d"} and set(result.costs["target"].forward_s) == {1, 2, 4, 8, 16}
+    assert set(result.acceptance[1.0]) == {(0, 0), (0, 1), (1, 1)}
+    labels = [c.label for c in result.candidates]
+    assert labels == ["tuned-1", "default"] and all(c.identical for c in result.candidates)
+    assert result.chosen in labels and result.candidates[0].predicted_speedup > 0
+    assert set(result.onednn_costs) == ({"target"} if onednn_linear_available() else set())
+    assert not any(type(m).__name__ == "OneDNNLinear" for m in target.modules())
+    paths = result.save(str(tmp_path))
+    assert CascadeConfig.from_pretrained(str(tmp_path)) == result.config
+    assert result.config.k_matrix == next(c.k_matrix for c in result.candidates if c.label == result.chosen)
+    report = (tmp_path / "tune_report.md").read_text()
+    for heading in ("## Chosen configuration", "## Placement", "## Cost of a forward pass", "## Acceptance"):
+        assert heading in report
+    assert "`use_onednn_linear`, measured on a copy of the target" in report
+    assert re.search(r"\| tuned-1 \| `\[\[\d+, \d+\], \[0, \d+\]\]` \| 1 \| \d+\.\d\dx \|", report), report
+    assert str(tmp_path / "confirm" / "results.json") in paths
+    # The greedy output of the chosen config is plain greedy's.
+    inputs = tokenizer(PROMPTS[0], return_tensors="pt")
+    plain = target.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    tuned = target.generate(
+        **inputs, max_new_tokens=6, do_sample=False, pad_token_id=0, custom_generate=hf_cascade.generate,
+        assistant_models=[drafter], cascade_config=result.config,
+    )  # fmt: skip
+    assert torch.equal(plain, tuned)
+
+
+def test_tune_refuses_a_config_whose_greedy_output_differs(tiny, monkeypatch):
+    import hf_cascade.generation as generation
+
+    target, _, tokenizer, *_ = tiny
+    original = generation.generate
+    default_k = CascadeConfig().resolved_k_matrix(0)
+
+    @functools.wraps(original)  # generate() reads the callable's signature to route its extra kwargs
+    def corrupted(*args, cascade_config=None, **kwargs):
+        out = original(*args, cascade_config=cascade_config, **kwargs)
+        if corrupt_all or cascade_config.k_matrix != default_k:
+            out.sequences[0, -1] = (out.sequences[0, -1] + 1) % len(WORDS)
+        return out
+
+    monkeypatch.setattr(generation, "generate", corrupted)
+    corrupt_all = False
+    result = tune(target, [], tokenizer, PROMPTS[:1], max_gram_grid=(1, 2), **FAST)  # never the default [[16]]
+    refused = next(c for c in result.candidates if c.label == "tuned-1")
+    assert refused.identical is False and result.chosen == "default"
+    assert any(note.startswith("REFUSED tuned-1") for note in result.notes)
+    corrupt_all = True
+    with pytest.raises(CascadeValueError, match="every candidate's greedy output differed from plain greedy's"):
+        tune(target, [], tokenizer, PROMPTS[:1], **FAST)
+
+
+def test_tune_errors(tiny):
+    target, _, tokenizer, *_ = tiny
+    with pytest.raises(CascadeValueError, match="tune: prompts is empty"):
+        tune(target, [], tokenizer, [], **FAST)
+    with pytest.raises(CascadeTypeError, match=r"tune: prompts\[0\] is a int; give strings"):
+        tune(target, [], tokenizer, [3], **FAST)
+    with pytest.raises(CascadeValueError, match="tune: tokenizer is None"):
+        tune(target, [], None, PROMPTS, **FAST)
+    with pytest.raises(CascadeValueError, match="tune: no drafter to tune"):
+        tune(target, [], tokenizer, PROMPTS, base_config=CascadeConfig(use_max_gram=False), **FAST)
+    with pytest.raises(CascadeValueError, match="tune: confirm must be >= 0 and repeats >= 1, got confirm=-1"):
+        tune(target, [], tokenizer, PROMPTS, **{**FAST, "confirm": -1})
+    with pytest.raises(CascadeValueError, match=r"CascadeConfig.lenience must be a finite number >= 1"):
+        tune(target, [], tokenizer, PROMPTS, **{**FAST, "lenience": (0.5,)})
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tune_prompts") / "p.jsonl"
+    path.write_text(
+        "".join(json.dumps({"id": f"p{i}", "category": "c", "prompt": t}) + "\n" for i, t in enumerate(PROMPTS))
+    )
+    return str(path)
+
+
+def test_cli_tune_then_bench_tuned(tiny, prompt_file, tmp_path, capsys):
+    *_, target_dir, drafter_dir = tiny
+    out = tmp_path / "tuned"
+    argv = ["tune", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]
+    argv += ["--max-new-tokens", "6", "--confirm", "1", "--repeats", "1", "--lenience", "1,2", "--out", str(out)]
+    status, stdout, err = run_cli([*argv, "--no-onednn-probe"], capsys)
+    assert status == 0, err
+    config = CascadeConfig.from_pretrained(str(out))
+    assert re.match(r"k_matrix \[\[\d+, \d+\], \[0, \d+\]\], lenience [12]: \d+\.\d\dx greedy measured", stdout)
+    report = (out / "tune_report.md").read_text()
+    assert "hf-cascade tune --target" in report and "| 2 | d | max_gram |" in report  # both lenience values measured
+    assert "timing forwards 1/2: target (1, 2, 4, 8, 16 tokens)" in err
+    bench_out = tmp_path / "bench"
+    argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]
+    argv += ["--method", "cascade", "--tuned", str(out / "cascade_config.json"), "--max-new-tokens", "6"]
+    status, _, err = run_cli([*argv, "--repeats", "1", "--out", str(bench_out), "--no-plot", "--no-progress"], capsys)
+    assert status == 0, err
+    data = json.loads((bench_out / "results.json").read_text())
+    assert [m["label"] for m in data["methods"]] == ["greedy", "cascade", "cascade-tuned"]
+    assert (
+        data["methods"][2]["drafters"] == ["d"] and data["methods"][2]["cascade_config"]["k_matrix"] == config.k_matrix
+    )
+    assert data["mismatches"] == [] and data["settings"]["tuned"] == str(out / "cascade_config.json")
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--tuned", "/nope/cascade_config.json"], r"--tuned '/nope/cascade_config.json': cannot read the config"),
+        (["--method", "cascade-tuned=cascade", "--tuned", "CFG"], r"--tuned: the label 'cascade-tuned' is taken"),
+        (
+            ["--tuned", "CFG2"],
+            r"--tuned '.*': CascadeConfig.k_matrix is 2x2 but the cascade has 1 drafter\(s\) .* The config was tuned "
+            r"for another set of drafters: register the drafters hf-cascade tune was given",
+        ),
+    ],
+)
+def test_cli_bench_tuned_errors(tiny, tmp_path, extra, match, capsys):
+    *_, target_dir, _ = tiny
+    CascadeConfig(k_matrix=[[8]]).save_pretrained(tmp_path / "one")
+    CascadeConfig(k_matrix=[[4, 2], [0, 8]]).save_pretrained(tmp_path / "two")
+    extra = [str(tmp_path / "one") if e == "CFG" else str(tmp_path / "two") if e == "CFG2" else e for e in extra]
+    status, _, err = run_cli(["bench", "--target", target_dir, "--no-plot", *extra], capsys)
+    assert status == 2
+    assert re.search(match, err), err
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--confirm", "-1"], r"--confirm must be >= 0 \(0 trusts the model\), got -1"),
+        (["--lenience", "0.5"], r"--lenience: CascadeConfig.lenience must be a finite number >= 1"),
+        (["--lenience", "x"], r"argument --lenience: expected a number, got 'x'"),
+        (["--config", "/nope/cascade_config.json"], r"--config '/nope/cascade_config.json': "),
+        (["--drafter", "d"], r"--drafter 'd': write NAME=ID_OR_PATH"),
+    ],
+)
+def test_cli_tune_errors(tiny, extra, match, capsys):
+    *_, target_dir, _ = tiny
+    status, _, err = run_cli(["tune", "--target", target_dir, *extra], capsys)
+    assert status == 2
+    assert re.search(match, err), err
