@@ -255,7 +255,8 @@ def predict(
         costs (`Sequence[CostCurve]`): the target's curve, then each neural drafter's (largest first).
         greedy_seconds (`float`): plain greedy's seconds per token.
         max_gram_column (`int`, *optional*): Max-Gram's column (the last), `None` without it.
-        max_gram_seconds, overhead (`float`): seconds per Max-Gram proposal and per forward pass outside the models.
+        max_gram_seconds (`float`): seconds per Max-Gram proposal.
+        overhead (`float`): seconds per forward pass outside the models.
         lenience (`float`): recorded in the prediction.
     """
     n = len(k_matrix)
@@ -298,7 +299,8 @@ def search_k_matrices(
         greedy_seconds (`float`): plain greedy's seconds per token.
         num_columns (`int`): drafters, Max-Gram included.
         max_gram_column (`int`, *optional*): Max-Gram's column (`num_columns - 1`), `None` without it.
-        max_gram_seconds, overhead (`float`): seconds per Max-Gram proposal and per forward pass outside the models.
+        max_gram_seconds (`float`): seconds per Max-Gram proposal.
+        overhead (`float`): seconds per forward pass outside the models.
         lenience (`float`): recorded in the predictions (the acceptance rates must be measured with it).
         max_neural (`int`): largest neural entry tried.
         max_gram_grid (`Sequence[int]`): Max-Gram entries tried.

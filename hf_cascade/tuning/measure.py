@@ -46,7 +46,8 @@ class AcceptanceCount:
         level (`int`): 0 for the target's reviews, `r` for drafter `r - 1`'s.
         column (`int`): the drafter (assistants largest first, then Max-Gram).
         lenience (`float`): the `CascadeConfig.lenience` of the runs.
-        accepted (`int`), drafted (`int`): tokens of this drafter the reviewer accepted / reviewed.
+        accepted (`int`): tokens of this drafter the reviewer accepted.
+        drafted (`int`): tokens of this drafter the reviewer reviewed.
         reviews (`int`): the reviewer's forward passes (one review each).
     """
 
@@ -185,7 +186,8 @@ def measure_acceptance(
         generation_kwargs (`Mapping[str, Any]`): `generate` arguments (`max_new_tokens`, `do_sample`, ...).
         base_config (`CascadeConfig`): the user's settings (Max-Gram's index, bigram table, confidence threshold).
         lenience_values (`Sequence[float]`): lenience values to measure.
-        neural_k, max_gram_k (`int`): the chains' k-matrix entries.
+        neural_k (`int`): the chains' neural k-matrix entries.
+        max_gram_k (`int`): the chains' Max-Gram entry.
         status (`Callable[[str], Any]`, *optional*): receives one line per run.
 
     Returns:
