@@ -9,8 +9,9 @@ import json
 import re
 
 import pytest
+import test_bench
 import torch
-from test_cli import WORDS, run_cli, save_tiny
+from test_cli import WORDS, run_cli
 
 import hf_cascade
 from hf_cascade import CascadeConfig, CascadeTypeError, CascadeValueError
@@ -110,16 +111,7 @@ def test_chains_cover_every_reviewer_drafter_pair(assistants, max_gram):
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target_dir = str(save_tiny(tmp_path_factory.mktemp("tune_target")))
-    drafter_dir = str(save_tiny(tmp_path_factory.mktemp("tune_drafter"), noise=0.3))
-    target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=torch.float32).eval()
-    drafter = AutoModelForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).eval()
-    return target, drafter, AutoTokenizer.from_pretrained(target_dir), target_dir, drafter_dir
-
+tiny = test_bench.tiny_pair  # the fixture: a tiny target and a noisy drafter, saved to disk
 
 FAST = dict(
     max_new_tokens=6, confirm=1, repeats=1, warmup_tokens=2, lenience=(1.0,), onednn_probe=False, cost_repeats=2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from ..benchmark import (
@@ -18,8 +19,17 @@ from ..benchmark import (
 )
 from ..errors import CascadeError
 from ._args import positive_int
+from ._models import check_sources, model_or_default
 
-__all__ = ["add_drafter_arg", "add_prompt_args", "load_prompts", "parse_drafters"]
+__all__ = [
+    "add_drafter_arg",
+    "add_prompt_args",
+    "add_run_args",
+    "load_prompts",
+    "parse_drafters",
+    "resolve_target",
+    "run_settings",
+]
 
 
 def add_drafter_arg(parser: Any) -> None:
@@ -107,3 +117,66 @@ def load_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> l
     if duplicates:
         parser.error(f"prompts: duplicate ids across sources: {duplicates[:5]}")
     return prompts
+
+
+def add_run_args(group: Any, *, max_new_tokens: int, repeats: int, repeats_help: str, warmup_tokens: int) -> None:
+    """`--max-new-tokens`, `--repeats`, `--warmup-tokens` and `--no-chat-template`: how each timed run goes."""
+    group.add_argument(
+        "--max-new-tokens", type=positive_int, default=max_new_tokens, metavar="N", help=f"default: {max_new_tokens}"
+    )
+    group.add_argument(
+        "--repeats", type=positive_int, default=repeats, metavar="R", help=f"{repeats_help} (default: {repeats})"
+    )
+    group.add_argument(
+        "--warmup-tokens",
+        type=int,
+        default=warmup_tokens,
+        metavar="N",
+        help=f"untimed warm-up run of each method on the first prompt, N tokens (0: none; default: {warmup_tokens})",
+    )
+    group.add_argument(
+        "--no-chat-template", action="store_true", help="feed prompts as raw text instead of chat messages"
+    )
+
+
+def resolve_target(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, drafters: dict[str, str]
+) -> tuple[str, str | None]:
+    """`(target path, gguf file)` from `--target`/`--gguf-file` (the embedded SmolLM2 by default), after checking the
+    device and that every model source can exist (argparse errors otherwise)."""
+    target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
+    check_sources(
+        parser,
+        args.device,
+        target_path,
+        gguf,
+        list(drafters.values()),
+        "--target/--gguf-file/--drafter",
+        onednn_linear=args.onednn_linear,
+    )
+    return target_path, gguf
+
+
+def run_settings(
+    args: argparse.Namespace, target: str, gguf: str | None, drafters: dict[str, str], chat: bool
+) -> dict[str, Any]:
+    """How a `bench` or `tune` run was made, as its reports record it (models, dtype, device, lengths, prompts)."""
+    return {
+        "target": os.path.join(target, gguf) if gguf else target,
+        "drafters": drafters,
+        "dtype": args.dtype,
+        "device": args.device,
+        "onednn_linear": args.onednn_linear,
+        "max_new_tokens": args.max_new_tokens,
+        "repeats": args.repeats,
+        "warmup_tokens": args.warmup_tokens,
+        "chat_template": chat,
+        "prompt_sources": {
+            "builtin": args.builtin,
+            "prompts": args.prompts,
+            "dataset": args.dataset,
+            "data_file": args.data_file,
+            "sample": args.sample,
+            "seed": args.seed,
+        },
+    }

@@ -7,7 +7,6 @@ category geometric means of the speedup over greedy, forward passes and time per
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from typing import Any
@@ -26,9 +25,17 @@ from ..benchmark import (
 from ..benchmark.suffix import suffix_available
 from ..config import CONFIG_NAME, CascadeConfig
 from ..errors import CascadeError
-from ._args import add_loading_args, add_model_source_args, positive_int
-from ._inputs import add_drafter_arg, add_prompt_args, load_prompts, parse_drafters
-from ._models import check_sources, load_models, log, model_or_default, use_chat_template
+from ._args import add_loading_args, add_model_source_args
+from ._inputs import (
+    add_drafter_arg,
+    add_prompt_args,
+    add_run_args,
+    load_prompts,
+    parse_drafters,
+    resolve_target,
+    run_settings,
+)
+from ._models import load_models, log, use_chat_template
 
 __all__ = ["TUNED_LABEL", "add_parser", "run"]
 
@@ -65,19 +72,8 @@ def add_parser(sub: Any) -> None:
     )
     add_prompt_args(p)
     run_group = p.add_argument_group("running")
-    run_group.add_argument("--max-new-tokens", type=positive_int, default=128, metavar="N", help="default: 128")
-    run_group.add_argument(
-        "--repeats", type=positive_int, default=3, metavar="R", help="timed runs per method and prompt (default: 3)"
-    )
-    run_group.add_argument(
-        "--warmup-tokens",
-        type=int,
-        default=16,
-        metavar="N",
-        help="untimed warm-up run of each method on the first prompt, N tokens (0: none; default: 16)",
-    )
-    run_group.add_argument(
-        "--no-chat-template", action="store_true", help="feed prompts as raw text instead of chat messages"
+    add_run_args(
+        run_group, max_new_tokens=128, repeats=3, repeats_help="timed runs per method and prompt", warmup_tokens=16
     )
     add_loading_args(
         run_group, dtype_help="parameter dtype (default: float32; exactness checks need float32, see docs/lossless.md)"
@@ -154,16 +150,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             parser.error("the PNG plot needs matplotlib: pip install 'hf_cascade[bench]', or pass --no-plot")
-    target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
-    check_sources(
-        parser,
-        args.device,
-        target_path,
-        gguf,
-        list(drafter_paths.values()),
-        "--target/--gguf-file/--drafter",
-        onednn_linear=args.onednn_linear,
-    )
+    target_path, gguf = resolve_target(args, parser, drafter_paths)
     used = {name for m in methods for name in m.drafters}
     unused = sorted(set(drafter_paths) - used)
     if unused:
@@ -184,26 +171,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     pad = pad_token_id(target, tokenizer)
     if pad is not None:
         generation_kwargs["pad_token_id"] = pad
-    settings = {
-        "target": os.path.join(target_path, gguf) if gguf else target_path,
-        "drafters": drafter_paths,
-        "dtype": args.dtype,
-        "device": args.device,
-        "onednn_linear": args.onednn_linear,
-        "max_new_tokens": args.max_new_tokens,
-        "repeats": args.repeats,
-        "warmup_tokens": args.warmup_tokens,
-        "tuned": args.tuned,
-        "chat_template": chat,
-        "prompt_sources": {
-            "builtin": args.builtin,
-            "prompts": args.prompts,
-            "dataset": args.dataset,
-            "data_file": args.data_file,
-            "sample": args.sample,
-            "seed": args.seed,
-        },
-    }
+    settings = {**run_settings(args, target_path, gguf, drafter_paths, chat), "tuned": args.tuned}
     total = len(prompts) * len(methods) * args.repeats
     log(f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs")
     bar = None

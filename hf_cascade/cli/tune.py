@@ -8,7 +8,6 @@ interleaved timed runs against greedy, and writes `cascade_config.json` and `tun
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from typing import Any
@@ -16,8 +15,16 @@ from typing import Any
 from ..config import CONFIG_NAME, CascadeConfig
 from ..errors import CascadeError
 from ._args import add_loading_args, add_model_source_args, finite_float, positive_int
-from ._inputs import add_drafter_arg, add_prompt_args, load_prompts, parse_drafters
-from ._models import check_sources, load_models, log, model_or_default, use_chat_template
+from ._inputs import (
+    add_drafter_arg,
+    add_prompt_args,
+    add_run_args,
+    load_prompts,
+    parse_drafters,
+    resolve_target,
+    run_settings,
+)
+from ._models import load_models, log, use_chat_template
 
 __all__ = ["add_parser", "run"]
 
@@ -42,19 +49,15 @@ def add_parser(sub: Any) -> None:
     add_drafter_arg(p)
     add_prompt_args(p, default_sample=2)
     run_group = p.add_argument_group("tuning")
-    run_group.add_argument("--max-new-tokens", type=positive_int, default=64, metavar="N", help="default: 64")
+    add_run_args(
+        run_group,
+        max_new_tokens=64,
+        repeats=2,
+        repeats_help="timed repeats per prompt when confirming",
+        warmup_tokens=8,
+    )
     run_group.add_argument(
         "--confirm", type=int, default=3, metavar="N", help="best predicted configs timed for real (default: 3)"
-    )
-    run_group.add_argument(
-        "--repeats",
-        type=positive_int,
-        default=2,
-        metavar="R",
-        help="timed repeats per prompt when confirming (default: 2)",
-    )
-    run_group.add_argument(
-        "--warmup-tokens", type=int, default=8, metavar="N", help="untimed warm-up per confirmed config (default: 8)"
     )
     run_group.add_argument(
         "--lenience",
@@ -73,11 +76,13 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="CPU: skip timing a oneDNN-packed copy of the target (the probe needs memory for a second copy)",
     )
-    run_group.add_argument(
-        "--no-chat-template", action="store_true", help="feed prompts as raw text instead of chat messages"
-    )
     add_loading_args(run_group)
-    p.add_argument("--out", default="tune-results", metavar="DIR", help=f"where {CONFIG_NAME} and tune_report.md go")
+    p.add_argument(
+        "--out",
+        default="tune-results",
+        metavar="DIR",
+        help=f"where {CONFIG_NAME} and tune_report.md go (default: ./tune-results)",
+    )
     p.set_defaults(func=run)
 
 
@@ -99,31 +104,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             CascadeConfig(lenience=value)
         except CascadeError as e:
             parser.error(f"--lenience: {e}")
-    target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
-    check_sources(
-        parser,
-        args.device,
-        target_path,
-        gguf,
-        list(drafter_paths.values()),
-        "--target/--gguf-file/--drafter",
-        onednn_linear=args.onednn_linear,
-    )
+    target_path, gguf = resolve_target(args, parser, drafter_paths)
     models = load_models("tune", args, target_path, gguf, drafter_paths)
     if models is None:
         return 1
     target, tokenizer, drafters = models
-    settings = {
-        "target": os.path.join(target_path, gguf) if gguf else target_path,
-        "drafters": drafter_paths,
-        "dtype": args.dtype,
-        "device": args.device,
-        "onednn_linear": args.onednn_linear,
-        "max_new_tokens": args.max_new_tokens,
-        "repeats": args.repeats,
-        "warmup_tokens": args.warmup_tokens,
-        "chat_template": use_chat_template(tokenizer, not args.no_chat_template),
-    }
+    chat = use_chat_template(tokenizer, not args.no_chat_template)
+    settings = run_settings(args, target_path, gguf, drafter_paths, chat)
     try:
         result = tune(
             target,
@@ -137,7 +124,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             repeats=args.repeats,
             warmup_tokens=args.warmup_tokens,
             max_neural=args.max_neural_k,
-            chat_template=settings["chat_template"],
+            chat_template=chat,
             onednn_probe=not args.no_onednn_probe,
             status=log,
             settings=settings,
