@@ -140,10 +140,13 @@ def add_run_args(group: Any, *, max_new_tokens: int, repeats: int, repeats_help:
 
 
 def resolve_target(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, drafters: dict[str, str]
+    args: argparse.Namespace,
+    parser: argparse.ArgumentParser,
+    drafters: dict[str, str],
+    flags: str = "--target/--gguf-file/--drafter",
 ) -> tuple[str, str | None]:
     """`(target path, gguf file)` from `--target`/`--gguf-file` (the embedded SmolLM2 by default), after checking the
-    device and that every model source can exist (argparse errors otherwise)."""
+    device and that every model source can exist (argparse errors naming `flags` otherwise)."""
     target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
     check_sources(
         parser,
@@ -151,7 +154,7 @@ def resolve_target(
         target_path,
         gguf,
         list(drafters.values()),
-        "--target/--gguf-file/--drafter",
+        flags,
         onednn_linear=args.onednn_linear,
     )
     return target_path, gguf

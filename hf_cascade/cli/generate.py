@@ -15,7 +15,8 @@ from ..config import CascadeConfig
 from ..errors import CascadeError
 from ..memory import MaxGramMemory
 from ._args import add_loading_args, add_model_source_args, finite_float, positive_int
-from ._models import check_sources, load_models, log, model_or_default, use_chat_template
+from ._inputs import resolve_target
+from ._models import load_models, log, use_chat_template
 
 __all__ = ["add_parser"]
 
@@ -220,16 +221,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     text = _read_prompt(args, parser)
     memory = _load_memory(args.memory, config, parser) if args.memory else None
     drafter_paths = {f"assistant_{i}": path for i, path in enumerate(args.assistant)}
-    target_path, gguf = model_or_default(parser, args.target, args.gguf_file, "--target")
-    check_sources(
-        parser,
-        args.device,
-        target_path,
-        gguf,
-        args.assistant,
-        "--target/--gguf-file/--assistant",
-        onednn_linear=args.onednn_linear,
-    )
+    target_path, gguf = resolve_target(args, parser, drafter_paths, "--target/--gguf-file/--assistant")
     models = load_models("generate", args, target_path, gguf, drafter_paths)
     if models is None:
         return 1
