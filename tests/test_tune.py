@@ -118,6 +118,23 @@ FAST = dict(
 )
 
 
+def test_measure_cost_takes_the_sizes_in_turns(tiny):
+    # A busy spell of the machine must slow every size alike, not make one size look expensive.
+    from hf_cascade.benchmark import measure_cost
+
+    target, *_ = tiny
+    sizes = []
+    handle = target.register_forward_pre_hook(
+        lambda module, args, kwargs: sizes.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        cost = measure_cost(target, torch.tensor([[3, 4, 5, 6]]), ks=(1, 2, 4), repeats=2)
+    finally:
+        handle.remove()
+    assert sizes == [4, 1, 2, 4, 1, 2, 4, 1, 2, 4]  # the prefill, then three rounds (the first untimed)
+    assert set(cost.forward_s) == {1, 2, 4}
+
+
 def test_tune_python_confirms_and_round_trips_its_config(tiny, tmp_path):
     target, drafter, tokenizer, *_ = tiny
     result = tune(target, {"d": drafter}, tokenizer, PROMPTS, **{**FAST, "onednn_probe": True})

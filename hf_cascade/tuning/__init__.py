@@ -1,7 +1,7 @@
 """`hf_cascade.tune`: measure this machine and these models, then pick the cascade's k-matrix and lenience.
 
 1. Time every model's forward pass over 1, 2, 4, 8 and 16 new tokens on a real prompt with its KV cache
-   (`measure.measure_costs`), and plain greedy's seconds per token on the prompts.
+   (`measure.measure_costs`).
 2. Run the cascade's chains on the prompts and read each (reviewer, drafter) pair's acceptance from `CascadeStats`
    (`measure.measure_acceptance`), per lenience value.
 3. Search k-matrices with the expected-walltime model (`ewif`: the paper's EWIF with measured costs).
@@ -29,7 +29,6 @@ from .measure import (
     is_packed,
     measure_acceptance,
     measure_costs,
-    measure_greedy,
     probe_onednn,
 )
 
@@ -74,7 +73,9 @@ class TuneResult:
             only, when probed).
         acceptance (`dict[float, dict[tuple[int, int], AcceptanceCount]]`): per lenience, per (level, column).
         candidates (`list[Candidate]`): the confirmed (or best predicted) configurations, best prediction first.
-        greedy_seconds_per_token (`float`): plain greedy on the prompts.
+        greedy_step_s (`float`): the baseline of the predicted speedups, plain greedy's seconds per token as the
+            model sees it: the target's 1-token forward plus the time per forward pass outside the models (measured
+            with the costs, so a busy spell of the machine between the phases does not skew the ratio).
         timings (`RunTimings`): seconds per forward outside the models and per Max-Gram proposal.
         notes (`list[str]`): placement notes, with the numbers measured.
         confirmation (`BenchmarkResult`, *optional*): the confirmation runs.
@@ -88,7 +89,7 @@ class TuneResult:
     onednn_costs: dict[str, ModelCost]
     acceptance: dict[float, dict[tuple[int, int], AcceptanceCount]]
     candidates: list[Candidate]
-    greedy_seconds_per_token: float
+    greedy_step_s: float
     timings: RunTimings
     notes: list[str] = field(default_factory=list)
     confirmation: BenchmarkResult | None = None
@@ -255,14 +256,12 @@ def tune(
         say("timing forwards of a copy of the target packed for oneDNN (use_onednn_linear)")
         probed = probe_onednn(target, context, repeats=cost_repeats)
         onednn = {"target": probed} if probed is not None else {}
-    say(f"plain greedy on {len(inputs)} prompt(s)")
-    measure_greedy(target, inputs[:1], {**kwargs, "max_new_tokens": min(8, max_new_tokens)})  # warm-up
-    greedy_s, _ = measure_greedy(target, inputs, kwargs)
     acceptance, timings = measure_acceptance(
         target, list(drafters.values()), inputs, kwargs, config, lenience, max_neural, max(max_gram_grid), status=say
     )
 
     max_gram_column = num_assistants if use_max_gram else None
+    greedy_s = costs["target"].forward_s[1] + timings.overhead_s
     curves = [CostCurve.from_forward_s(costs[name].forward_s) for name in ["target", *drafters]]
     predictions: list[Prediction] = []
     for value, counts in acceptance.items():
@@ -314,7 +313,7 @@ def tune(
         onednn_costs=onednn,
         acceptance=acceptance,
         candidates=candidates,
-        greedy_seconds_per_token=greedy_s,
+        greedy_step_s=greedy_s,
         timings=timings,
         confirmation=confirmation,
         settings=dict(settings or {}),

@@ -32,8 +32,9 @@ where `T_chunk` is `T_{c+1}` for a review by drafter `c` and `t_M` for a Max-Gra
 
     EWIF = (1 + E[A_0]) / T_0 * t_greedy
 
-with `t_greedy` plain greedy's measured seconds per token. With flat costs and no overhead this is the paper's
-formula; drafts overshoot a goal exactly as the code does. Caps at `max_length` and early EOS are ignored.
+with `t_greedy` plain greedy's seconds per token (`tune` uses `cost_target(1) + o`, measured with the rest). With
+flat costs and no overhead this is the paper's formula; drafts overshoot a goal exactly as the code does. Caps at
+`max_length` and early EOS are ignored.
 
 The search: every row `K[r]` from a bounded grid (neural entries `0..max_neural`, Max-Gram entries from
 `max_gram_grid`), bottom-up. For each level `r >= 1` only the `beam` sub-cascades whose reviews yield the most tokens
@@ -253,7 +254,7 @@ def predict(
         k_matrix (`Sequence[Sequence[int]]` of shape `(n, n)`): per-drafter increments, upper-triangular.
         acceptance (`Mapping[tuple[int, int], float]`): `(level, column) -> a`.
         costs (`Sequence[CostCurve]`): the target's curve, then each neural drafter's (largest first).
-        greedy_seconds (`float`): plain greedy's seconds per token.
+        greedy_seconds (`float`): plain greedy's seconds per token (the baseline of the speedup).
         max_gram_column (`int`, *optional*): Max-Gram's column (the last), `None` without it.
         max_gram_seconds (`float`): seconds per Max-Gram proposal.
         overhead (`float`): seconds per forward pass outside the models.
@@ -296,7 +297,7 @@ def search_k_matrices(
     Args:
         acceptance (`Mapping[tuple[int, int], float]`): `(level, column) -> a` for every `column >= level`.
         costs (`Sequence[CostCurve]`): the target's curve, then each neural drafter's (largest first).
-        greedy_seconds (`float`): plain greedy's seconds per token.
+        greedy_seconds (`float`): plain greedy's seconds per token (the baseline of the speedup).
         num_columns (`int`): drafters, Max-Gram included.
         max_gram_column (`int`, *optional*): Max-Gram's column (`num_columns - 1`), `None` without it.
         max_gram_seconds (`float`): seconds per Max-Gram proposal.

@@ -1,5 +1,5 @@
 """What `hf_cascade.tune` measures on the user's machine: forward-pass cost curves, per-pair acceptance of the
-cascade's drafters, the time outside the models, plain greedy's speed, and (CPU) what oneDNN packing would change.
+cascade's drafters, the time outside the models, and (CPU) what oneDNN packing would change.
 
 Acceptance is read from `CascadeStats` of real cascade runs. A drafter's `LevelStats` pool every review of its tokens,
 so each run is a *chain*: one drafter per level (`K` diagonal), where every drafter is reviewed by exactly one model
@@ -10,7 +10,6 @@ target reviewing Max-Gram's tail, a drafter reviewing a drafter two sizes down) 
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,7 +29,6 @@ __all__ = [
     "is_packed",
     "measure_acceptance",
     "measure_costs",
-    "measure_greedy",
     "cost_ratio",
     "probe_onednn",
 ]
@@ -125,21 +123,6 @@ def _generate(target: torch.nn.Module, inputs: Mapping[str, torch.Tensor], **kwa
     return target.generate(**inputs, **kwargs)
 
 
-def measure_greedy(
-    target: torch.nn.Module, encoded: Sequence[Mapping[str, torch.Tensor]], generation_kwargs: Mapping[str, Any]
-) -> tuple[float, list[list[int]]]:
-    """Plain `generate` on every prompt once (after the first call warmed up): seconds per new token, and the new
-    tokens of each prompt."""
-    outputs, tokens, seconds = [], 0, 0.0
-    for inputs in encoded:
-        t0 = time.perf_counter()
-        out = _generate(target, inputs, **generation_kwargs)
-        seconds += time.perf_counter() - t0
-        outputs.append(out[0, inputs["input_ids"].shape[1] :].tolist())
-        tokens += len(outputs[-1])
-    return seconds / max(tokens, 1), outputs
-
-
 def chains(num_assistants: int, use_max_gram: bool) -> list[tuple[int, ...]]:
     """The neural columns of each measurement run, so that every pair (reviewer, drafter below it) is a neighbour in
     one of them. Max-Gram, when on, ends every chain.
@@ -201,6 +184,10 @@ def measure_acceptance(
     counts: dict[float, dict[tuple[int, int], AcceptanceCount]] = {float(v): {} for v in lenience_values}
     outside = passes = propose_s = proposals = 0.0
     todo = chains(len(assistants), use_max_gram)
+    # Untimed: the first call of a cascade allocates and picks kernels, which would count as time outside the models.
+    _generate(target, encoded[0], custom_generate=generation.generate, assistant_models=[assistants[c] for c in todo[0]],
+              cascade_config=replace(base_config, k_matrix=None), return_dict_in_generate=True,
+              **{**generation_kwargs, "max_new_tokens": 4})  # fmt: skip
     for i, chain in enumerate(todo, 1):
         pairs = _chain_pairs(chain, max_gram_column)
         n = len(pairs)

@@ -154,7 +154,8 @@ def to_markdown(result: TuneResult, command: str | None = None) -> str:
         f"- target: `{s.get('target', 'target')}`; drafters: "
         + (", ".join(f"`{k}` = `{v}`" for k, v in drafters.items()) or "none")
         + ("; Max-Gram" if result.config.use_max_gram else ""),
-        f"- plain greedy: {result.greedy_seconds_per_token * 1000:.1f} ms per token on the prompts",
+        f"- plain greedy as the model sees it: {result.greedy_step_s * 1000:.1f} ms per token (the target's 1-token "
+        "forward and the time per forward outside the models); measured: the confirmation runs below",
         "",
         "## Chosen configuration",
         "",
