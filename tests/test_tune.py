@@ -170,24 +170,35 @@ def test_tune_refuses_a_config_whose_greedy_output_differs(tiny, monkeypatch):
 
     target, _, tokenizer, *_ = tiny
     original = generation.generate
-    default_k = CascadeConfig().resolved_k_matrix(0)
 
     @functools.wraps(original)  # generate() reads the callable's signature to route its extra kwargs
     def corrupted(*args, cascade_config=None, **kwargs):
         out = original(*args, cascade_config=cascade_config, **kwargs)
-        if corrupt_all or cascade_config.k_matrix != default_k:
+        if corrupt_all or cascade_config.k_matrix is not None:  # every tuned candidate; not the base config
             out.sequences[0, -1] = (out.sequences[0, -1] + 1) % len(WORDS)
         return out
 
     monkeypatch.setattr(generation, "generate", corrupted)
     corrupt_all = False
-    result = tune(target, [], tokenizer, PROMPTS[:1], max_gram_grid=(1, 2), **FAST)  # never the default [[16]]
+    result = tune(target, [], tokenizer, PROMPTS[:1], **FAST)
     refused = next(c for c in result.candidates if c.label == "tuned-1")
     assert refused.identical is False and result.chosen == "default"
+    assert result.config == CascadeConfig()  # the base config as it is: k_matrix=None keeps its own meaning
     assert any(note.startswith("REFUSED tuned-1") for note in result.notes)
     corrupt_all = True
     with pytest.raises(CascadeValueError, match="every candidate's greedy output differed from plain greedy's"):
         tune(target, [], tokenizer, PROMPTS[:1], **FAST)
+
+
+def test_tune_with_sampling_compares_speed_not_outputs(tiny, tmp_path):
+    target, _, tokenizer, *_ = tiny
+    torch.manual_seed(0)
+    result = tune(target, [], tokenizer, PROMPTS[:1], generation_kwargs={"do_sample": True, "top_k": 0}, **FAST)
+    assert result.sampled and all(c.identical is None for c in result.candidates)
+    assert result.confirmation.mismatches == [] and result.chosen in {c.label for c in result.candidates}
+    result.save(str(tmp_path))
+    assert "The runs sampled (`do_sample=True`)" in (tmp_path / "tune_report.md").read_text()
+    assert not (tmp_path / "confirm").exists()
 
 
 def test_tune_errors(tiny):

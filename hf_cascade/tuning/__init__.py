@@ -32,7 +32,9 @@ from .measure import (
     probe_onednn,
 )
 
-__all__ = ["Candidate", "TuneResult", "tune"]
+__all__ = ["DEFAULT_LABEL", "Candidate", "TuneResult", "tune"]
+
+DEFAULT_LABEL = "default"  # the base configuration, timed next to the candidates
 
 
 @dataclass
@@ -40,7 +42,8 @@ class Candidate:
     """One configuration the tuner predicted, and what timing it showed.
 
     Args:
-        label (`str`): its method label in the confirmation runs (`"tuned-1"`, ... or `"default"`).
+        label (`str`): its method label in the confirmation runs (`"tuned-1"`, ... or `DEFAULT_LABEL`, the base
+            config as it is; `k_matrix` then shows the matrix it resolves to).
         k_matrix (`list[list[int]]`): per-drafter increments.
         lenience (`float`): the lenience.
         predicted_speedup (`float`, *optional*): the model's EWIF over greedy (`None` for the default config).
@@ -80,6 +83,8 @@ class TuneResult:
         notes (`list[str]`): placement notes, with the numbers measured.
         confirmation (`BenchmarkResult`, *optional*): the confirmation runs.
         settings (`dict`): how it was run (recorded in the report).
+        sampled (`bool`): the runs sampled (`generation_kwargs={"do_sample": True, ...}`): speedups are against plain
+            sampling, and outputs were not compared.
     """
 
     config: CascadeConfig
@@ -94,6 +99,7 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     confirmation: BenchmarkResult | None = None
     settings: dict[str, Any] = field(default_factory=dict)
+    sampled: bool = False
 
     def save(self, out_dir: str, command: str | None = None) -> list[str]:
         """Write `cascade_config.json`, `tune_report.md` and (after confirmation) the confirmation runs' bench
@@ -154,6 +160,38 @@ def _pick(predictions: list[Prediction], count: int, num_assistants: int) -> lis
         if len(picked) == count:
             break
     return picked
+
+
+def _config(candidate: Candidate, base: CascadeConfig) -> CascadeConfig:
+    return (
+        base
+        if candidate.label == DEFAULT_LABEL
+        else replace(base, k_matrix=candidate.k_matrix, lenience=candidate.lenience)
+    )
+
+
+def _method(candidate: Candidate, base: CascadeConfig, drafters: tuple[str, ...]) -> Method:
+    return Method(candidate.label, "cascade", drafters, _config(candidate, base))
+
+
+def _choose(candidates: list[Candidate], confirmation: BenchmarkResult, sampled: bool) -> Candidate:
+    """Record each candidate's measured speedup and identity with greedy; the fastest one whose output is greedy's.
+
+    Sampled runs cannot be compared with greedy's output: their mismatches are dropped (`TuneResult.sampled` says so).
+    """
+    rows = {r.method: r for r in summarize(confirmation) if r.category == "all"}
+    for c in candidates:
+        c.confirmed_speedup = rows[c.label].speedup
+        c.identical = None if sampled else rows[c.label].identical
+    if sampled:
+        confirmation.mismatches = []
+    usable = [c for c in candidates if c.identical is not False and c.confirmed_speedup is not None]
+    if not usable:
+        raise CascadeValueError(
+            "tune: every candidate's greedy output differed from plain greedy's, which is a bug of hf_cascade; "
+            "nothing is recommended. Please report it with the prompts and models."
+        )
+    return max(usable, key=lambda c: c.confirmed_speedup)
 
 
 def tune(
@@ -278,33 +316,20 @@ def tune(
     ]
     confirmation = None
     if confirm:
-        names = tuple(drafters)
-        methods = [Method("greedy", "greedy")]
-        if compare_default:
-            default = Candidate("default", config.resolved_k_matrix(num_assistants), config.lenience)
-            candidates.append(default)
-        for c in candidates:
-            methods.append(Method(c.label, "cascade", names, replace(config, k_matrix=c.k_matrix, lenience=c.lenience)))
-        say(f"confirming {len(methods) - 1} configuration(s) against greedy ({repeats} interleaved repeat(s))")
+        default = [Candidate(DEFAULT_LABEL, config.resolved_k_matrix(num_assistants), config.lenience)]
+        candidates += default if compare_default else []
+        say(f"confirming {len(candidates)} configuration(s) against greedy ({repeats} interleaved repeat(s))")
         confirmation = run_benchmark(
-            target, encoded, methods, drafters, kwargs, repeats=repeats, warmup_tokens=warmup_tokens,
-            settings=settings, measure_costs=False, status=say,
+            target, encoded, [Method("greedy", "greedy"), *(_method(c, config, tuple(drafters)) for c in candidates)],
+            drafters, kwargs, repeats=repeats, warmup_tokens=warmup_tokens, settings=settings, measure_costs=False,
+            status=say,
         )  # fmt: skip
         confirmation.costs = costs
-        rows = {r.method: r for r in summarize(confirmation) if r.category == "all"}
-        for c in candidates:
-            c.confirmed_speedup = rows[c.label].speedup
-            c.identical = None if sampling else rows[c.label].identical
-        usable = [c for c in candidates if c.identical is not False and c.confirmed_speedup is not None]
-        chosen = max(usable, key=lambda c: c.confirmed_speedup) if usable else None
-        if chosen is None:
-            raise CascadeValueError(
-                "tune: every candidate's greedy output differed from plain greedy's, which is a bug of hf_cascade; "
-                "nothing is recommended. Please report it with the prompts and models."
-            )
+        chosen = _choose(candidates, confirmation, sampling)
     else:
         chosen = candidates[0]
-    chosen_config = replace(config, k_matrix=chosen.k_matrix, lenience=chosen.lenience)
+    # The default candidate is the base config as it is (`k_matrix=None` keeps its own meaning), not its matrix.
+    chosen_config = config if chosen.label == DEFAULT_LABEL else _config(chosen, config)
     result = TuneResult(
         config=chosen_config,
         chosen=chosen.label,
@@ -317,6 +342,7 @@ def tune(
         timings=timings,
         confirmation=confirmation,
         settings=dict(settings or {}),
+        sampled=sampling,
     )
     result.notes = placement_notes(result, target, packed=is_packed(target), used=_used_columns(chosen.k_matrix))
     return result

@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["REPORT_NAME", "placement_notes", "save", "to_markdown"]
 
 REPORT_NAME = "tune_report.md"
+_SAMPLED = (
+    "The runs sampled (`do_sample=True`): `greedy` is plain sampling, speedups are against it, and outputs are not "
+    "compared (no `confirm/` bench report: its tables are for greedy runs)."
+)
 
 
 def _column_name(result: TuneResult, column: int) -> str:
@@ -191,7 +195,7 @@ def to_markdown(result: TuneResult, command: str | None = None) -> str:
     ]
     if result.confirmation is not None:
         lines += ["## Confirmation runs", "", *summary_table(summarize(result.confirmation)), ""]
-        lines += ["Full tables: `confirm/report.md`.", ""]
+        lines += [_SAMPLED if result.sampled else "Full tables: `confirm/report.md`.", ""]
     return "\n".join(lines)
 
 
@@ -202,6 +206,6 @@ def save(result: TuneResult, out_dir: str | os.PathLike, command: str | None = N
     paths.append(os.path.join(out_dir, REPORT_NAME))
     with open(paths[-1], "w", encoding="utf-8") as f:
         f.write(to_markdown(result, command))
-    if result.confirmation is not None:
+    if result.confirmation is not None and not result.sampled:
         paths += write_reports(result.confirmation, os.path.join(out_dir, "confirm"), command, plot=False)
     return paths
