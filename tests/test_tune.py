@@ -110,6 +110,47 @@ def test_chains_cover_every_reviewer_drafter_pair(assistants, max_gram):
     assert covered == {(r, c) for r in range(n) for c in range(r, n)}
 
 
+def test_placement_notes_say_what_the_numbers_mean(tiny):
+    from hf_cascade.benchmark import ModelCost
+    from hf_cascade.tuning import Candidate
+    from hf_cascade.tuning.measure import AcceptanceCount, RunTimings
+    from hf_cascade.tuning.report import placement_notes, to_markdown
+
+    steep = ModelCost(1000, {1: 0.1, 2: 0.2, 8: 0.8, 16: 1.6})
+    packed = ModelCost(1000, {1: 0.08, 2: 0.09, 8: 0.12, 16: 0.2})
+    k_matrix = [[0, 2], [0, 16]]
+    result = TuneResult(
+        config=CascadeConfig(k_matrix=k_matrix),
+        chosen="tuned-1",
+        drafters=["small"],
+        costs={"target": steep, "small": ModelCost(500, {1: 0.09, 2: 0.1, 8: 0.2, 16: 0.3})},
+        onednn_costs={"target": packed},
+        acceptance={1.0: {(0, 0): AcceptanceCount(0, 0, 1.0, accepted=5, drafted=40, reviews=10)}},
+        candidates=[
+            Candidate("tuned-1", k_matrix, 1.0, 1.2, 1.3, 1.1, True),
+            Candidate("tuned-2", [[1, 0], [0, 1]], 1.0, identical=False),
+        ],
+        greedy_step_s=0.1,
+        timings=RunTimings(overhead_s=0.002),
+    )
+    notes = placement_notes(result, tiny[0], packed=False, used={1})
+    text = "\n".join(notes)
+    assert "`target`: a 1-token forward takes 100.0 ms; 2 tokens 2.00x, 8 tokens 8.00x, 16 tokens 16.00x" in text
+    assert "A 2-token forward of the target costs 2.00x a 1-token one with these kernels" in text
+    assert "`use_onednn_linear`, measured on a copy of the target: a 2-token forward costs 1.12x" in text
+    assert "Pack the models" in text
+    assert "its 1-token forward costs 0.90x the target's. The chosen k-matrix gives it no tokens" in text
+    assert "2.00 ms per forward pass, 2% of a 1-token target forward" in text
+    assert notes[-1].startswith("REFUSED tuned-2 (k_matrix [[1, 0], [0, 1]], lenience 1)")
+    result.notes = notes
+    report = to_markdown(result)
+    assert (
+        "| target (oneDNN copy) | 1000 | 80.0 ms (1.00x) |" in report
+        and "| 1 | target | small | 10 | 40 | 5 |" in report
+    )
+    assert "| tuned-2 | `[[1, 0], [0, 1]]` | 1 | - | - | - | **NO** |  |" in report
+
+
 # ------------------------------------------------------------------------------------------------ tiny models
 tiny = test_bench.tiny_pair  # the fixture: a tiny target and a noisy drafter, saved to disk
 
@@ -213,6 +254,8 @@ def test_tune_errors(tiny):
         tune(target, [], tokenizer, PROMPTS, base_config=CascadeConfig(use_max_gram=False), **FAST)
     with pytest.raises(CascadeValueError, match="tune: confirm must be >= 0 and repeats >= 1, got confirm=-1"):
         tune(target, [], tokenizer, PROMPTS, **{**FAST, "confirm": -1})
+    with pytest.raises(CascadeValueError, match=r"tune: max_neural \(0\) and max\(max_gram_grid\) \(16\) must be >= 1"):
+        tune(target, [target], tokenizer, PROMPTS, **{**FAST, "max_neural": 0})
     with pytest.raises(CascadeValueError, match=r"CascadeConfig.lenience must be a finite number >= 1"):
         tune(target, [], tokenizer, PROMPTS, **{**FAST, "lenience": (0.5,)})
 

@@ -114,6 +114,8 @@ def _encode(prompts: Sequence[Any], tokenizer: Any, chat_template: bool, device:
 
     if not prompts:
         raise CascadeValueError("tune: prompts is empty; give a few prompts like the ones the config is for.")
+    if tokenizer is None:
+        raise CascadeValueError("tune: tokenizer is None; pass the target's tokenizer to encode the prompts.")
     encoded = []
     for i, prompt in enumerate(prompts):
         if isinstance(prompt, Prompt):
@@ -125,8 +127,6 @@ def _encode(prompts: Sequence[Any], tokenizer: Any, chat_template: bool, device:
                 f"tune: prompts[{i}] is a {type(prompt).__name__}; give strings (user messages) or "
                 "hf_cascade.benchmark.Prompt objects."
             )
-        if tokenizer is None:
-            raise CascadeValueError("tune: tokenizer is None; pass the target's tokenizer to encode the prompts.")
         encoded.append((meta, encode_prompt(tokenizer, text, chat_template, device)))
     return encoded
 
@@ -163,6 +163,7 @@ def _pick(predictions: list[Prediction], count: int, num_assistants: int) -> lis
 
 
 def _config(candidate: Candidate, base: CascadeConfig) -> CascadeConfig:
+    """The candidate's config: the base config as it is for the default (`k_matrix=None` keeps its own meaning)."""
     return (
         base
         if candidate.label == DEFAULT_LABEL
@@ -273,6 +274,11 @@ def tune(
         raise CascadeValueError(
             f"tune: confirm must be >= 0 and repeats >= 1, got confirm={confirm}, repeats={repeats}."
         )
+    if (num_assistants and max_neural < 1) or (use_max_gram and max(max_gram_grid, default=0) < 1):
+        raise CascadeValueError(
+            f"tune: max_neural ({max_neural}) and max(max_gram_grid) ({max(max_gram_grid, default=0)}) must be >= 1 for "
+            "the drafters there are: they are also the draft lengths of the acceptance runs."
+        )
     if lenience is None:
         lenience = (1.0, 2.0) if num_assistants + int(use_max_gram) > 1 else (1.0,)
     lenience = tuple(float(v) for v in lenience)
@@ -328,10 +334,8 @@ def tune(
         chosen = _choose(candidates, confirmation, sampling)
     else:
         chosen = candidates[0]
-    # The default candidate is the base config as it is (`k_matrix=None` keeps its own meaning), not its matrix.
-    chosen_config = config if chosen.label == DEFAULT_LABEL else _config(chosen, config)
     result = TuneResult(
-        config=chosen_config,
+        config=_config(chosen, config),
         chosen=chosen.label,
         drafters=list(drafters),
         costs=costs,

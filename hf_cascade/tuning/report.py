@@ -91,8 +91,8 @@ def placement_notes(result: TuneResult, target: torch.nn.Module, *, packed: bool
         relative = cost.forward_s[1] / target_cost.forward_s[1]
         line = f"{_curve(name, cost)}; its 1-token forward costs {relative:.2f}x the target's."
         if column not in used:
-            rate = result.acceptance[result.config.lenience if result.config.lenience in result.acceptance else 1.0]
-            a = rate.get((0, column))
+            counts = result.acceptance.get(result.config.lenience) or next(iter(result.acceptance.values()))
+            a = counts.get((0, column))
             line += (
                 f" The chosen k-matrix gives it no tokens: its drafts (accepted by the target at a = "
                 f"{fmt(a.rate if a else None, '.2f')}) do not pay for its forwards on this machine."
