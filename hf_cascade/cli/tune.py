@@ -88,6 +88,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..tuning import tune
+    from ..tuning.report import describe_chosen
 
     drafter_paths = parse_drafters(args, parser)
     prompts = load_prompts(args, parser)
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     paths = result.save(args.out, command)
     chosen = next(c for c in result.candidates if c.label == result.chosen)
     speedup = f"{chosen.confirmed_speedup:.2f}x greedy measured" if chosen.confirmed_speedup else "not confirmed"
-    print(f"k_matrix {result.config.k_matrix}, lenience {result.config.lenience:g}: {speedup}")
+    print(f"{describe_chosen(chosen)}: {speedup}")
     for note in result.notes:
         print(f"- {note}")
     log("wrote " + ", ".join(paths))

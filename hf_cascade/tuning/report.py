@@ -17,7 +17,7 @@ from .measure import cost_ratio
 if TYPE_CHECKING:
     from . import TuneResult
 
-__all__ = ["REPORT_NAME", "placement_notes", "save", "to_markdown"]
+__all__ = ["REPORT_NAME", "describe_chosen", "placement_notes", "save", "to_markdown"]
 
 REPORT_NAME = "tune_report.md"
 _SAMPLED = (
@@ -113,6 +113,14 @@ def placement_notes(result: TuneResult, target: torch.nn.Module, *, packed: bool
     return notes
 
 
+def describe_chosen(candidate: Any) -> str:
+    """`tuned-1: k_matrix [[4, 2], [0, 16]], lenience 1`; the default candidate says it is the base config."""
+    from . import DEFAULT_LABEL
+
+    base = " (the base config as it is)" if candidate.label == DEFAULT_LABEL else ""
+    return f"{candidate.label}{base}: k_matrix {candidate.k_matrix}, lenience {candidate.lenience:g}"
+
+
 def _acceptance_table(result: TuneResult) -> list[str]:
     lines = [
         "| lenience | reviewer | drafter | reviews | drafted | accepted | accepted / drafted | a (per token) |",
@@ -163,7 +171,7 @@ def to_markdown(result: TuneResult, command: str | None = None) -> str:
         "",
         "## Chosen configuration",
         "",
-        f"`k_matrix` {result.config.k_matrix}, `lenience` {result.config.lenience:g} ({chosen.label}): "
+        f"{describe_chosen(chosen)}: "
         f"{fmt(chosen.confirmed_speedup, '.2f', 'x')} greedy measured, "
         f"{fmt(chosen.predicted_speedup, '.2f', 'x')} predicted. Written to `cascade_config.json`; use it with "
         "`hf-cascade bench --tuned cascade_config.json` (same `--drafter` list, same order) or "
