@@ -243,6 +243,18 @@ def test_tune_with_sampling_compares_speed_not_outputs(tiny, tmp_path):
     assert not (tmp_path / "confirm").exists()
 
 
+def test_tune_without_confirmation_trusts_the_model(tiny, tmp_path):
+    target, drafter, tokenizer, *_ = tiny
+    result = tune(target, {"d": drafter}, tokenizer, PROMPTS[:1], **{**FAST, "confirm": 0})
+    assert result.confirmation is None and [c.label for c in result.candidates] == ["tuned-1"]
+    assert result.chosen == "tuned-1" and result.candidates[0].confirmed_speedup is None
+    assert result.config.k_matrix == result.candidates[0].k_matrix
+    result.save(str(tmp_path))
+    report = (tmp_path / "tune_report.md").read_text()
+    assert ": not timed (confirm=0), " in report and "## Confirmation runs" not in report
+    assert "hf-cascade bench --drafter d=PATH --tuned DIR/cascade_config.json" in report
+
+
 def test_tune_errors(tiny):
     target, _, tokenizer, *_ = tiny
     with pytest.raises(CascadeValueError, match="tune: prompts is empty"):
@@ -287,6 +299,7 @@ def test_cli_tune_then_bench_tuned(tiny, prompt_file, tmp_path, capsys):
     report = (out / "tune_report.md").read_text()
     assert "hf-cascade tune --target" in report and "| 2 | d | max_gram |" in report  # both lenience values measured
     assert "timing forwards 1/2: target (1, 2, 4, 8, 16 tokens)" in err
+    assert f"hf-cascade bench --target {target_dir} --drafter d={drafter_dir} --tuned DIR/cascade_config.json" in report
     bench_out = tmp_path / "bench"
     argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]
     argv += ["--method", "cascade", "--tuned", str(out / "cascade_config.json"), "--max-new-tokens", "6"]

@@ -121,6 +121,18 @@ def describe_chosen(candidate: Any) -> str:
     return f"{candidate.label}{base}: k_matrix {candidate.k_matrix}, lenience {candidate.lenience:g}"
 
 
+def _bench_command(result: TuneResult) -> str:
+    """`hf-cascade bench` over the tuned models with `--tuned` (paths as `tune` was given them)."""
+    import shlex
+
+    s = result.settings
+    target = f"--target {shlex.quote(s['target'])} " if s.get("target") else ""
+    drafters = s.get("drafters") or {name: "PATH" for name in result.drafters}
+    flags = "".join(f"--drafter {shlex.quote(f'{name}={path}')} " for name, path in drafters.items())
+    packed = "--onednn-linear " if s.get("onednn_linear") else ""
+    return f"hf-cascade bench {target}{flags}{packed}--tuned DIR/cascade_config.json"
+
+
 def _acceptance_table(result: TuneResult) -> list[str]:
     lines = [
         "| lenience | reviewer | drafter | reviews | drafted | accepted | accepted / drafted | a (per token) |",
@@ -172,10 +184,13 @@ def to_markdown(result: TuneResult, command: str | None = None) -> str:
         "## Chosen configuration",
         "",
         f"{describe_chosen(chosen)}: "
-        f"{fmt(chosen.confirmed_speedup, '.2f', 'x')} greedy measured, "
-        f"{fmt(chosen.predicted_speedup, '.2f', 'x')} predicted. Written to `cascade_config.json`; use it with "
-        "`hf-cascade bench --tuned cascade_config.json` (same `--drafter` list, same order) or "
-        "`CascadeConfig.from_pretrained(DIR)`.",
+        f"{fmt(chosen.confirmed_speedup, '.2f', 'x greedy measured', 'not timed (confirm=0)')}, "
+        f"{fmt(chosen.predicted_speedup, '.2f', 'x')} predicted. Written to `cascade_config.json`: load it with "
+        "`CascadeConfig.from_pretrained(DIR)`, or compare it in a benchmark with the same drafters, in the same order:",
+        "",
+        "```bash",
+        _bench_command(result),
+        "```",
         "",
         "## Placement",
         "",
