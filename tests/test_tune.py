@@ -269,6 +269,8 @@ def test_tune_errors(tiny):
         tune(target, [], tokenizer, PROMPTS, **{**FAST, "confirm": -1})
     with pytest.raises(CascadeValueError, match=r"tune: max_neural \(0\) and max\(max_gram_grid\) \(16\) must be >= 1"):
         tune(target, [target], tokenizer, PROMPTS, **{**FAST, "max_neural": 0})
+    with pytest.raises(CascadeValueError, match=r"tune: lenience is empty; give at least one value"):
+        tune(target, [], tokenizer, PROMPTS, **{**FAST, "lenience": ()})
     with pytest.raises(CascadeValueError, match=r"CascadeConfig.lenience must be a finite number >= 1"):
         tune(target, [], tokenizer, PROMPTS, **{**FAST, "lenience": (0.5,)})
 
@@ -335,18 +337,34 @@ def test_cli_bench_tuned_errors(tiny, tmp_path, extra, match, capsys):
     assert re.search(match, err), err
 
 
+def test_cli_tune_reports_a_refusal_of_the_library(tiny, capsys, monkeypatch):
+    import hf_cascade.tuning
+
+    def refuse(*args, **kwargs):
+        raise CascadeValueError("tune: something the library refuses")
+
+    *_, target_dir, _ = tiny
+    monkeypatch.setattr(hf_cascade.tuning, "tune", refuse)
+    status, _, err = run_cli(["tune", "--target", target_dir, "--no-onednn-probe"], capsys)
+    assert status == 1 and "hf-cascade tune: error: tune: something the library refuses" in err
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
         (["--confirm", "-1"], r"--confirm must be >= 0 \(0 trusts the model\), got -1"),
         (["--lenience", "0.5"], r"--lenience: CascadeConfig.lenience must be a finite number >= 1"),
         (["--lenience", "x"], r"argument --lenience: expected a number, got 'x'"),
+        (["--lenience", ","], r"argument --lenience: expected comma-separated numbers >= 1, e.g. 1,2; got ','"),
         (["--config", "/nope/cascade_config.json"], r"--config '/nope/cascade_config.json': "),
         (["--drafter", "d"], r"--drafter 'd': write NAME=ID_OR_PATH"),
+        (["--config", "NO_MAX_GRAM"], r"--config '.*' turns Max-Gram off and no --drafter is given: nothing to tune"),
     ],
 )
-def test_cli_tune_errors(tiny, extra, match, capsys):
+def test_cli_tune_errors(tiny, tmp_path, extra, match, capsys):
     *_, target_dir, _ = tiny
+    CascadeConfig(use_max_gram=False).save_pretrained(tmp_path)
+    extra = [str(tmp_path) if e == "NO_MAX_GRAM" else e for e in extra]
     status, _, err = run_cli(["tune", "--target", target_dir, *extra], capsys)
     assert status == 2
     assert re.search(match, err), err

@@ -30,7 +30,10 @@ __all__ = ["add_parser", "run"]
 
 
 def _lenience_list(text: str) -> tuple[float, ...]:
-    return tuple(finite_float(part) for part in text.split(",") if part.strip())
+    values = tuple(finite_float(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 1, e.g. 1,2; got {text!r}")
+    return values
 
 
 def add_parser(sub: Any) -> None:
@@ -100,6 +103,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             base = CascadeConfig.from_pretrained(args.config)
         except (OSError, CascadeError) as e:
             parser.error(f"--config {args.config!r}: {e}")
+    if not drafter_paths and base is not None and not base.use_max_gram:
+        parser.error(f"--config {args.config!r} turns Max-Gram off and no --drafter is given: nothing to tune")
     for value in args.lenience or ():
         try:
             CascadeConfig(lenience=value)

@@ -282,6 +282,10 @@ def tune(
     if lenience is None:
         lenience = (1.0, 2.0) if num_assistants + int(use_max_gram) > 1 else (1.0,)
     lenience = tuple(float(v) for v in lenience)
+    if not lenience:
+        raise CascadeValueError(
+            "tune: lenience is empty; give at least one value, e.g. (1.0,), or None for the default."
+        )
     for value in lenience:
         replace(config, lenience=value)  # validates: CascadeValueError naming CascadeConfig.lenience
     encoded = _encode(prompts, tokenizer, chat_template, target.device)
