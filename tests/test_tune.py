@@ -182,6 +182,8 @@ def test_tune_python_confirms_and_round_trips_its_config(tiny, tmp_path):
     assert isinstance(result, TuneResult) and result.drafters == ["d"]
     assert set(result.costs) == {"target", "d"} and set(result.costs["target"].forward_s) == {1, 2, 4, 8, 16}
     assert set(result.acceptance[1.0]) == {(0, 0), (0, 1), (1, 1)}
+    assert result.timings.overhead_s > 0 and result.timings.max_gram_s > 0
+    assert result.greedy_step_s == pytest.approx(result.costs["target"].forward_s[1] + result.timings.overhead_s)
     labels = [c.label for c in result.candidates]
     assert labels == ["tuned-1", "default"] and all(c.identical for c in result.candidates)
     assert result.chosen in labels and result.candidates[0].predicted_speedup > 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..benchmark.methods import ForwardTimer
 from ..benchmark.runner import ModelCost, measure_cost
 from ..config import CascadeConfig
 from ..cpu import OneDNNLinear, onednn_linear_available, use_onednn_linear
@@ -199,16 +200,19 @@ def measure_acceptance(
                 names = [f"assistant_{c}" for c in chain] + (["max_gram"] if use_max_gram else [])
                 status(f"acceptance run {i}/{len(todo)}: target <- {' <- '.join(names)} (lenience {lenience:g})")
             config = replace(base_config, k_matrix=k_matrix, lenience=float(lenience), max_gram=max_gram)
+            models = {"target": target, **{f"assistant_{c}": assistants[c] for c in chain}}
             for inputs in encoded:
-                out = _generate(
-                    target,
-                    inputs,
-                    custom_generate=generation.generate,
-                    assistant_models=[assistants[c] for c in chain],
-                    cascade_config=config,
-                    return_dict_in_generate=True,
-                    **generation_kwargs,
-                )
+                # Forward hooks that synchronise on CUDA (`CascadeStats` times only the launch there).
+                with ForwardTimer(models) as timer:
+                    out = _generate(
+                        target,
+                        inputs,
+                        custom_generate=generation.generate,
+                        assistant_models=[assistants[c] for c in chain],
+                        cascade_config=config,
+                        return_dict_in_generate=True,
+                        **generation_kwargs,
+                    )
                 stats = out.cascade_stats
                 for j, pair in enumerate(pairs):
                     reviewer, drafter = stats.levels[j], stats.levels[j + 1]
@@ -217,10 +221,10 @@ def measure_acceptance(
                         count.accepted += drafter.accepted
                         count.drafted += drafter.drafted
                         count.reviews += reviewer.forward_passes
-                forward = sum(level.forward_time_s + level.propose_time_s for level in stats.levels)
-                outside += max(stats.wall_time_s - forward, 0.0)
-                passes += sum(level.forward_passes for level in stats.levels)
-                propose_s += stats.levels[-1].propose_time_s if use_max_gram else 0.0
+                propose = stats.levels[-1].propose_time_s if use_max_gram else 0.0
+                outside += max(stats.wall_time_s - sum(timer.seconds.values()) - propose, 0.0)
+                passes += sum(timer.passes.values())
+                propose_s += propose
                 proposals += stats.levels[-1].propose_calls if use_max_gram else 0
     timings = RunTimings(outside / passes if passes else 0.0, propose_s / proposals if proposals else 0.0)
     return counts, timings
