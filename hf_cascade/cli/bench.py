@@ -17,6 +17,7 @@ from ..benchmark import (
     BUILTIN_SETS,
     DATASETS,
     REPEATING_SETS,
+    ChatTurns,
     Method,
     busy_warning,
     describe_machine,
@@ -32,7 +33,9 @@ from ..benchmark import (
     write_reports,
 )
 from ..benchmark.suffix import suffix_available
+from ..checks import vocab_size
 from ..errors import CascadeError
+from ..memory import MaxGramMemory
 from ._args import add_loading_args, add_model_source_args, positive_int
 from ._models import check_sources, load_models, log, model_or_default, use_chat_template
 
@@ -65,6 +68,14 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--method", action="append", default=[], metavar="SPEC", help="a method to run (repeatable; see above)"
     )
+    p.add_argument(
+        "--memory",
+        metavar="FILE",
+        help=(
+            "a saved Max-Gram memory (hf_cascade.MaxGramMemory.save) to warm-start with: every cascade+memory method "
+            "starts from a copy of it, and suffix gets its documents in its global tree; the file is not changed"
+        ),
+    )
     src = p.add_argument_group("prompts (default: all built-in sets)")
     src.add_argument(
         "--builtin",
@@ -79,7 +90,10 @@ def add_parser(sub: Any) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help='JSONL prompt file, one {"id", "category", "prompt"} object per line (repeatable)',
+        help=(
+            'JSONL prompt file, one {"id", "category", "prompt"} object per line (repeatable); "prompt" may be a list '
+            "of user turns (a conversation: each later turn is sent with the method's own earlier answers)"
+        ),
     )
     src.add_argument("--dataset", choices=DATASETS, help="a public dataset read from --data-file")
     src.add_argument("--data-file", metavar="PATH", help="local file (or MMLU CSV directory) of --dataset")
@@ -183,6 +197,21 @@ def _prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list:
     return prompts
 
 
+def _load_memory(args: argparse.Namespace, parser: argparse.ArgumentParser, methods: list[Method]) -> Any:
+    """`--memory FILE`: the `MaxGramMemory` saved there (checked before any model loads), or `None`."""
+    if args.memory is None:
+        return None
+    if not any(m.memory for m in methods):
+        parser.error(
+            "--memory warm-starts the methods that remember (cascade+memory, suffix), and none runs; add "
+            "--method cascade+memory or drop --memory"
+        )
+    try:
+        return MaxGramMemory.load(args.memory)
+    except CascadeError as e:
+        parser.error(f"--memory: {e}")
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..loading import encode_prompt, pad_token_id
 
@@ -190,6 +219,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     drafter_paths = _parse_drafters(args, parser)
     methods = _methods(args, parser, drafter_paths)
     prompts = _prompts(args, parser)
+    memory = _load_memory(args, parser, methods)
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401
@@ -219,8 +249,23 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if models is None:
         return 1
     target, tokenizer, drafters = models
+    if memory is not None:
+        try:
+            memory.check_vocab_size(vocab_size(target))
+        except CascadeError as e:
+            parser.error(f"--memory {args.memory}: {e}")
     chat = use_chat_template(tokenizer, not args.no_chat_template)
+    multi_turn = [p.id for p in prompts if p.followups]
+    if multi_turn and not chat:
+        parser.error(
+            f"prompts {multi_turn[:3]} have several turns, which need the chat template: drop --no-chat-template or "
+            "those prompts"
+        )
     encoded = [(p, encode_prompt(tokenizer, p.text, chat, target.device)) for p in prompts]
+    chat_turns = ChatTurns(
+        encode=lambda messages: encode_prompt(tokenizer, messages, chat, target.device),
+        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
     generation_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
     pad = pad_token_id(target, tokenizer)
     if pad is not None:
@@ -235,6 +280,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         "repeats": args.repeats,
         "warmup_tokens": args.warmup_tokens,
         "chat_template": chat,
+        "memory": args.memory,
         "prompt_sources": {
             "builtin": args.builtin,
             "prompts": args.prompts,
@@ -244,8 +290,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             "seed": args.seed,
         },
     }
-    total = len(prompts) * len(methods) * args.repeats
-    log(f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs")
+    turns = sum(len(p.turns) for p in prompts)
+    total = turns * len(methods) * args.repeats
+    log(
+        f"{len(prompts)} prompts ({turns} turns) x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
+        if turns > len(prompts)
+        else f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
+    )
     bar = None
 
     def progress(n: int) -> None:
@@ -272,6 +323,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             machine=machine,
             progress=None if args.no_progress else progress,
             status=log,
+            chat_turns=chat_turns,
+            memory=memory,
         )
     finally:
         if bar is not None:
