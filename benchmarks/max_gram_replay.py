@@ -129,7 +129,8 @@ def record(args: argparse.Namespace) -> None:
     from hf_cascade.loading import encode_prompt, pad_token_id
 
     model, tokenizer = _load_model(args)
-    prompts = [p for name in BUILTIN_SETS for p in load_builtin(name)]
+    sets = args.sets.split(",") if args.sets else BUILTIN_SETS
+    prompts = [p for name in sets for p in load_builtin(name)]
     if args.gsm8k:
         prompts += load_dataset_file("gsm8k", args.gsm8k)[: args.gsm8k_count]
     with open(args.out, "w") as f:
@@ -162,6 +163,7 @@ def main() -> None:
     rec.add_argument("--out", required=True)
     rec.add_argument("--gsm8k", help="GSM8K test JSONL (../shared/models/fetch.sh) to add held-out prompts from")
     rec.add_argument("--gsm8k-count", type=int, default=20)
+    rec.add_argument("--sets", help="comma-separated built-in sets to record (default: the default benchmark's)")
     rep = sub.add_parser("replay", help="replay policies on recorded answers")
     rep.add_argument("records")
     rep.add_argument("--costs", help="JSON file {n: cost of an n-token forward relative to 1}; measured if absent")

@@ -9,25 +9,37 @@ starting from a prior that grows with the match length (`MATCH_PRIOR`), and a pr
 forward pass to verify; and no proposal is made when the whole draft's expected accepted tokens do not pay for
 `draft_cost`, the fixed extra cost of a multi-token forward. The k-matrix entry stays the upper bound. Nothing here
 changes the output, only the drafts.
+
+A `MaxGramMemory` proposal carries more evidence: per token, the share of the matched suffix's occurrences in earlier
+calls that it followed. Its k-th token is accepted with chance `alpha ** k * share_1 * ... * share_k` (a follower seen
+after one occurrence in four is a one-in-four guess, however long the match), it is cut by the same rule
+(`cut_length`), and it replaces the call's own proposal when its expected accepted tokens, less its verification
+cost, are larger (`proposal_gain`). With a memory the tracker is the memory's (`MaxGramMemory.tracker`): how well
+drafts did on the earlier calls of the same workload is the best prior for the next call.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
 from .max_gram import BigramTable, MaxGramIndex
-from .memory import MaxGramMemory
+
+if TYPE_CHECKING:  # memory.py builds its tracker here
+    from .memory import MaxGramMemory
 
 __all__ = [
     "MEMORY",
     "MATCH_PRIOR",
     "AcceptanceTracker",
     "adaptive_proposal",
+    "cut_length",
     "draft_length",
     "match_bucket",
     "match_prior",
     "max_gram_tracker",
+    "proposal_gain",
 ]
 
 # The third element of a tracker key whose proposal came from a `MaxGramMemory` (earlier calls), not the call itself.
@@ -56,7 +68,7 @@ def match_prior(key: tuple[int, ...]) -> float:
 def draft_length(acceptance: float, token_cost: float, max_tokens: int, draft_cost: float = 0.0) -> int:
     """Largest `k <= max_tokens` with `acceptance ** k >= token_cost`, or 0 when such a draft does not pay for
     itself: its expected accepted tokens `acceptance + ... + acceptance ** k` must exceed its extra verification cost
-    `draft_cost + token_cost * k` (both in one-token forwards of the reviewer).
+    `draft_cost + token_cost * k` (both in one-token forwards of the reviewer). `cut_length` with geometric chances.
 
     Args:
         acceptance (`float`): geometric acceptance rate in `[0, 1]`.
@@ -69,11 +81,48 @@ def draft_length(acceptance: float, token_cost: float, max_tokens: int, draft_co
     if acceptance < token_cost:
         return 0
     k = min(max_tokens, int(math.floor(math.log(token_cost) / math.log(acceptance) + 1e-9)))
-    if draft_cost > 0 and k > 0:
-        expected = acceptance * (1 - acceptance**k) / (1 - acceptance)
-        if expected <= draft_cost + token_cost * k:
-            return 0
+    return cut_length(acceptance_chances(acceptance, [1.0] * k), token_cost, draft_cost)
+
+
+def acceptance_chances(acceptance: float, shares: Sequence[float]) -> list[float]:
+    """`P_k = acceptance ** k * shares[0] * ... * shares[k - 1]`, for `k = 1 .. len(shares)`: the chance that the
+    first `k` tokens of a proposal are all accepted.
+
+    Args:
+        acceptance (`float`): geometric acceptance rate of the proposal's tracker key, in `[0, 1]`.
+        shares (`Sequence[float]`): per token, the share of its matched suffix's occurrences it followed (1.0 for
+            the call's own text, which keeps no counts; `MaxGramMemory.propose_scored` for a memory).
+    """
+    chances, p = [], 1.0
+    for share in shares:
+        p *= acceptance * share
+        chances.append(p)
+    return chances
+
+
+def cut_length(chances: Sequence[float], token_cost: float, draft_cost: float = 0.0) -> int:
+    """How many tokens of a proposal to draft: the largest `k` with `chances[k - 1] >= token_cost` (the k-th token
+    pays for its verification), or 0 when the expected accepted tokens `chances[0] + ... + chances[k - 1]` do not
+    exceed `draft_cost + token_cost * k`.
+
+    Args:
+        chances (`Sequence[float]`): non-increasing; `chances[k - 1]` is the chance that the first `k` tokens are all
+            accepted (`acceptance_chances`).
+        token_cost (`float`): cost of verifying one more draft token, in one-token forwards, `> 0`.
+        draft_cost (`float`, *optional*, defaults to 0): fixed extra cost of verifying any draft, `>= 0`.
+    """
+    k = 0
+    while k < len(chances) and chances[k] >= token_cost:
+        k += 1
+    if k and draft_cost > 0 and sum(chances[:k]) <= draft_cost + token_cost * k:
+        return 0
     return k
+
+
+def proposal_gain(chances: Sequence[float], k: int, costs: tuple[float, float]) -> float:
+    """Expected accepted tokens of a proposal's first `k` tokens less their extra verification cost `draft_cost +
+    token_cost * k` (`costs`), in one-token forwards; 0 for no draft."""
+    return sum(chances[:k]) - costs[0] - costs[1] * k if k else 0.0
 
 
 class AcceptanceTracker:
@@ -86,11 +135,20 @@ class AcceptanceTracker:
         prior_rate (`float` or `Callable[[Hashable], float]`, *optional*, defaults to 0.5): prior rate, or a function
             of the key giving it (the cascade uses `match_prior`).
         prior_strength (`float`, *optional*, defaults to 2): how many tokens the prior counts as.
+        max_weight (`float`, *optional*): when a key's counts (prior included) exceed this many tokens, they are
+            scaled down to it, so older observations fade and the rate follows a workload that changes (a tracker
+            kept across calls, `MaxGramMemory.tracker`). `None`: everything counts (one call).
     """
 
-    def __init__(self, prior_rate: float | Callable[[Hashable], float] = 0.5, prior_strength: float = 2.0):
+    def __init__(
+        self,
+        prior_rate: float | Callable[[Hashable], float] = 0.5,
+        prior_strength: float = 2.0,
+        max_weight: float | None = None,
+    ):
         self._prior_rate = prior_rate
         self._strength = prior_strength
+        self._max_weight = max_weight
         self._counts: dict[Hashable, list[float]] = {}
 
     def _prior(self, key: Hashable) -> list[float]:
@@ -108,11 +166,16 @@ class AcceptanceTracker:
             counts = self._counts[key] = self._prior(key)
         counts[0] += accepted
         counts[1] += int(rejected)
+        total = counts[0] + counts[1]
+        if self._max_weight is not None and total > self._max_weight:
+            counts[0] *= self._max_weight / total
+            counts[1] *= self._max_weight / total
 
 
-def max_gram_tracker() -> AcceptanceTracker:
-    """The tracker the cascade cuts Max-Gram proposals with: `match_prior`, worth four tokens."""
-    return AcceptanceTracker(match_prior, prior_strength=4.0)
+def max_gram_tracker(max_weight: float | None = None) -> AcceptanceTracker:
+    """The tracker the cascade cuts Max-Gram proposals with: `match_prior`, worth four tokens (`max_weight`: see
+    `AcceptanceTracker`)."""
+    return AcceptanceTracker(match_prior, prior_strength=4.0, max_weight=max_weight)
 
 
 def adaptive_proposal(
@@ -137,8 +200,10 @@ def adaptive_proposal(
             proposal (a fixed length, as prompt lookup).
         costs (`tuple[float, float]`): `(draft_cost, token_cost)` of that reviewer, see `draft_length`.
         bigram (`BigramTable`, *optional*): Max-Gram's fallback table.
-        memory (`MaxGramMemory`, *optional*): earlier calls' outputs and added documents; its proposal replaces the
-            call's own when it matched a longer suffix (the call's own text wins ties).
+        memory (`MaxGramMemory`, *optional*): earlier calls' outputs and added documents. With a `tracker`, its
+            proposal replaces the call's own when its expected accepted tokens less their cost (`proposal_gain`,
+            with the memory's per-token shares, `acceptance_chances`) are larger; without, when it matched a longer
+            suffix (the call's own text wins ties).
 
     Returns:
         `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
@@ -146,12 +211,20 @@ def adaptive_proposal(
         cut (and stops proposing) on its own record without making the call's own matches look worse.
     """
     tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
-    key: tuple[int, ...] = (level, match_bucket(match_length))
-    if memory is not None and match_length < memory.max_ngram_size:
-        remembered, remembered_length = memory.propose(context, num_tokens)
-        if remembered_length > match_length:
-            tokens, key = remembered, (level, match_bucket(remembered_length), MEMORY)
-    if tracker is not None:
-        draft_cost, token_cost = costs
-        tokens = tokens[: draft_length(tracker.rate(key), token_cost, len(tokens), draft_cost)]
-    return tokens, key
+    key: tuple[int | str, ...] = (level, match_bucket(match_length))
+    remembered: list[int] = []
+    if memory is not None:
+        remembered, remembered_length, shares = memory.propose_scored(context, num_tokens)
+        memory_key = (level, match_bucket(remembered_length), MEMORY)
+    if tracker is None:  # fixed length, as prompt lookup: the longer match wins
+        if remembered and remembered_length > match_length:
+            return remembered, memory_key
+        return tokens, key
+    own = acceptance_chances(tracker.rate(key), [1.0] * len(tokens))
+    k = cut_length(own, costs[1], costs[0])
+    if remembered:
+        chances = acceptance_chances(tracker.rate(memory_key), shares)
+        m = cut_length(chances, costs[1], costs[0])
+        if proposal_gain(chances, m, costs) > proposal_gain(own, k, costs):
+            return remembered[:m], memory_key
+    return tokens[:k], key

@@ -29,7 +29,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .adaptive import adaptive_proposal, max_gram_tracker
+from .adaptive import MEMORY, adaptive_proposal, max_gram_tracker
 from .config import CascadeConfig, MaxGramConfig
 from .cost import ForwardCostModel, cost_model_for
 from .errors import CascadeValueError
@@ -341,7 +341,8 @@ class CascadeDrafter:
             max_gram = settings.max_gram
             self.index = MaxGramIndex(max_gram.max_ngram_size, max_gram.min_ngram_size, corpus, max_gram.occurrence)
             self.index.extend(self.buffer.ids)
-            self.tracker = max_gram_tracker() if max_gram.adaptive_length else None
+            if max_gram.adaptive_length:  # a memory carries the acceptance record of earlier calls (its tracker)
+                self.tracker = self.memory.tracker if self.memory is not None else max_gram_tracker()
             self.max_gram_column = len(runners)
             self.stats.append(LevelStats("max_gram", "max_gram"))
         self.num_drafters = len(self.stats)
@@ -572,9 +573,13 @@ class CascadeDrafter:
         """Count draft positions `start ..` as drafted by their owners, the first `n_accepted` as accepted."""
         reviewed = self.buffer.drafted(start)
         for i, position in enumerate(reviewed):
-            self.stats[position.owner].drafted += 1
+            stats = self.stats[position.owner]
+            remembered = position.tag is not None and position.tag[-1] == MEMORY
+            stats.drafted += 1
+            stats.memory_drafted += remembered
             if i < n_accepted:
-                self.stats[position.owner].accepted += 1
+                stats.accepted += 1
+                stats.memory_accepted += remembered
         if self.tracker is not None:
             # Max-Gram tokens reached by this review: accepted up to n_accepted, the one at n_accepted rejected.
             for i, position in enumerate(reviewed[: n_accepted + 1]):

@@ -4,13 +4,15 @@ Real workloads repeat themselves across calls (the same JSON schema filled for e
 an agent's tool-call format), so a continuation that followed a suffix in earlier outputs is a good draft when the
 current call has no match of its own. `MaxGramMemory` keeps such documents and, per n-gram, how often each next token
 followed it, so the most frequent continuation wins (as in SuffixDecoding's frequency-ranked suffix tree, arXiv
-2411.04975, here with the incremental n-gram index Max-Gram already uses).
+2411.04975, here with the incremental n-gram index Max-Gram already uses), and how often it won is the evidence the
+cascade sizes the draft with (`hf_cascade.adaptive`).
 
 Properties:
 - incremental: adding a document of `m` tokens costs `O(m * max_ngram_size)` dict updates, never a rescan;
 - bounded: at most `max_tokens` tokens are kept; the oldest documents are evicted first (and their counts removed);
 - shareable: one memory may serve concurrent `generate` calls from several threads (a lock guards every read and
-  write, and a proposal is computed under the lock in one go);
+  write of the documents, and a proposal is computed under the lock in one go; the acceptance record, `tracker`, is
+  updated without it: concurrent calls may lose one another's update, which only changes draft lengths);
 - persistent: `save`/`load` use safetensors (token ids and settings only, never pickle); the index is rebuilt on load.
 
 Nothing here can change what `generate` returns: memory drafts are reviewed like every other draft.
@@ -26,10 +28,15 @@ from typing import Any
 
 import torch
 
+from .adaptive import max_gram_tracker
 from .config import MAX_NGRAM_SIZE_LIMIT, _check_int  # MaxGramConfig's bound and check, for the same reasons
 from .errors import CascadeTypeError, CascadeValueError
 
-__all__ = ["MaxGramMemory", "check_memory"]
+__all__ = ["TRACKER_WEIGHT", "MaxGramMemory", "check_memory"]
+
+# How many tokens' worth of reviews each key of a memory's acceptance tracker keeps (older ones fade): about the
+# drafts of a few calls, so the record follows the workload without one call's luck deciding the next.
+TRACKER_WEIGHT = 100.0
 
 _FORMAT = "hf_cascade.MaxGramMemory/1"
 
@@ -85,8 +92,15 @@ class MaxGramMemory:
         max_tokens (`int`, *optional*, defaults to 1_000_000): the most tokens kept; adding past it evicts the oldest
             documents first. A single document longer than this keeps only its last `max_tokens` tokens.
         max_ngram_size (`int`, *optional*, defaults to 8): longest suffix matched against the memory.
-        min_ngram_size (`int`, *optional*, defaults to 2): shortest suffix that counts as a match. Two tokens by
-            default: a one-token match against documents of other calls is too weak a signal to pay for a draft.
+        min_ngram_size (`int`, *optional*, defaults to 1): shortest suffix that counts as a match. A short match is
+            not trusted blindly: each proposed token comes with the share of its suffix's occurrences it followed
+            (`propose_scored`), and the cascade drafts it only while the chance of acceptance pays.
+
+    Attributes:
+        tracker (`AcceptanceTracker`): the acceptance record of Max-Gram's drafts (the call's own matches and the
+            memory's) in the calls that used this memory; the next call starts from it instead of the priors, so a
+            workload where copies fail stops drafting them early. Recent tokens weigh most (each key keeps at most
+            `TRACKER_WEIGHT` tokens' worth). Not saved by `save` (a loaded memory starts from the priors).
     """
 
     def __init__(
@@ -94,7 +108,7 @@ class MaxGramMemory:
         vocab_size: int | None = None,
         max_tokens: int = 1_000_000,
         max_ngram_size: int = 8,
-        min_ngram_size: int = 2,
+        min_ngram_size: int = 1,
     ):
         if vocab_size is not None:
             _check_int("MaxGramMemory vocab_size", vocab_size, 1)
@@ -121,6 +135,7 @@ class MaxGramMemory:
         self._serial = 0  # increases with every indexed token: ties between equal counts go to the most recent
         # n-gram -> {next token: [count, serial of its latest occurrence]}
         self._table: dict[tuple[int, ...], dict[int, list[int]]] = {}
+        self.tracker = max_gram_tracker(TRACKER_WEIGHT)
 
     # ------------------------------------------------------------------ size
     @property
@@ -204,35 +219,40 @@ class MaxGramMemory:
                             del self._table[key]
 
     def clear(self) -> None:
-        """Forget every document."""
+        """Forget every document and the acceptance record (`tracker`)."""
         with self._lock:
             self._docs.clear()
             self._table.clear()
             self._num_tokens = 0
+            self.tracker = max_gram_tracker(TRACKER_WEIGHT)
 
     # ------------------------------------------------------------------ proposing
-    def _next(self, tail: Sequence[int]) -> tuple[int, int] | None:
-        """`(token, match_length)`: the most frequent follower of the longest suffix of `tail` that the memory holds."""
+    def _next(self, tail: Sequence[int]) -> tuple[int, int, float] | None:
+        """`(token, match_length, share)`: the most frequent follower of the longest suffix of `tail` that the memory
+        holds, and the fraction of that suffix's occurrences it followed."""
         tail = tuple(tail[-self.max_ngram_size :])
         for n in range(len(tail), self.min_ngram_size - 1, -1):
             followers = self._table.get(tail[len(tail) - n :])
             if followers:
-                token = max(followers.items(), key=lambda item: (item[1][0], item[1][1]))[0]
-                return token, n
+                token, (count, _) = max(followers.items(), key=lambda item: (item[1][0], item[1][1]))
+                return token, n, count / sum(entry[0] for entry in followers.values())
         return None
 
-    def propose(self, context: Sequence[int], num_tokens: int) -> tuple[list[int], int]:
+    def propose_scored(self, context: Sequence[int], num_tokens: int) -> tuple[list[int], int, list[float]]:
         """Up to `num_tokens` tokens continuing `context`, each the most frequent follower of the longest suffix
-        (of `context` plus the tokens proposed so far) that occurred in the memory.
+        (of `context` plus the tokens proposed so far) that occurred in the memory, with how often it followed.
 
         Args:
             context (`Sequence[int]`): the current sequence (only its last `max_ngram_size` tokens are read).
             num_tokens (`int`): the most tokens to propose.
 
         Returns:
-            `(tokens, match_length)`: the proposal and the length of the first match (0 when nothing matched).
+            `(tokens, match_length, shares)`: the proposal, the length of the first match (0 when nothing matched)
+            and, per token, the fraction of its matched suffix's occurrences in the memory that it followed (1.0:
+            the suffix was always followed by it; 0.25: by it once in four).
         """
         out: list[int] = []
+        shares: list[float] = []
         tail = list(context[-self.max_ngram_size :])
         first_match = 0
         with self._lock:
@@ -240,11 +260,17 @@ class MaxGramMemory:
                 hit = self._next(tail)
                 if hit is None:
                     break
-                token, n = hit
+                token, n, share = hit
                 first_match = first_match or n
                 out.append(token)
+                shares.append(share)
                 tail = (tail + [token])[-self.max_ngram_size :]
-        return out, first_match
+        return out, first_match, shares
+
+    def propose(self, context: Sequence[int], num_tokens: int) -> tuple[list[int], int]:
+        """`propose_scored` without the shares: `(tokens, match_length)`."""
+        tokens, match_length, _ = self.propose_scored(context, num_tokens)
+        return tokens, match_length
 
     # ------------------------------------------------------------------ copies and files
     def __getstate__(self) -> dict[str, Any]:

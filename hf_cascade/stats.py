@@ -38,6 +38,9 @@ class LevelStats:
             `+inf` logits, or a row with no finite score, e.g. an fp16 overflow): nothing it drafted or reviewed
             there was kept or counted in `drafted`/`accepted`. A drafter that does this costs speed, never
             correctness; the target's own scores are never checked (as in plain `generate`).
+        memory_drafted (`int`): for Max-Gram, how many of `drafted` were copied from a `MaxGramMemory` (earlier
+            calls and added documents) rather than from the call's own text.
+        memory_accepted (`int`): of `memory_drafted`, how many the reviewer accepted.
     """
 
     name: str
@@ -52,11 +55,18 @@ class LevelStats:
     draft_cost: float | None = None
     token_cost: float | None = None
     nonfinite_drafts: int = 0
+    memory_drafted: int = 0
+    memory_accepted: int = 0
 
     @property
     def acceptance_rate(self) -> float | None:
         """`accepted / drafted`, or `None` when nothing was drafted."""
         return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def memory_acceptance_rate(self) -> float | None:
+        """`memory_accepted / memory_drafted`, or `None` when nothing was copied from a memory."""
+        return self.memory_accepted / self.memory_drafted if self.memory_drafted else None
 
 
 @dataclass
@@ -94,6 +104,7 @@ class CascadeStats:
         d["tokens_per_target_forward"] = self.tokens_per_target_forward
         for level_dict, level in zip(d["levels"], self.levels, strict=True):
             level_dict["acceptance_rate"] = level.acceptance_rate
+            level_dict["memory_acceptance_rate"] = level.memory_acceptance_rate
         return d
 
     def summary(self) -> str:
@@ -108,6 +119,12 @@ class CascadeStats:
                 f"{s.name:<14}{s.drafted:>9}{s.accepted:>10}{rate:>7}{s.forward_passes:>10}"
                 f"{s.forward_tokens:>12}{secs:>9.3f}"
             )
+        rows.extend(
+            f"{s.name}: {s.memory_drafted} of the drafted tokens came from max_gram_memory, {s.memory_accepted} "
+            f"accepted ({s.memory_acceptance_rate:.2f})"
+            for s in self.levels
+            if s.memory_drafted
+        )
         fitted = [
             f"{s.name} {format_fitted_cost(s.draft_cost, s.token_cost)}"
             for s in self.levels

@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hf_cascade.adaptive import MATCH_PRIOR, AcceptanceTracker, draft_length, match_bucket, max_gram_tracker
+from hf_cascade.adaptive import (
+    MATCH_PRIOR,
+    MEMORY,
+    AcceptanceTracker,
+    acceptance_chances,
+    adaptive_proposal,
+    cut_length,
+    draft_length,
+    match_bucket,
+    max_gram_tracker,
+    proposal_gain,
+)
 
 from conftest import max_gram_generate
 
@@ -79,3 +90,56 @@ def test_adaptive_only_changes_the_drafts(llama, prompt):
     assert torch.equal(fixed_out, plain) and torch.equal(adaptive_out, plain)
     # Rejected tokens are what the adaptive length saves: it must draft fewer of them.
     assert adaptive.drafted - adaptive.accepted < fixed.drafted - fixed.accepted
+
+
+# ------------------------------------------------------------------------------------------ memory proposals
+def test_cut_length_follows_the_chances():
+    assert cut_length([0.9, 0.5, 0.04, 0.01], token_cost=0.05) == 2
+    assert cut_length([0.3, 0.1], token_cost=0.05, draft_cost=0.5) == 0  # 0.4 expected < 0.5 + 0.1
+    assert cut_length([], token_cost=0.05) == 0
+    assert acceptance_chances(0.5, [1.0, 0.5]) == [0.5, 0.125]
+    assert proposal_gain([0.9, 0.8], 2, (0.5, 0.05)) == pytest.approx(1.7 - 0.6)
+    assert proposal_gain([0.9], 0, (0.5, 0.05)) == 0.0
+
+
+def test_tracker_max_weight_lets_old_reviews_fade():
+    tracker = AcceptanceTracker(0.5, prior_strength=2.0, max_weight=10.0)
+    tracker.update("k", accepted=100, rejected=False)
+    assert tracker.rate("k") == pytest.approx(10 / 10.0 * (101 / 102), rel=0.02)
+    tracker.update("k", accepted=0, rejected=True)
+    tracker.update("k", accepted=0, rejected=True)
+    # Ten tokens' worth of weight: two rejections move the rate by about 0.2 (without the cap, by 0.02).
+    assert 0.75 < tracker.rate("k") < 0.85
+
+
+def test_a_memory_proposal_is_drafted_only_while_its_followers_are_frequent_enough():
+    from hf_cascade.max_gram import MaxGramIndex
+    from hf_cascade.memory import MaxGramMemory
+
+    index = MaxGramIndex(8, 1)
+    index.extend([50, 51, 52])  # the call's own text: nothing to copy after 60 61
+    memory = MaxGramMemory(min_ngram_size=1)
+    for value in range(20):  # twenty records "60 61 62 <value> 63": the key always the same, the value never
+        memory.add([60, 61, 62, 70 + value, 63])
+    tracker = max_gram_tracker()
+    tokens, key = adaptive_proposal(index, [60, 61], 16, 0, tracker, (0.5, 0.035), memory=memory)
+    assert key == (0, 2, MEMORY)
+    assert tokens == [62]  # the value after 62 is a one-in-twenty guess: not worth verifying
+    # Without the shares (one occurrence each), the whole remembered record would have been drafted.
+    single = MaxGramMemory(min_ngram_size=1)
+    single.add([60, 61, 62, 70, 63])
+    tokens, _ = adaptive_proposal(index, [60, 61], 16, 0, tracker, (0.5, 0.035), memory=single)
+    assert tokens == [62, 70, 63]
+
+
+def test_the_calls_own_proposal_wins_when_it_is_worth_more():
+    from hf_cascade.max_gram import MaxGramIndex
+    from hf_cascade.memory import MaxGramMemory
+
+    index = MaxGramIndex(8, 1)
+    index.extend([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1, 2, 3])  # a long match of its own
+    memory = MaxGramMemory(min_ngram_size=1)
+    memory.add([3, 40])
+    memory.add([3, 41])
+    tokens, key = adaptive_proposal(index, [1, 2, 3], 6, 0, max_gram_tracker(), (0.5, 0.035), memory=memory)
+    assert key == (0, 3) and tokens == [4, 5, 6, 7, 8, 9]

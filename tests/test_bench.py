@@ -7,15 +7,18 @@ import functools
 import gzip
 import json
 import re
+from dataclasses import asdict
 
 import pytest
 import torch
 from test_cli import WORDS, run_cli, save_tiny
 
-from hf_cascade import CascadeConfig
+from hf_cascade import CascadeConfig, CascadeValueError, MaxGramMemory
 from hf_cascade.benchmark import (
     BUILTIN_SETS,
+    REPEATING_SETS,
     BenchmarkResult,
+    ChatTurns,
     Method,
     Mismatch,
     ModelCost,
@@ -109,6 +112,24 @@ def test_builtin_sets(name):
         assert all(p.reference and p.reference.isdigit() for p in prompts)
 
 
+@pytest.mark.parametrize("name", REPEATING_SETS)
+def test_repeating_sets(name):
+    prompts = load_builtin(name)
+    assert len(prompts) >= 8 and {p.category for p in prompts} == {name}
+    if name == "chat-followup":  # two-turn conversations: the second turn asks about the first answer
+        assert len(prompts) <= 12 and all(len(p.turns) == 2 and p.followups for p in prompts)
+    else:
+        assert all(p.turns == (p.text,) for p in prompts)
+
+
+def test_load_jsonl_reads_conversations(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"id": "a", "category": "c", "prompt": ["first", "about your answer"]}) + "\n")
+    [prompt] = load_jsonl(path)
+    assert prompt.text == "first" and prompt.followups == ("about your answer",)
+    assert prompt.turns == ("first", "about your answer")
+
+
 def test_builtin_unknown():
     with pytest.raises(ValueError, match="unknown built-in prompt set 'poems'; choose from grounded, math, chat"):
         load_builtin("poems")
@@ -129,6 +150,8 @@ def test_sample_is_seeded_and_keeps_order():
         (['{"id": "a", "category": "c"}'], r"line 1: missing key\(s\) \['prompt'\]"),
         (["not json"], r"line 1: not valid JSON"),
         (['{"id": "a", "category": "c", "prompt": ""}'], r"'prompt' must be a non-empty string"),
+        (['{"id": "a", "category": "c", "prompt": ["x", ""]}'], r"or a non-empty list of them .* got \['x', ''\]"),
+        (['{"id": "a", "category": "c", "prompt": []}'], r"or a non-empty list of them \(the user turns"),
         (['{"id": "a", "category": "c", "prompt": "x"}'] * 2, r"duplicate prompt id 'a'"),
         (["[1, 2]"], r"expected a JSON object, got list"),
     ],
@@ -368,6 +391,43 @@ def test_swi_and_speedup_arithmetic():
     assert cs.tokens_per_target_forward == pytest.approx(2.5)
 
 
+def test_memory_drafts_are_reported_apart():
+    """A Max-Gram level's memory counters add up over prompts, show as `max_gram (memory)` and survive the JSON."""
+    from hf_cascade.stats import LevelStats
+
+    def run(memory_drafted, memory_accepted):
+        levels = [
+            {**asdict(LevelStats("target", "target", forward_passes=4)), "acceptance_rate": None},
+            {
+                **asdict(
+                    LevelStats(
+                        "max_gram",
+                        "max_gram",
+                        drafted=12,
+                        accepted=8,
+                        memory_drafted=memory_drafted,
+                        memory_accepted=memory_accepted,
+                    )
+                ),
+                "acceptance_rate": 8 / 12,
+            },
+        ]
+        return Run(1.0, 10, list(range(10)), {"target": 4}, {"target": 0.5}, levels)
+
+    greedy = Run(2.0, 10, list(range(10)), {"target": 10}, {"target": 1.8})
+    prompts = [
+        PromptResult(Prompt(i, "c", "x"), 5, {"greedy": [greedy], "mem": [run(*counts)]})
+        for i, counts in (("a", (6, 3)), ("b", (4, 4)))
+    ]
+    result = BenchmarkResult([Method("greedy", "greedy"), Method("mem", "cascade", memory=True)], prompts, {}, {}, {})
+    _, mem = summarize(result)
+    assert mem.levels["max_gram"]["memory_drafted"] == 10 and mem.levels["max_gram"]["memory_accepted"] == 7
+    assert mem.acceptance == {"max_gram": pytest.approx(16 / 24), "max_gram (memory)": pytest.approx(0.7)}
+    assert "| mem | max_gram (memory) | - | - | 10 | 7 | 0.70 | - |" in to_markdown(result)
+    summary = to_json_dict(result)["summary"]
+    assert [SummaryRow.from_dict(r, "x").to_dict() for r in summary] == summary
+
+
 # ------------------------------------------------------------------------------------------------ the CLI
 @pytest.fixture(scope="module")
 def prompt_file(tmp_path_factory):
@@ -450,7 +510,7 @@ def test_cli_bench_unused_drafter(tiny_pair, capsys):
 
 
 # ------------------------------------------------------------------------------------------ methods that remember
-def _run_without_drafters(target, tokenizer, methods, repeats, warmup_tokens):
+def _run_without_drafters(target, tokenizer, methods, repeats, warmup_tokens, **kwargs):
     """A quick benchmark of drafter-free methods (8 greedy tokens, no cost measurement) that must match greedy."""
     result = run_benchmark(
         target,
@@ -461,6 +521,7 @@ def _run_without_drafters(target, tokenizer, methods, repeats, warmup_tokens):
         repeats=repeats,
         warmup_tokens=warmup_tokens,
         measure_costs=False,
+        **kwargs,
     )
     assert result.mismatches == []
     return result
@@ -494,8 +555,8 @@ def test_suffix_method_keeps_one_response_per_earlier_prompt(tiny_pair):
     states = {}
     original = MethodState.__init__
 
-    def record(self, method, vocab_size):
-        original(self, method, vocab_size)
+    def record(self, method, *args):
+        original(self, method, *args)
         states[method.label] = self
 
     with pytest.MonkeyPatch.context() as mp:
@@ -504,3 +565,157 @@ def test_suffix_method_keeps_one_response_per_earlier_prompt(tiny_pair):
     # One recorded answer per prompt, and no run's own response: a repeat never copies its own earlier answer.
     assert sorted(states["suffix"].anchor.cache.cached_requests) == [-3, -2, -1]
     assert len(states["suffix:local"].anchor.cache.cached_requests) == 0
+
+
+# ------------------------------------------------------------------------------------------ multi-turn prompts
+CONVERSATION = Prompt("c", "chat", "w1 w2 w3 w4 w5 w1 w2", followups=("w9 w1 w2 w3",))
+
+
+def _chat_turns(tokenizer, seen):
+    """`ChatTurns` over the tiny word tokenizer: the chat is the messages' contents joined (recorded in `seen`)."""
+
+    def encode(messages):
+        seen.append(messages)
+        text = " ".join(m["content"] for m in messages)
+        return {k: v for k, v in tokenizer(text, return_tensors="pt").items() if k != "token_type_ids"}
+
+    return ChatTurns(encode, lambda ids: tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def _conversation_benchmark(tokenizer, target, methods, seen, **kwargs):
+    first = {k: v for k, v in tokenizer(CONVERSATION.text, return_tensors="pt").items() if k != "token_type_ids"}
+    return run_benchmark(
+        target,
+        [(CONVERSATION, first), _encoded(tokenizer)[1]],
+        methods,
+        {},
+        dict(max_new_tokens=8, do_sample=False, pad_token_id=0),
+        repeats=2,
+        warmup_tokens=0,
+        measure_costs=False,
+        chat_turns=_chat_turns(tokenizer, seen),
+        **kwargs,
+    )
+
+
+def test_every_turn_of_a_conversation_is_benchmarked_with_its_history(tiny_pair):
+    target, _, tokenizer, *_ = tiny_pair
+    seen = []
+    methods = [Method("greedy", "greedy"), Method("cascade", "cascade"), Method("mem", "cascade", memory=True)]
+    if suffix_available() is None:
+        methods.append(parse_method("suffix"))
+    result = _conversation_benchmark(tokenizer, target, methods, seen)
+    assert result.mismatches == []
+    assert [(p.id, p.turn) for p in result.prompts] == [("c/turn1", 1), ("c/turn2", 2), ("p1", None)]
+    turn1, turn2 = result.prompts[:2]
+    assert all(len(runs) == 2 for p in (turn1, turn2) for runs in p.runs.values())
+    # Each method's second turn carries the chat so far, with that method's own first answer.
+    answer = tokenizer.decode(turn1.runs["greedy"][0].ids, skip_special_tokens=True)
+    history = [
+        {"role": "user", "content": CONVERSATION.text},
+        {"role": "assistant", "content": answer},
+        {"role": "user", "content": CONVERSATION.followups[0]},
+    ]
+    assert seen == [history] * len(methods)
+    assert turn2.prompt_tokens > turn1.prompt_tokens
+    data = to_json_dict(result)
+    assert [(p["id"], p["turn"]) for p in data["prompts"]] == [("c/turn1", 1), ("c/turn2", 2), ("p1", None)]
+    assert "| c/turn2 | chat |" in to_markdown(result)
+
+
+def test_every_turn_is_checked_against_greedy(tiny_pair, monkeypatch):
+    import hf_cascade.generation as generation
+
+    target, _, tokenizer, *_ = tiny_pair
+    original = generation.generate
+
+    @functools.wraps(original)
+    def corrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.sequences[0, -1] = (out.sequences[0, -1] + 1) % len(WORDS)
+        return out
+
+    monkeypatch.setattr(generation, "generate", corrupted)
+    seen = []
+    result = _conversation_benchmark(
+        tokenizer, target, [Method("greedy", "greedy"), Method("cascade", "cascade")], seen
+    )
+    assert {(m.prompt_id, m.method) for m in result.mismatches} == {
+        ("c/turn1", "cascade"),
+        ("c/turn2", "cascade"),
+        ("p1", "cascade"),
+    }
+    # The cascade's history holds its own (differing) first answer, not greedy's.
+    greedy_answer, cascade_answer = seen[0][1]["content"], seen[1][1]["content"]
+    assert cascade_answer == tokenizer.decode(result.prompts[0].runs["cascade"][0].ids, skip_special_tokens=True)
+    assert cascade_answer != greedy_answer
+
+
+def test_a_conversation_needs_chat_turns(tiny_pair):
+    target, _, tokenizer, *_ = tiny_pair
+    first = {k: v for k, v in tokenizer(CONVERSATION.text, return_tensors="pt").items() if k != "token_type_ids"}
+    with pytest.raises(CascadeValueError, match=r"prompt\(s\) \['c'\] have several turns: pass chat_turns="):
+        run_benchmark(target, [(CONVERSATION, first)], [Method("greedy", "greedy")], {}, {}, measure_costs=False)
+
+
+def test_cli_bench_runs_conversations(tiny_pair, tmp_path, capsys):
+    *_, target_dir, _ = tiny_pair
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"id": "c", "category": "chat", "prompt": ["w1 w2 w3", "w4 w1 w2"]}) + "\n")
+    out = tmp_path / "out"
+    argv = ["bench", "--target", target_dir, "--prompts", str(path), "--method", "cascade+memory"]
+    argv += ["--max-new-tokens", "6", "--repeats", "1", "--warmup-tokens", "0", "--out", str(out), "--no-plot"]
+    status, _, err = run_cli([*argv, "--no-progress"], capsys)
+    assert status == 0, err
+    assert "1 prompts (2 turns) x 2 methods x 1 repeats = 4 timed runs" in err
+    data = json.loads((out / "results.json").read_text())
+    assert [p["id"] for p in data["prompts"]] == ["c/turn1", "c/turn2"] and data["mismatches"] == []
+    status, _, err = run_cli([*argv, "--no-progress", "--no-chat-template"], capsys)
+    assert status == 2 and "prompts ['c'] have several turns, which need the chat template" in err
+
+
+# ------------------------------------------------------------------------------------------ warm start (--memory)
+def test_remembering_methods_start_from_the_given_memory(tiny_pair, monkeypatch):
+    from hf_cascade import generation
+
+    target, _, tokenizer, *_ = tiny_pair
+    seen = []
+    original = generation.generate
+
+    @functools.wraps(original)
+    def spy(*args, max_gram_memory=None, **kwargs):
+        seen.append(None if max_gram_memory is None else max_gram_memory.documents())
+        return original(*args, max_gram_memory=max_gram_memory, **kwargs)
+
+    monkeypatch.setattr(generation, "generate", spy)
+    start = MaxGramMemory(vocab_size=len(WORDS))
+    start.add([7, 8, 9, 10])
+    methods = [Method("greedy", "greedy"), Method("mem", "cascade", memory=True)]
+    result = _run_without_drafters(target, tokenizer, methods, repeats=1, warmup_tokens=0, memory=start)
+    first = result.prompts[0].runs["greedy"][0].ids
+    assert seen[:2] == [[[7, 8, 9, 10]], [[7, 8, 9, 10], first]]  # a copy of it, then the earlier answers
+    assert start.documents() == [[7, 8, 9, 10]]  # the benchmark never changes the caller's memory
+    with pytest.raises(CascadeValueError, match=r"built for a vocabulary of 10 tokens but the target's has 64"):
+        _run_without_drafters(target, tokenizer, methods, 1, 0, memory=MaxGramMemory(vocab_size=10))
+
+
+def test_cli_bench_memory_flag(tiny_pair, tmp_path, capsys):
+    *_, target_dir, _ = tiny_pair
+    path = tmp_path / "memory.safetensors"
+    memory = MaxGramMemory(vocab_size=len(WORDS))
+    memory.add([7, 8, 9, 10])
+    memory.save(path)
+    base = ["bench", "--target", target_dir, "--builtin", "math", "--sample", "1", "--max-new-tokens", "4"]
+    base += ["--repeats", "1", "--warmup-tokens", "0", "--no-plot", "--no-progress", "--out", str(tmp_path / "o")]
+    status, _, err = run_cli([*base, "--method", "cascade+memory", "--memory", str(path)], capsys)
+    assert status == 0, err
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["settings"]["memory"] == str(path)
+    assert f"started from the Max-Gram memory `{path}`" in (tmp_path / "o" / "report.md").read_text()
+    assert MaxGramMemory.load(path).documents() == [[7, 8, 9, 10]]  # read, never written
+    status, _, err = run_cli([*base, "--method", "cascade", "--memory", str(path)], capsys)
+    assert status == 2 and "--memory warm-starts the methods that remember" in err
+    status, _, err = run_cli([*base, "--method", "cascade+memory", "--memory", str(tmp_path / "no.st")], capsys)
+    assert status == 2 and "--memory: MaxGramMemory.load:" in err and "does not exist" in err
+    MaxGramMemory(vocab_size=10).save(tmp_path / "small.st")
+    status, _, err = run_cli([*base, "--method", "cascade+memory", "--memory", str(tmp_path / "small.st")], capsys)
+    assert status == 2 and "built for a vocabulary of 10 tokens but the target's has 64" in err

@@ -58,7 +58,7 @@ def test_a_longer_match_beats_a_more_frequent_shorter_one():
 
 
 def test_min_ngram_size_ignores_single_token_matches():
-    memory = MaxGramMemory()  # min_ngram_size=2 by default
+    memory = MaxGramMemory(min_ngram_size=2)
     memory.add([1, 2, 3])
     assert memory.propose([9, 2], 2) == ([], 0)
     assert memory.propose([1, 2], 2) == ([3], 2)
@@ -315,3 +315,46 @@ def test_an_enabled_model_runs_the_cascade_when_only_a_memory_is_passed(llama):
         hf_cascade.disable(llama)
     assert out.tolist() == llama.generate(prompt, max_new_tokens=8, do_sample=False).tolist()
     assert memory.num_documents == 1  # the cascade ran and added its output
+
+
+# ------------------------------------------------------------------------------------------ scores, stats, tracker
+def test_proposals_carry_the_share_of_each_follower():
+    memory = MaxGramMemory(min_ngram_size=1)
+    for doc in ([1, 2, 3, 7], [1, 2, 3, 7], [1, 2, 4, 8]):
+        memory.add(doc)
+    # "1 2" was followed by 3 twice and by 4 once; "1 2 3" always by 7.
+    assert memory.propose_scored([1, 2], 2) == ([3, 7], 2, [pytest.approx(2 / 3), 1.0])
+    assert memory.propose([1, 2], 2) == ([3, 7], 2)
+    assert memory.propose_scored([9, 9], 3) == ([], 0, [])
+
+
+def test_memory_drafts_are_counted_apart_from_the_calls_own(llama):
+    prompt = _fresh_prompt(3)
+    expected = llama.generate(prompt, max_new_tokens=30, do_sample=False)
+    _, without = _cascade(llama, prompt, None)
+    assert without.levels[-1].memory_drafted == 0 and without.levels[-1].memory_acceptance_rate is None
+    memory = MaxGramMemory(vocab_size=VOCAB)
+    memory.add(expected[0, prompt.shape[1] :].tolist())
+    _, stats = _cascade(llama, prompt, memory)
+    max_gram = stats.levels[-1]
+    assert 0 < max_gram.memory_accepted <= max_gram.memory_drafted <= max_gram.drafted
+    assert max_gram.memory_accepted <= max_gram.accepted
+    level = stats.to_dict()["levels"][-1]
+    assert level["memory_drafted"] == max_gram.memory_drafted
+    assert level["memory_acceptance_rate"] == pytest.approx(max_gram.memory_accepted / max_gram.memory_drafted)
+    assert f"{max_gram.memory_drafted} of the drafted tokens came from max_gram_memory" in stats.summary()
+
+
+def test_the_acceptance_record_carries_over_to_the_next_call(llama):
+    memory = MaxGramMemory(vocab_size=VOCAB)
+    assert memory.tracker._counts == {}
+    _cascade(llama, _fresh_prompt(4), memory, max_new_tokens=16)
+    record = {key: list(value) for key, value in memory.tracker._counts.items()}
+    assert record  # the call's reviews were recorded in the memory's tracker, not in a throwaway one
+    twin = copy.deepcopy(memory)
+    assert twin.tracker is not memory.tracker and twin.tracker._counts == memory.tracker._counts
+    assert pickle.loads(pickle.dumps(memory)).tracker._counts == memory.tracker._counts
+    _cascade(llama, _fresh_prompt(5), memory, max_new_tokens=16)
+    assert memory.tracker._counts != record  # the second call went on from the first call's record
+    memory.clear()
+    assert memory.tracker._counts == {}

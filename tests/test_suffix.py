@@ -35,3 +35,21 @@ def test_suffix_drafts_in_transformers_assisted_loop_match_greedy(llama):
         assert sum(drafted) > 0, "SuffixDecoding proposed nothing: the test would not exercise verification"
         assert out.tolist() == expected.tolist()
     assert len(anchor.cache.cached_requests) == 2 and not anchor.cache.active_requests
+
+
+@pytest.mark.skipif(suffix.suffix_available() is not None, reason="arctic_inference.suffix_decoding is not built")
+def test_a_warm_start_memory_fills_the_global_tree_only():
+    from hf_cascade import MaxGramMemory
+    from hf_cascade.benchmark import parse_method
+    from hf_cascade.benchmark.methods import MethodState
+
+    start = MaxGramMemory(vocab_size=100)
+    start.add([5, 6, 7, 8, 9, 10])
+    start.add([11, 12, 13])
+    state = MethodState(parse_method("suffix"), 100, start)
+    assert len(state.anchor.cache.cached_requests) == 2 and not state.anchor.cache.active_requests
+    # The remembered response is drafted from: a new request whose context ends in "6 7" speculates "8 9 10".
+    state.anchor.cache.start_request("r", [1, 2])
+    draft = state.anchor.cache.speculate("r", [1, 6, 7], max_spec_tokens=3, max_spec_factor=2.0, min_token_prob=0.1)
+    assert list(draft.token_ids) == [8, 9, 10]
+    assert len(MethodState(parse_method("suffix:local"), 100, start).anchor.cache.cached_requests) == 0

@@ -224,23 +224,36 @@ class MethodState:
     Each run of a prompt starts from the state the earlier prompts left: `cascade+memory` runs get a copy of the
     memory (their own additions are dropped), and a `suffix` run's response is evicted from the global tree as soon as
     the run ends (`end_run`), so a later repeat of the same prompt cannot copy its own answer. `end_prompt` then
-    records the prompt's answer once.
+    records the prompt's answer once, and the acceptance record (`MaxGramMemory.tracker`) of the prompt's first run,
+    as a user's single call would have left it.
 
     Args:
         method (`Method`): the method.
         vocab_size (`int`): the target's vocabulary size (for the memory).
+        start (`MaxGramMemory`, *optional*): what the method remembers before the first prompt (`bench --memory`):
+            a `cascade+memory` method starts from a copy of it, a `suffix` method with its global tree starts with its
+            documents there as earlier responses; `suffix:local` and the other methods ignore it.
     """
 
-    def __init__(self, method: Method, vocab_size: int):
+    def __init__(self, method: Method, vocab_size: int, start: MaxGramMemory | None = None):
         self.method = method
-        remembers_max_gram = method.kind == "cascade" and method.memory
-        self.memory = MaxGramMemory(vocab_size=vocab_size) if remembers_max_gram else None
+        self.memory = None
+        if method.kind == "cascade" and method.memory:
+            self.memory = copy.deepcopy(start) if start is not None else MaxGramMemory(vocab_size=vocab_size)
         self.anchor = SuffixAnchor(global_tree=method.memory) if method.kind == "suffix" else None
         self._ids = itertools.count(-1, -1)  # request ids of recorded answers (runs use 0, 1, 2, ...)
+        self._first_run: MaxGramMemory | None = None  # the memory copy the prompt's first run used
+        if self.anchor is not None and method.memory and start is not None:
+            for document in start.documents():
+                self._remember_response(document)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Extra `generate` arguments of one run."""
-        return {"max_gram_memory": copy.deepcopy(self.memory)} if self.memory is not None else {}
+        if self.memory is None:
+            return {}
+        run_memory = copy.deepcopy(self.memory)
+        self._first_run = self._first_run or run_memory
+        return {"max_gram_memory": run_memory}
 
     def end_run(self, generator: SuffixCandidateGenerator | None) -> None:
         """A run is over: drop a `suffix` run's response from the global tree (`end_prompt` records the answer)."""
@@ -251,11 +264,17 @@ class MethodState:
         """All runs of a prompt are done: remember its answer (the new tokens, identical in every run) once."""
         if self.memory is not None:
             self.memory.add(answer)
+            if self._first_run is not None:
+                self.memory.tracker, self._first_run = self._first_run.tracker, None
         if self.anchor is not None and self.method.memory:
-            request_id = next(self._ids)
-            self.anchor.cache.start_request(request_id, [])
-            self.anchor.cache.add_active_response(request_id, answer)
-            self.anchor.cache.stop_request(request_id)
+            self._remember_response(answer)
+
+    def _remember_response(self, tokens: list[int]) -> None:
+        """Put `tokens` in the suffix method's global tree as an earlier response (of no prompt)."""
+        request_id = next(self._ids)
+        self.anchor.cache.start_request(request_id, [])
+        self.anchor.cache.add_active_response(request_id, tokens)
+        self.anchor.cache.stop_request(request_id)
 
 
 def run_method(

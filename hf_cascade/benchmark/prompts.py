@@ -12,6 +12,8 @@ order, one call per prompt; not part of the default benchmark):
 
 - `extraction`: 20 short texts about an employee, each extracted into the same JSON record (keys named in words).
 - `code-edits`: 16 small Python functions, each given the same edit (type hints and a Google-style docstring).
+- `chat-followup`: 10 two-turn conversations: a request, then a second turn about the first answer (quote it,
+  summarise it, correct it, reformat it), sent with the model's own first answer in the chat history.
 
 Public datasets are read from local files (nothing is downloaded): `gsm8k` (the JSONL test split, `{"question",
 "answer"}`), `mt-bench` (FastChat's `question.jsonl`; first turns, with MT-Bench's categories as Spec-Bench uses
@@ -44,7 +46,7 @@ __all__ = [
 ]
 
 BUILTIN_SETS = ("grounded", "math", "chat")  # the default benchmark
-REPEATING_SETS = ("extraction", "code-edits")
+REPEATING_SETS = ("extraction", "code-edits", "chat-followup")
 DATASETS = ("gsm8k", "mt-bench", "humaneval", "mmlu")
 
 # The prompt formats of the CS Drafting reference experiments (see docs/benchmarks.md).
@@ -60,14 +62,23 @@ class Prompt:
     Args:
         id (`str`): unique within a benchmark.
         category (`str`): what results are grouped by (`"grounded"`, `"math"`, an MT-Bench category, ...).
-        text (`str`): the user message (wrapped in the chat template unless the benchmark is run without one).
+        text (`str`): the (first) user message (wrapped in the chat template unless the benchmark is run without
+            one).
         reference (`str`, *optional*): the expected final answer, where the source has one (not used for timing).
+        followups (`tuple[str, ...]`): later user messages of a multi-turn conversation: each is sent with the chat so
+            far (the earlier user messages and the model's own answers to them) as its history.
     """
 
     id: str
     category: str
     text: str
     reference: str | None = None
+    followups: tuple[str, ...] = ()
+
+    @property
+    def turns(self) -> tuple[str, ...]:
+        """The user messages in order: `text`, then the `followups`."""
+        return (self.text, *self.followups)
 
 
 def _parse_record(record: Any, where: str) -> Prompt:
@@ -76,14 +87,27 @@ def _parse_record(record: Any, where: str) -> Prompt:
     missing = [key for key in ("id", "category", "prompt") if key not in record]
     if missing:
         raise CascadeValueError(f"{where}: missing key(s) {missing}; each line needs 'id', 'category' and 'prompt'")
-    if not isinstance(record["prompt"], str) or not record["prompt"].strip():
-        raise CascadeValueError(f"{where}: 'prompt' must be a non-empty string")
+    turns = record["prompt"]
+    if isinstance(turns, str):
+        turns = [turns]
+    if not isinstance(turns, list) or not turns or not all(isinstance(turn, str) and turn.strip() for turn in turns):
+        raise CascadeValueError(
+            f"{where}: 'prompt' must be a non-empty string, or a non-empty list of them (the user turns of a "
+            f"conversation), got {record['prompt']!r}"
+        )
     answer = record.get("answer")
-    return Prompt(str(record["id"]), str(record["category"]), record["prompt"], None if answer is None else str(answer))
+    return Prompt(
+        str(record["id"]),
+        str(record["category"]),
+        turns[0],
+        None if answer is None else str(answer),
+        tuple(turns[1:]),
+    )
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Prompt]:
-    """Read a prompt set: one JSON object per line with `id`, `category`, `prompt` (and optionally `answer`).
+    """Read a prompt set: one JSON object per line with `id`, `category`, `prompt` (and optionally `answer`); `prompt`
+    is the user message, or a list of user messages (a conversation: each later one follows the model's own answer).
 
     Raises:
         `ValueError`: naming the file and line of a malformed record or a duplicate id.

@@ -10,7 +10,8 @@ Definitions (all per prompt, then aggregated over the prompts of a category):
   pass and every cost outside forward passes: the measured speedup is the number that counts.
 - outside-forward fraction: wall time outside any model's forward pass (drafting logic, Max-Gram, Python) / wall time.
 - acceptance: for cascade levels, draft tokens the reviewer accepted / draft tokens proposed (bonus and correction
-  tokens are not counted as accepted).
+  tokens are not counted as accepted); `max_gram (memory)`: the same for the Max-Gram tokens copied from a
+  `MaxGramMemory` (earlier calls), a part of `max_gram`'s.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "categories",
     "cost_table",
     "fmt",
+    "memory_label",
     "summarize",
     "summary_table",
     "to_json_dict",
@@ -63,7 +65,8 @@ class SummaryRow:
         outside_forward_fraction (`float`, *optional*): share of the wall time outside any forward pass.
         acceptance (`dict[str, float | None]`): per drafter, accepted / drafted tokens.
         levels (`dict[str, dict]`): per model: `forward_passes`, `forward_s`, and for drafters `drafted`,
-            `accepted`, optionally `fitted_cost` (`[draft_cost, token_cost]`).
+            `accepted`, optionally `fitted_cost` (`[draft_cost, token_cost]`) and, for Max-Gram with a memory,
+            `memory_drafted` and `memory_accepted` (part of `drafted`/`accepted`).
         identical (`bool`): every run of every prompt produced greedy's tokens.
     """
 
@@ -195,6 +198,11 @@ def _level_names(result: BenchmarkResult, label: str) -> dict[str, str]:
     return {f"assistant_{i}": name for i, name in enumerate(method.drafters)}
 
 
+def memory_label(name: str) -> str:
+    """How reports name the part of a Max-Gram level's drafts copied from a `MaxGramMemory`."""
+    return f"{name} (memory)"
+
+
 def _fitted(cost: list[float] | None) -> str:
     return format_fitted_cost(*cost) if cost else "-"
 
@@ -243,6 +251,9 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             level["accepted"] = level.get("accepted", 0) + stats["accepted"]
             if stats["kind"] == "max_gram":
                 level["forward_s"] += stats["propose_time_s"]  # Max-Gram's cost is its proposal time
+                if stats.get("memory_drafted"):  # copied from a MaxGramMemory (absent in older results)
+                    level["memory_drafted"] = level.get("memory_drafted", 0) + stats["memory_drafted"]
+                    level["memory_accepted"] = level.get("memory_accepted", 0) + stats["memory_accepted"]
     for name, costs in fitted.items():
         level = levels.setdefault(name, {"forward_passes": 0, "forward_s": 0.0})
         level["fitted_cost"] = [statistics.median(c[0] for c in costs), statistics.median(c[1] for c in costs)]
@@ -251,6 +262,9 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
         for name, level in levels.items()
         if "drafted" in level
     }
+    for name, level in levels.items():
+        if level.get("memory_drafted"):
+            acceptance[memory_label(name)] = level["memory_accepted"] / level["memory_drafted"]
     return SummaryRow(
         method=label,
         category=category,
@@ -313,7 +327,8 @@ def to_json_dict(result: BenchmarkResult) -> dict[str, Any]:
         },
         "prompts": [
             {
-                "id": p.prompt.id,
+                "id": p.id,
+                "turn": p.turn,
                 "category": p.prompt.category,
                 "prompt_tokens": p.prompt_tokens,
                 "runs": {label: [asdict(r) for r in runs] for label, runs in p.runs.items()},
@@ -388,6 +403,11 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         f"chat template {'on' if s.get('chat_template', True) else 'off'}; {s.get('repeats')} interleaved timed "
         f"repeat(s) per prompt after a warm-up, medians; {len(result.prompts)} prompts; "
         f"benchmark wall time {_duration(result.wall_time_s)}",
+        *(
+            [f"- warm start: the methods that remember started from the Max-Gram memory `{s['memory']}`"]
+            if s.get("memory")
+            else []
+        ),
         "",
     ]
     if result.mismatches:
@@ -401,7 +421,8 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "## Where the time goes (all prompts)",
         "",
         "Per model: forward passes and seconds inside them (Max-Gram: proposal time), draft tokens proposed and "
-        "accepted by the reviewer (cascade methods); fitted cost: the `draft_cost + token_cost * k` fitted to the "
+        "accepted by the reviewer (cascade methods; `max_gram (memory)`: the part of Max-Gram's drafts copied from "
+        "a `MaxGramMemory`); fitted cost: the `draft_cost + token_cost * k` fitted to the "
         "model's own timed forward passes (`MaxGramConfig.measure_cost`; median over runs), which sets the length of "
         "the Max-Gram drafts it reviews.",
         "",
@@ -417,6 +438,11 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
                 f"| {level.get('drafted', '-')} | {level.get('accepted', '-')} "
                 f"| {fmt(r.acceptance.get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} |"
             )
+            if level.get("memory_drafted"):  # of the row above: the drafts copied from the memory
+                lines.append(
+                    f"| {r.method} | {memory_label(name)} | - | - | {level['memory_drafted']} "
+                    f"| {level['memory_accepted']} | {fmt(r.acceptance.get(memory_label(name)), '.2f')} | - |"
+                )
     if result.costs:
         lines += ["", "## Cost of a forward pass", "", *cost_table(result.costs)]
     lines += ["", "## Per prompt", "", "Speedup over greedy (median time) and new tokens.", ""]
@@ -429,7 +455,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         greedy = p.median_run(labels[0]).seconds
         cells = [f"{greedy / p.median_run(label).seconds:.2f}x" for label in labels[1:]]
         lines.append(
-            f"| {p.prompt.id} | {p.prompt.category} | {p.prompt_tokens} | {p.runs[labels[0]][0].new_tokens} "
+            f"| {p.id} | {p.prompt.category} | {p.prompt_tokens} | {p.runs[labels[0]][0].new_tokens} "
             f"| {greedy:.2f} | " + " | ".join(cells) + " |"
         )
     lines += ["", "Definitions: see `hf_cascade/benchmark/report.py` and docs/benchmarks.md.", ""]

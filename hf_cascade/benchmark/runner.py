@@ -16,12 +16,14 @@ import torch
 
 from ..cpu import count_parameters
 from ..errors import CascadeValueError
+from ..memory import MaxGramMemory
 from ..runner import accepts_logits_to_keep, new_cache
 from .methods import Method, MethodState, Run, run_method
 from .prompts import Prompt
 
 __all__ = [
     "BenchmarkResult",
+    "ChatTurns",
     "Mismatch",
     "ModelCost",
     "PromptResult",
@@ -78,17 +80,24 @@ class ModelCost:
 
 @dataclass
 class PromptResult:
-    """All runs of all methods on one prompt.
+    """All runs of all methods on one prompt (on one turn of a multi-turn prompt).
 
     Args:
         prompt (`Prompt`): the prompt.
-        prompt_tokens (`int`): its length in tokens (after the chat template).
+        prompt_tokens (`int`): its length in tokens (after the chat template; for a later turn, with the history).
         runs (`dict[str, list[Run]]`): method label -> timed runs, in order.
+        turn (`int`, *optional*): which user turn (1-based) of a multi-turn prompt; `None` for a single-turn one.
     """
 
     prompt: Prompt
     prompt_tokens: int
     runs: dict[str, list[Run]] = field(default_factory=dict)
+    turn: int | None = None
+
+    @property
+    def id(self) -> str:
+        """The prompt's id, with `/turnN` for a turn of a multi-turn prompt (how reports name the row)."""
+        return self.prompt.id if self.turn is None else f"{self.prompt.id}/turn{self.turn}"
 
     def median_run(self, label: str) -> Run:
         """The run of `label` with the median wall time (the lower middle one for an even count), so that its
@@ -170,6 +179,22 @@ def measure_cost(
     return ModelCost(parameters, {k: statistics.median(t) for k, t in times.items()})
 
 
+@dataclass(frozen=True)
+class ChatTurns:
+    """How a benchmark builds the input of a later turn of a multi-turn prompt from the chat so far.
+
+    Args:
+        encode (`Callable[[list[dict[str, str]]], dict[str, torch.Tensor]]`): chat messages (`role`, `content`) ->
+            `input_ids` and `attention_mask` of shape `(1, n)` ending with the assistant's turn (e.g.
+            `hf_cascade.loading.encode_prompt` with the chat template).
+        decode (`Callable[[list[int]], str]`): a method's new tokens -> the assistant message put in the history
+            (e.g. `tokenizer.decode(ids, skip_special_tokens=True)`).
+    """
+
+    encode: Callable[[list[dict[str, str]]], dict[str, torch.Tensor]]
+    decode: Callable[[list[int]], str]
+
+
 def run_benchmark(
     target: torch.nn.Module,
     encoded: list[tuple[Prompt, dict[str, torch.Tensor]]],
@@ -184,6 +209,8 @@ def run_benchmark(
     measure_costs: bool = True,
     progress: Callable[[int], Any] | None = None,
     status: Callable[[str], Any] | None = None,
+    chat_turns: ChatTurns | None = None,
+    memory: MaxGramMemory | None = None,
 ) -> BenchmarkResult:
     """Benchmark `methods` on `encoded` prompts.
 
@@ -203,6 +230,13 @@ def run_benchmark(
             with 1 after every timed run (e.g. `tqdm.update`).
         status (`Callable[[str], Any]`, *optional*): called with a one-line description before each untimed phase
             (each model's cost measurement, each method's warm-up), e.g. `print`.
+        chat_turns (`ChatTurns`, *optional*): needed when a prompt has `followups`. Each turn is benchmarked like a
+            prompt of its own (all repeats of all methods, then the exactness check, then the remembering methods
+            learn its answer) before the next; a method's next turn gets the chat so far with that method's own
+            answers in it (its first run's; identical to greedy's when exact). One `PromptResult` per turn.
+        memory (`MaxGramMemory`, *optional*): a warm start: every `cascade+memory` method starts from a copy of it,
+            and `suffix` (with its global tree) starts with its documents as earlier responses (`MethodState`).
+            Never changed here.
 
     Returns:
         `BenchmarkResult`
@@ -219,6 +253,15 @@ def run_benchmark(
         )
     if repeats < 1:
         raise CascadeValueError(f"repeats must be >= 1, got {repeats}")
+    multi_turn = [prompt.id for prompt, _ in encoded if prompt.followups]
+    if multi_turn and chat_turns is None:
+        raise CascadeValueError(
+            f"prompt(s) {multi_turn[:3]} have several turns: pass chat_turns=ChatTurns(encode, decode) so that later "
+            "turns can be built from the chat so far"
+        )
+    vocab_size = target.config.get_text_config().vocab_size
+    if memory is not None:
+        memory.check_vocab_size(vocab_size)
     say = status or (lambda line: None)
     t_start = time.perf_counter()
     costs: dict[str, ModelCost] = {}
@@ -235,30 +278,50 @@ def run_benchmark(
             say(f"warm-up {i}/{len(methods)}: {method.label} on the first prompt ({warmup_tokens} tokens, untimed)")
             run_method(method, target, drafters, encoded[0][1], warm)  # a fresh state: remembers nothing after
 
-    vocab_size = target.config.get_text_config().vocab_size
-    states = {m.label: MethodState(m, vocab_size) for m in methods if m.needs_state}
+    states = {m.label: MethodState(m, vocab_size, memory) for m in methods if m.needs_state}
     results = []
     mismatches = []
     if progress is not None:
         progress(0)
-    for prompt, inputs in encoded:
-        result = PromptResult(prompt, inputs["input_ids"].shape[1], {label: [] for label in labels})
-        for _ in range(repeats):
-            for method in methods:  # interleaved: A B C A B C
-                run = run_method(method, target, drafters, inputs, generation_kwargs, states.get(method.label))
-                result.runs[method.label].append(run)
-                if progress is not None:
-                    progress(1)
-        reference = result.runs[labels[0]][0].ids
-        for state in states.values():  # remembering methods learn each answer once, after all its runs
-            state.end_prompt(reference)
-        for method in methods:
-            for i, run in enumerate(result.runs[method.label]):
-                if run.ids != reference:
-                    mismatches.append(
-                        Mismatch(prompt.id, method.label, method.kind, first_difference(run.ids, reference), i + 1)
+    for prompt, first_inputs in encoded:
+        histories: dict[str, list[dict[str, str]]] = {label: [] for label in labels}  # each method's chat so far
+        for turn, text in enumerate(prompt.turns):
+            if turn == 0:
+                inputs = dict.fromkeys(labels, first_inputs)
+            else:
+                inputs = {
+                    label: chat_turns.encode([*histories[label], {"role": "user", "content": text}]) for label in labels
+                }
+            result = PromptResult(
+                prompt,
+                inputs[labels[0]]["input_ids"].shape[1],
+                {label: [] for label in labels},
+                turn + 1 if prompt.followups else None,
+            )
+            for _ in range(repeats):
+                for method in methods:  # interleaved: A B C A B C
+                    run = run_method(
+                        method, target, drafters, inputs[method.label], generation_kwargs, states.get(method.label)
                     )
-        results.append(result)
+                    result.runs[method.label].append(run)
+                    if progress is not None:
+                        progress(1)
+            reference = result.runs[labels[0]][0].ids
+            for state in states.values():  # remembering methods learn each answer once, after all its runs
+                state.end_prompt(reference)
+            for method in methods:
+                for i, run in enumerate(result.runs[method.label]):
+                    if run.ids != reference:
+                        mismatches.append(
+                            Mismatch(result.id, method.label, method.kind, first_difference(run.ids, reference), i + 1)
+                        )
+                if turn + 1 < len(prompt.turns):
+                    answer = chat_turns.decode(result.runs[method.label][0].ids)
+                    histories[method.label] += [
+                        {"role": "user", "content": text},
+                        {"role": "assistant", "content": answer},
+                    ]
+            results.append(result)
     return BenchmarkResult(
         methods=list(methods),
         prompts=results,

@@ -60,7 +60,10 @@ def add_prompt_args(parser: Any, default_sample: int | None = None) -> None:
         action="append",
         default=[],
         metavar="FILE",
-        help='JSONL prompt file, one {"id", "category", "prompt"} object per line (repeatable)',
+        help=(
+            'JSONL prompt file, one {"id", "category", "prompt"} object per line (repeatable); "prompt" may be a list '
+            "of user turns (a conversation: each later turn is sent with the method's own earlier answers)"
+        ),
     )
     src.add_argument("--dataset", choices=DATASETS, help="a public dataset read from --data-file")
     src.add_argument("--data-file", metavar="PATH", help="local file (or MMLU CSV directory) of --dataset")

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from ..benchmark import (
+    ChatTurns,
     Method,
     busy_warning,
     describe_machine,
@@ -23,8 +24,10 @@ from ..benchmark import (
     write_reports,
 )
 from ..benchmark.suffix import suffix_available
+from ..checks import vocab_size
 from ..config import CONFIG_NAME, CascadeConfig
 from ..errors import CascadeError
+from ..memory import MaxGramMemory
 from ._args import add_loading_args, add_model_source_args
 from ._inputs import (
     add_drafter_arg,
@@ -61,6 +64,14 @@ def add_parser(sub: Any) -> None:
     add_drafter_arg(p)
     p.add_argument(
         "--method", action="append", default=[], metavar="SPEC", help="a method to run (repeatable; see above)"
+    )
+    p.add_argument(
+        "--memory",
+        metavar="FILE",
+        help=(
+            "a saved Max-Gram memory (hf_cascade.MaxGramMemory.save) to warm-start with: every cascade+memory method "
+            "starts from a copy of it, and suffix gets its documents in its global tree; the file is not changed"
+        ),
     )
     p.add_argument(
         "--tuned",
@@ -138,6 +149,21 @@ def _tuned_method(
         )
 
 
+def _load_memory(args: argparse.Namespace, parser: argparse.ArgumentParser, methods: list[Method]) -> Any:
+    """`--memory FILE`: the `MaxGramMemory` saved there (checked before any model loads), or `None`."""
+    if args.memory is None:
+        return None
+    if not any(m.memory for m in methods):
+        parser.error(
+            "--memory warm-starts the methods that remember (cascade+memory, suffix), and none runs; add "
+            "--method cascade+memory or drop --memory"
+        )
+    try:
+        return MaxGramMemory.load(args.memory)
+    except CascadeError as e:
+        parser.error(f"--memory: {e}")
+
+
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..loading import encode_prompt, pad_token_id
 
@@ -145,6 +171,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     drafter_paths = parse_drafters(args, parser)
     methods = _methods(args, parser, drafter_paths)
     prompts = load_prompts(args, parser)
+    memory = _load_memory(args, parser, methods)
     if not args.no_plot:
         try:
             import matplotlib  # noqa: F401
@@ -165,15 +192,39 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if models is None:
         return 1
     target, tokenizer, drafters = models
+    if memory is not None:
+        try:
+            memory.check_vocab_size(vocab_size(target))
+        except CascadeError as e:
+            parser.error(f"--memory {args.memory}: {e}")
     chat = use_chat_template(tokenizer, not args.no_chat_template)
+    multi_turn = [p.id for p in prompts if p.followups]
+    if multi_turn and not chat:
+        parser.error(
+            f"prompts {multi_turn[:3]} have several turns, which need the chat template: drop --no-chat-template or "
+            "those prompts"
+        )
     encoded = [(p, encode_prompt(tokenizer, p.text, chat, target.device)) for p in prompts]
+    chat_turns = ChatTurns(
+        encode=lambda messages: encode_prompt(tokenizer, messages, chat, target.device),
+        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=True),
+    )
     generation_kwargs = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
     pad = pad_token_id(target, tokenizer)
     if pad is not None:
         generation_kwargs["pad_token_id"] = pad
-    settings = {**run_settings(args, target_path, gguf, drafter_paths, chat), "tuned": args.tuned}
-    total = len(prompts) * len(methods) * args.repeats
-    log(f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs")
+    settings = {
+        **run_settings(args, target_path, gguf, drafter_paths, chat),
+        "tuned": args.tuned,
+        "memory": args.memory,
+    }
+    turns = sum(len(p.turns) for p in prompts)
+    total = turns * len(methods) * args.repeats
+    log(
+        f"{len(prompts)} prompts ({turns} turns) x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
+        if turns > len(prompts)
+        else f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
+    )
     bar = None
 
     def progress(n: int) -> None:
@@ -200,6 +251,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             machine=machine,
             progress=None if args.no_progress else progress,
             status=log,
+            chat_turns=chat_turns,
+            memory=memory,
         )
     finally:
         if bar is not None:
