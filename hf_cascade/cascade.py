@@ -25,7 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -50,6 +50,7 @@ __all__ = [
     "Drafting",
     "ForwardRequest",
     "drive",
+    "encode",
     "eos_token_ids",
     "first_unsure",
     "hard_constraints",
@@ -322,12 +323,29 @@ def _assistant_runner(
     stats = LevelStats(name, "assistant")
     if not model.config.is_encoder_decoder:
         return ModelRunner(model, stats, cost=cost)
-    # Each encoder-decoder drafter encodes the source once, with its own encoder.
+    encoder_outputs, mask = encode(model, inputs_tensor, encoder_attention_mask)
+    return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
+
+
+@torch.no_grad()
+def encode(
+    model: PreTrainedModel, inputs_tensor: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+) -> tuple[Any, torch.Tensor | None]:
+    """An encoder-decoder drafter's own encoding of the source (each drafter encodes it once, with its encoder).
+
+    Args:
+        model (`PreTrainedModel`): the encoder-decoder drafter.
+        inputs_tensor (`torch.LongTensor` of shape `(batch_size, source_length)`): the source.
+        encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*): its mask.
+
+    Returns:
+        `(encoder_outputs, mask)`: the encoder's output and the mask, both on the model's device.
+    """
     mask = encoder_attention_mask.to(model.device) if encoder_attention_mask is not None else None
     encoder_outputs = model.get_encoder()(
         input_ids=inputs_tensor.to(model.device), attention_mask=mask, return_dict=True
     )
-    return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
+    return encoder_outputs, mask
 
 
 class CascadeDrafter:
@@ -347,6 +365,9 @@ class CascadeDrafter:
             own `cost`, replaces the configured `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
             (`MaxGramConfig.measure_cost`).
         memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`adaptive_proposal`).
+        padding (`Sequence[int]`, *optional*): the row's left padding in a batched call. Logits processors and
+            stopping criteria see it before the sequence, as plain batched `generate` shows them the padded row;
+            Max-Gram never does.
 
     Attributes:
         buffer (`DraftBuffer`): the sequence and the current draft.
@@ -362,8 +383,10 @@ class CascadeDrafter:
         bigram: BigramTable | None = None,
         target_cost: ForwardCostModel | None = None,
         memory: MaxGramMemory | None = None,
+        padding: Sequence[int] = (),
     ):
         self.buffer = DraftBuffer.from_prompt(prompt_ids)
+        self.padding = list(padding)
         self.runners = runners
         self.settings = settings
         self.k = settings.k_matrix
@@ -528,7 +551,10 @@ class CascadeDrafter:
         logits = logits.to(device=self.device, dtype=torch.float32)
         if not self.processors:
             return logits
-        prefix = torch.tensor([self.ids[: first + logits.shape[0]]], dtype=torch.long, device=self.device)
+        prefix = torch.tensor(
+            [self.padding + self.ids[: first + logits.shape[0]]], dtype=torch.long, device=self.device
+        )
+        first += len(self.padding)
         scores = logits.clone()
         for i in range(logits.shape[0]):
             scores[i] = self.processors(prefix[:, : first + 1 + i], logits[i : i + 1])[0]
@@ -611,7 +637,7 @@ class CascadeDrafter:
         out: list[int] = []
         for tok in tokens:
             if self.constraints:
-                prefix = torch.tensor([self.ids + out], dtype=torch.long, device=self.device)
+                prefix = torch.tensor([self.padding + self.ids + out], dtype=torch.long, device=self.device)
                 dummy = torch.zeros(1, self.vocab_size, device=self.device)
                 if self.constraints(prefix, dummy)[0, tok] == -float("inf"):
                     break

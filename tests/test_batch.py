@@ -1,0 +1,312 @@
+"""Batches (issue 13): every row of a batched cascade call is what plain batched `generate` returns for it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    MptConfig,
+    MptForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    TextStreamer,
+)
+
+import hf_cascade
+from hf_cascade.batch_runner import BatchRunner
+from hf_cascade.stats import LevelStats
+
+from conftest import DECODER_KWARGS, VOCAB, build, perturbed
+
+NEW = 12
+PAD = 0
+LENGTHS = (3, 17, 9, 25, 1)
+
+
+def rows_of(lengths, seed: int = 7) -> list[list[int]]:
+    """Prompts of the given lengths, each ending with a repeated phrase where room allows (Max-Gram copies it)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lengths:
+        phrase = torch.randint(2, VOCAB, (max(n // 4, 1),), generator=gen).tolist()
+        body = torch.randint(2, VOCAB, (n,), generator=gen).tolist()
+        rows.append((body[: n - 2 * len(phrase)] + phrase + phrase)[-n:] if n >= 4 else body)
+    return rows
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of `rows`, left-padded with `PAD` as a tokenizer with padding_side="left" does."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def early_eos(model, ids, mask, **kwargs) -> int:
+    """A token plain greedy emits early in the first row (and so later or never in others): rows stop apart."""
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, **kwargs)
+    return int(out[0, ids.shape[1] + 2])
+
+
+def cascade(model, ids, mask, drafters, **kwargs):
+    return model.generate(
+        ids,
+        attention_mask=mask,
+        do_sample=False,
+        pad_token_id=PAD,
+        custom_generate=hf_cascade.generate,
+        assistant_models=drafters,
+        return_dict_in_generate=True,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def qwen2_drafter(qwen2):
+    return perturbed(qwen2, 0.3, 8)
+
+
+# --------------------------------------------------------------------------------------------- greedy exactness
+LLAMA_CASES = {
+    # name: (number of rows, drafters (indices into llama_drafters), use_max_gram, with memory)
+    "5rows-max_gram": (5, (), True, False),
+    "4rows-1drafter+max_gram": (4, (1,), True, False),
+    "3rows-2drafters": (3, (0, 1), False, False),
+    "2rows-2drafters+max_gram+memory": (2, (0, 1), True, True),
+    "1row-1drafter": (1, (1,), False, False),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAMA_CASES))
+def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case):
+    num_rows, which, use_max_gram, with_memory = LLAMA_CASES[case]
+    ids, mask = left_pad(rows_of(LENGTHS[:num_rows]))
+    eos = early_eos(llama, ids, mask)
+    plain = llama.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
+    )
+    memory = hf_cascade.MaxGramMemory() if with_memory else None
+    if memory is not None:
+        memory.add(rows_of([12], seed=3)[0])
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram)
+    out = cascade(
+        llama,
+        ids,
+        mask,
+        [llama_drafters[i] for i in which],
+        max_new_tokens=NEW,
+        eos_token_id=eos,
+        cascade_config=config,
+        max_gram_memory=memory,
+    )
+    assert torch.equal(out.sequences, plain)
+    stats = out.cascade_stats
+    if num_rows == 1:  # no padding: the batch-1 path, which returns the cache and no per-row records
+        assert out.cache is not None and stats.rows == []
+        return
+    assert out.cache is None  # batched calls return no cache
+    assert len(stats.rows) == num_rows
+    assert stats.new_tokens == sum(row.new_tokens for row in stats.rows)
+    for i, level in enumerate(stats.levels[1:], start=1):  # totals are the rows' sums
+        assert level.drafted == sum(row.levels[i].drafted for row in stats.rows)
+        assert level.accepted == sum(row.levels[i].accepted for row in stats.rows)
+    assert bool((out.sequences[:, ids.shape[1] :] == PAD).any())  # rows stopped apart: some are padded
+    if memory is not None:
+        # each row's new tokens were remembered (a document needs two tokens to hold an n-gram)
+        assert memory.num_documents == 1 + sum(row.new_tokens >= 2 for row in stats.rows)
+
+
+@pytest.mark.parametrize("model_name", ["qwen2", "gpt2"])
+def test_other_decoders_batch_equal_plain_batched_greedy(request, model_name):
+    model = request.getfixturevalue(model_name)
+    ids, mask = left_pad(rows_of(LENGTHS[:4]))
+    eos = early_eos(model, ids, mask)
+    plain = model.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
+    )
+    out = cascade(model, ids, mask, [perturbed(model, 0.3, 8)], max_new_tokens=NEW, eos_token_id=eos)
+    assert torch.equal(out.sequences, plain)
+
+
+@pytest.mark.parametrize("use_max_gram", [True, False])
+def test_t5_batch_equals_plain_batched_greedy(t5, use_max_gram):
+    ids, mask = left_pad(rows_of((6, 14, 3)))
+    # Encoder inputs are right-padded, as a T5 tokenizer pads them.
+    right = torch.full_like(ids, PAD)
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        right[i, :n] = ids[i, ids.shape[1] - n :]
+    mask = (torch.arange(ids.shape[1])[None] < mask.sum(1, keepdim=True)).long()
+    plain = t5.generate(right, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram)
+    out = t5.generate(
+        right,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[perturbed(t5, 0.3, 9)],
+        cascade_config=config,
+    )
+    assert torch.equal(out, plain)
+
+
+def test_fp64_each_row_equals_the_row_alone(llama, llama_drafters):
+    rows = rows_of(LENGTHS[:4], seed=11)
+    ids, mask = left_pad(rows)
+    out = cascade(llama, ids, mask, [llama_drafters[1], llama_drafters[0]], max_new_tokens=NEW).sequences
+    for i, row in enumerate(rows):
+        alone = llama.generate(torch.tensor([row]), max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
+        assert out[i, ids.shape[1] :].tolist() == alone[0, len(row) :].tolist()
+
+
+def test_compaction_keeps_rows_exact(llama, llama_drafters):
+    """A rejecting drafter leaves holes in the target's cache every step; compacted, the rows stay exact."""
+    ids, mask = left_pad(rows_of((4, 11, 7)))
+    plain = llama.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=PAD)
+    config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False)
+    out = cascade(llama, ids, mask, [llama_drafters[2]], max_new_tokens=20, cascade_config=config)
+    assert torch.equal(out.sequences, plain)
+
+
+def test_batch_runner_compact_gathers_each_rows_states():
+    """`compact` moves each row's valid slots, in order, to the end of the cache, padding on the left."""
+    runner = BatchRunner.__new__(BatchRunner)
+    runner.device = torch.device("cpu")
+    runner.slot_mask = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 1, 0, 0]])
+    runner.cached = [3, 2]
+    keys = torch.arange(10.0).view(2, 1, 5, 1)
+
+    class Layer:
+        is_initialized = True
+
+    layer = Layer()
+    layer.keys, layer.values = keys.clone(), keys.clone()
+    runner._layers = lambda: [layer]
+    runner.compact()
+    assert runner.slot_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert layer.keys.flatten().tolist()[:3] == [0.0, 2.0, 4.0]
+    assert layer.keys.flatten().tolist()[4:] == [6.0, 7.0]
+
+
+def test_padded_single_row_runs_batched(llama, prompt):
+    """A one-row prompt with left padding (refused before) goes through the batched path and equals plain."""
+    ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(prompt)], dim=1)
+    plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
+    out = cascade(llama, ids, mask, [], max_new_tokens=NEW)
+    assert torch.equal(out.sequences, plain) and len(out.cascade_stats.rows) == 1
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def test_sampled_batch_is_reproducible_with_a_seed(llama, llama_drafters):
+    ids, mask = left_pad(rows_of(LENGTHS[:3]))
+    kwargs = dict(do_sample=True, temperature=1.2, max_new_tokens=NEW)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(5)
+        runs.append(
+            llama.generate(
+                ids,
+                attention_mask=mask,
+                pad_token_id=PAD,
+                custom_generate=hf_cascade.generate,
+                assistant_models=[llama_drafters[1]],
+                cascade_config=hf_cascade.CascadeConfig(lenience=2.0),
+                **kwargs,
+            )
+        )
+    assert torch.equal(runs[0], runs[1])
+    torch.manual_seed(6)
+    other = llama.generate(
+        ids,
+        attention_mask=mask,
+        pad_token_id=PAD,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[llama_drafters[1]],
+        **kwargs,
+    )
+    assert not torch.equal(runs[0], other)
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_right_padding_refused_with_the_fix(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r'attention_mask row 0 ends with padding.*padding_side = "left"'):
+        cascade(llama, ids.flip(1), mask.flip(1), [], max_new_tokens=2)
+
+
+def test_padding_between_tokens_refused(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    mask[1, 2] = 0
+    with pytest.raises(ValueError, match=r"row 1 has zeros between tokens; only left padding"):
+        cascade(llama, ids, mask, [], max_new_tokens=2)
+
+
+def test_streamer_refused_for_a_batch(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    streamer = TextStreamer(tokenizer=None)
+    with pytest.raises(ValueError, match=r"TextStreamer only supports batch size 1 .* got 2 rows"):
+        cascade(llama, ids, mask, [], max_new_tokens=2, cascade_streamer=streamer)
+
+
+def test_cache_reuse_refused_for_a_batch(llama, prompt):
+    first = llama.generate(prompt, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    ids, mask = left_pad(rows_of((3, 6)))
+    cache = first.cache
+    cache.batch_repeat_interleave(2)
+    with pytest.raises(ValueError, match=r"cache= holds \d+ tokens: reusing a cache is batch-1 only"):
+        cascade(llama, ids, mask, [], max_new_tokens=2, cache=cache)
+
+
+def test_output_scores_refused_for_a_batch(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"output_scores/output_logits are batch-1 only in the cascade \(got 2 rows\)"):
+        cascade(llama, ids, mask, [], max_new_tokens=2, output_scores=True)
+
+
+def test_sliding_window_model_refused_for_a_batch():
+    config = Qwen2Config(**DECODER_KWARGS, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    model = build(Qwen2ForCausalLM, config, seed=4)
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"the target \(Qwen2ForCausalLM\) has sliding_attention layers.*Batch size 1"):
+        cascade(model, ids, mask, [], max_new_tokens=2)
+
+
+def test_model_without_position_ids_refused_for_a_batch(llama):
+    mpt = build(MptForCausalLM, MptConfig(vocab_size=VOCAB, d_model=32, n_heads=4, n_layers=1), seed=1)
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"assistant_models\[0\] \(MptForCausalLM\) takes no position_ids"):
+        cascade(llama, ids, mask, [mpt], max_new_tokens=2)
+
+
+def test_absolute_position_encoder_decoder_refused_for_a_batch():
+    config = BartConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        max_position_embeddings=64,
+    )
+    bart = build(BartForConditionalGeneration, config, seed=2)
+    ids = torch.tensor(rows_of((4, 4)))
+    with pytest.raises(ValueError, match=r"the target \(BartForConditionalGeneration\) is an encoder-decoder whose"):
+        bart.generate(ids, max_new_tokens=2, custom_generate=hf_cascade.generate)
+
+
+def test_level_stats_of_a_row_count_its_forwards(llama, llama_drafters):
+    ids, mask = left_pad(rows_of((3, 9)))
+    out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=NEW)
+    target = out.cascade_stats.levels[0]
+    for row in out.cascade_stats.rows:
+        assert isinstance(row.levels[0], LevelStats) and 0 < row.levels[0].forward_passes <= target.forward_passes
+    assert "row 1:" in out.cascade_stats.summary()
