@@ -11,6 +11,7 @@ tokens, rows that stopped early right-padded with `pad_token_id`.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -18,6 +19,13 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.generation.logits_process import (
+    EncoderNoRepeatNGramLogitsProcessor,
+    EncoderRepetitionPenaltyLogitsProcessor,
+    LogitsProcessorList,
+    PrefixConstrainedLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+)
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from .batch_runner import BatchRunner, relative_positions
@@ -30,7 +38,7 @@ from .runner import accepts_position_ids
 from .stats import CascadeStats, LevelStats
 from .step import target_step
 
-__all__ = ["check_batch", "draft_rows", "generate_batch", "is_batch", "left_padding"]
+__all__ = ["check_batch", "draft_rows", "generate_batch", "is_batch", "left_padding", "row_processors"]
 
 _BATCH_ONE = "Batch size 1 works with it: call generate once per prompt."
 
@@ -68,6 +76,39 @@ def left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -
             )
         padding.append(pad)
     return padding
+
+
+def row_processors(processors: LogitsProcessorList, row: int) -> LogitsProcessorList:
+    """`processors` as row `row` of the batch needs them alone (the cascade processes each row on its own).
+
+    transformers builds some processors with one entry per row of the batch: the repetition penalty's
+    `prompt_ignore_length` (each row's padding), the encoder repetition penalties' encoder ids, the
+    `prefix_allowed_tokens_fn`'s `batch_id`. Those are narrowed to the row (shallow copies); the others are shared.
+
+    Args:
+        processors (`LogitsProcessorList`): the call's processors, prepared by `generate` for the whole batch.
+        row (`int`): the row.
+    """
+    narrowed = []
+    for processor in processors:
+        if isinstance(processor, RepetitionPenaltyLogitsProcessor) and isinstance(
+            processor.prompt_ignore_length, torch.Tensor
+        ):
+            processor = copy.copy(processor)
+            processor.prompt_ignore_length = processor.prompt_ignore_length[row : row + 1]
+        elif isinstance(processor, EncoderRepetitionPenaltyLogitsProcessor):
+            processor = copy.copy(processor)
+            processor.encoder_input_ids = processor.encoder_input_ids[row : row + 1]
+        elif isinstance(processor, EncoderNoRepeatNGramLogitsProcessor):
+            processor = copy.copy(processor)
+            processor.generated_ngrams = [processor.generated_ngrams[row]]
+            processor.batch_size = 1
+        elif isinstance(processor, PrefixConstrainedLogitsProcessor):
+            processor = copy.copy(processor)
+            allowed = processor._prefix_allowed_tokens_fn
+            processor._prefix_allowed_tokens_fn = lambda _, tokens, allowed=allowed: allowed(row, tokens)
+        narrowed.append(processor)
+    return LogitsProcessorList(narrowed)
 
 
 def _check_batchable(model: PreTrainedModel, name: str) -> None:
@@ -279,6 +320,7 @@ def generate_batch(
             target_cost=target.cost,
             memory=memory,
             padding=input_ids[r, : padding[r]].tolist(),
+            logits_processor=row_processors(settings.logits_processor, r),
         )
         targets[r] = target.view(r, LevelStats("target", "target"))
     prompt_lengths = {r: len(drafters[r].ids) for r in rows}

@@ -368,6 +368,8 @@ class CascadeDrafter:
         padding (`Sequence[int]`, *optional*): the row's left padding in a batched call. Logits processors and
             stopping criteria see it before the sequence, as plain batched `generate` shows them the padded row;
             Max-Gram never does.
+        logits_processor (`LogitsProcessorList`, *optional*): this row's processors, when they differ from
+            `settings.logits_processor` (a batched call's processors keep per-row state: `hf_cascade.batch`).
 
     Attributes:
         buffer (`DraftBuffer`): the sequence and the current draft.
@@ -384,6 +386,7 @@ class CascadeDrafter:
         target_cost: ForwardCostModel | None = None,
         memory: MaxGramMemory | None = None,
         padding: Sequence[int] = (),
+        logits_processor: LogitsProcessorList | None = None,
     ):
         self.buffer = DraftBuffer.from_prompt(prompt_ids)
         self.padding = list(padding)
@@ -391,8 +394,8 @@ class CascadeDrafter:
         self.settings = settings
         self.k = settings.k_matrix
         self.do_sample = settings.do_sample
-        self.processors = settings.logits_processor
-        self.constraints = hard_constraints(settings.logits_processor)
+        self.processors = logits_processor if logits_processor is not None else settings.logits_processor
+        self.constraints = hard_constraints(self.processors)
         self.eos = settings.eos_token_ids
         self.vocab_size = settings.vocab_size
         self.device = settings.device

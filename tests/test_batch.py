@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_sampling import NEW as SAMPLED
+from test_sampling import (
+    PROMPT,
+    SAMPLING,
+    chi_square_p_value,
+    exact_distribution,
+    outcome_index,
+    tiny,  # noqa: F401  (the fixture)
+)
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -18,7 +27,7 @@ import hf_cascade
 from hf_cascade.batch_runner import BatchRunner
 from hf_cascade.stats import LevelStats
 
-from conftest import DECODER_KWARGS, VOCAB, build, perturbed
+from conftest import DECODER_KWARGS, VOCAB, build, perturbed, word_tokenizer
 
 NEW = 12
 PAD = 0
@@ -232,6 +241,79 @@ def test_sampled_batch_is_reproducible_with_a_seed(llama, llama_drafters):
         **kwargs,
     )
     assert not torch.equal(runs[0], other)
+
+
+def test_each_sampled_row_follows_the_target_distribution(tiny):  # noqa: F811
+    """Per-row chi-square: two prompts of different lengths, 100 rows each per call (rows are independent draws),
+    through a lenient drafter over Max-Gram; each prompt's outcomes follow the target's exact distribution."""
+    target, d1, _ = tiny
+    short = torch.tensor([[3, 1, 2]])
+    copies = 100
+    rows = [PROMPT[0].tolist()] * copies + [short[0].tolist()] * copies
+    ids, mask = left_pad(rows)
+    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=3.0)
+    counts = torch.zeros(2, len(exact_distribution(target)), dtype=torch.float64)
+    torch.manual_seed(0)
+    for _ in range(15):
+        out = target.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=SAMPLED,
+            custom_generate=hf_cascade.generate,
+            assistant_models=[d1],
+            cascade_config=config,
+            pad_token_id=0,
+            **SAMPLING,
+        )
+        for r in range(len(rows)):
+            counts[r // copies, outcome_index(out[r, ids.shape[1] :].tolist())] += 1
+    p_long, p_short = exact_distribution(target), exact_distribution(target, short)
+    assert chi_square_p_value(counts[0], p_long) > 1e-3
+    assert chi_square_p_value(counts[1], p_short) > 1e-3
+    # Power: each prompt's samples are not the other prompt's distribution (rows did not leak into each other).
+    assert chi_square_p_value(counts[1], p_long) < 1e-6
+
+
+def test_logits_processors_see_the_padded_row(llama, llama_drafters):
+    """repetition_penalty and min_new_tokens act on each row as plain batched generate shows it: padding included."""
+    ids, mask = left_pad(rows_of(LENGTHS[:3]))
+    kwargs = dict(
+        max_new_tokens=NEW, repetition_penalty=1.5, min_new_tokens=4, eos_token_id=early_eos(llama, ids, mask)
+    )
+    plain = llama.generate(ids, attention_mask=mask, do_sample=False, pad_token_id=PAD, **kwargs)
+    out = cascade(llama, ids, mask, [llama_drafters[1]], **kwargs)
+    assert torch.equal(out.sequences, plain)
+
+
+@pytest.mark.parametrize("route", ["enabled", "custom_generate"])
+def test_text_generation_pipeline_batches_through_the_cascade(llama, llama_drafters, route, monkeypatch):
+    from transformers import pipeline
+
+    tokenizer = word_tokenizer(pad_token="w0")  # a pipeline batches only with a pad token; it pads on the left
+    tokenizer.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5 "
+    pipe = pipeline("text-generation", model=llama, tokenizer=tokenizer)
+    texts = [" ".join(f"w{i}" for i in row) for row in rows_of((3, 12, 7))]
+    chats = [[{"role": "user", "content": text}] for text in texts[:2]]
+    settings = dict(max_new_tokens=8, do_sample=False, batch_size=3)
+    plain = [pipe(texts, **settings), pipe(chats, **settings)]
+    calls = []
+    original = hf_cascade.generation.generate_batch
+
+    def spy(*args, **kwargs):  # proves the pipeline's batch went through the batched cascade
+        calls.append(args[1].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hf_cascade.generation, "generate_batch", spy)
+    if route == "enabled":
+        hf_cascade.enable(llama)
+        extra = {}
+    else:
+        extra = {"custom_generate": hf_cascade.generate}
+    try:
+        out = [pipe(inputs, assistant_models=[llama_drafters[1]], **settings, **extra) for inputs in (texts, chats)]
+    finally:
+        hf_cascade.disable(llama)
+    assert out == plain and calls == [3, 2]
 
 
 # --------------------------------------------------------------------------------------------- errors
