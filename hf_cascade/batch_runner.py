@@ -25,19 +25,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
-from .checks import check_rollback
 from .cost import ForwardCostModel
 from .errors import CascadeValueError
-from .runner import (
-    accepts_logits_to_keep,
-    accepts_position_ids,
-    check_output_cache,
-    self_attention_layers,
-    timed_forward,
-)
+from .runner import RunnerBase, check_output_cache, new_cache, self_attention_layers, timed_forward
 from .stats import LevelStats
 
 __all__ = ["BatchRunner", "RowView", "relative_positions"]
@@ -52,7 +44,7 @@ def relative_positions(model: torch.nn.Module) -> bool:
     return getattr(model.config, "relative_attention_num_buckets", None) is not None
 
 
-class BatchRunner:
+class BatchRunner(RunnerBase):
     """Runs forward passes of one model for many rows, each over its own token sequence, in one shared KV cache.
 
     Rows are named by integers (their index in the call's batch); finished rows are `drop`ped and cost nothing more.
@@ -77,17 +69,8 @@ class BatchRunner:
         cost: ForwardCostModel | None = None,
         pad_token_id: int = 0,
     ):
-        self.model = model
-        self.stats = stats
-        self.device = model.device
-        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
-        self._label = "the target" if stats.kind == "target" else stats.name
-        check_rollback(model, self._label)
-        config = model.config
-        if self.is_encoder_decoder:
-            self.cache: Any = EncoderDecoderCache(DynamicCache(config=config), DynamicCache(config=config))
-        else:
-            self.cache = DynamicCache(config=config)
+        super().__init__(model, stats, cost)
+        self.cache = new_cache(model)
         self.rows = list(rows)
         self._index = {row: i for i, row in enumerate(self.rows)}
         self.cached = [0] * len(self.rows)  # positions of each row held by its valid slots
@@ -95,12 +78,8 @@ class BatchRunner:
         self.slot_mask = torch.zeros(len(self.rows), 0, dtype=torch.long, device=self.device)
         self.encoder_hidden = encoder_outputs.last_hidden_state if encoder_outputs is not None else None
         self.encoder_attention_mask = encoder_attention_mask
-        self.cost = cost
         self.pad_token_id = pad_token_id
-        self._logits_to_keep = accepts_logits_to_keep(model)
-        self._position_ids = not self.is_encoder_decoder and accepts_position_ids(model)
         self._contiguous = relative_positions(model)  # compact before every forward (see the module docstring)
-        self._checked_croppable = False
         self._row_stats: dict[int, LevelStats] = {}
 
     def view(self, row: int, stats: LevelStats) -> RowView:

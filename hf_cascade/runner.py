@@ -17,6 +17,7 @@ from .stats import LevelStats
 
 __all__ = [
     "ModelRunner",
+    "RunnerBase",
     "accepts_logits_to_keep",
     "accepts_position_ids",
     "check_output_cache",
@@ -71,7 +72,33 @@ def _is_sliding(layer: Any) -> bool:
     return type(layer) is DynamicSlidingWindowLayer and layer.is_initialized
 
 
-class ModelRunner:
+class RunnerBase:
+    """What every runner of a model knows: the model, its statistics and cost model, and which arguments its forward
+    pass takes. Refuses, before any forward pass, a model whose cache cannot roll back.
+
+    Args:
+        model (`PreTrainedModel`): the model.
+        stats (`LevelStats`): where forward passes, tokens and time are counted.
+        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens.
+    """
+
+    def __init__(self, model: torch.nn.Module, stats: LevelStats, cost: ForwardCostModel | None = None):
+        self.model = model
+        self.stats = stats
+        self.device = model.device
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        # Before any forward pass and before touching the cache (a recurrent model's cache has no sequence length).
+        self._label = "the target" if stats.kind == "target" else stats.name
+        check_rollback(model, self._label)
+        self.cost = cost
+        self._logits_to_keep = accepts_logits_to_keep(model)
+        # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
+        # embeddings) would otherwise count from their padding index and compute something else.
+        self._position_ids = not self.is_encoder_decoder and accepts_position_ids(model)
+        self._checked_croppable = False
+
+
+class ModelRunner(RunnerBase):
     """Runs forward passes of one model over the shared token sequence, reusing its KV cache.
 
     The cache always holds the keys/values of a prefix `ids[:cache_len]` of the sequence. When a review rejects
@@ -105,13 +132,7 @@ class ModelRunner:
         encoder_attention_mask: torch.Tensor | None = None,
         cost: ForwardCostModel | None = None,
     ):
-        self.model = model
-        self.stats = stats
-        self.device = model.device
-        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
-        # Before any forward pass and before touching the cache (a recurrent model's cache has no sequence length).
-        self._label = "the target" if stats.kind == "target" else stats.name
-        check_rollback(model, self._label)
+        super().__init__(model, stats, cost)
         fresh = cache is None
         self.cache = new_cache(model) if fresh else cache
         # Layers keep what a rollback needs only while they record their past; `release` restores the caller's flags.
@@ -121,12 +142,6 @@ class ModelRunner:
         self._floor = 0  # no later forward starts before this position (see `commit`)
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
-        self.cost = cost
-        self._logits_to_keep = accepts_logits_to_keep(model)
-        # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
-        # embeddings) would otherwise count from their padding index and compute something else.
-        self._position_ids = not self.is_encoder_decoder and accepts_position_ids(model)
-        self._checked_croppable = False
 
     def truncate_to(self, length: int) -> None:
         """The sequence was cut to `length` tokens: cached states past it are stale."""

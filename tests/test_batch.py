@@ -63,15 +63,10 @@ def early_eos(model, ids, mask, **kwargs) -> int:
 
 
 def cascade(model, ids, mask, drafters, **kwargs):
+    """The batched cascade on `ids` (greedy unless `do_sample=True` is passed), as a dict output."""
+    kwargs = {"do_sample": False, "pad_token_id": PAD, "return_dict_in_generate": True, **kwargs}
     return model.generate(
-        ids,
-        attention_mask=mask,
-        do_sample=False,
-        pad_token_id=PAD,
-        custom_generate=hf_cascade.generate,
-        assistant_models=drafters,
-        return_dict_in_generate=True,
-        **kwargs,
+        ids, attention_mask=mask, custom_generate=hf_cascade.generate, assistant_models=drafters, **kwargs
     )
 
 
@@ -215,32 +210,16 @@ def test_padded_single_row_runs_batched(llama, prompt):
 # --------------------------------------------------------------------------------------------- sampling
 def test_sampled_batch_is_reproducible_with_a_seed(llama, llama_drafters):
     ids, mask = left_pad(rows_of(LENGTHS[:3]))
-    kwargs = dict(do_sample=True, temperature=1.2, max_new_tokens=NEW)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(5)
-        runs.append(
-            llama.generate(
-                ids,
-                attention_mask=mask,
-                pad_token_id=PAD,
-                custom_generate=hf_cascade.generate,
-                assistant_models=[llama_drafters[1]],
-                cascade_config=hf_cascade.CascadeConfig(lenience=2.0),
-                **kwargs,
-            )
-        )
-    assert torch.equal(runs[0], runs[1])
-    torch.manual_seed(6)
-    other = llama.generate(
-        ids,
-        attention_mask=mask,
-        pad_token_id=PAD,
-        custom_generate=hf_cascade.generate,
-        assistant_models=[llama_drafters[1]],
-        **kwargs,
-    )
-    assert not torch.equal(runs[0], other)
+    config = hf_cascade.CascadeConfig(lenience=2.0)
+
+    def sample(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        kwargs = dict(do_sample=True, temperature=1.2, max_new_tokens=NEW, cascade_config=config)
+        return cascade(llama, ids, mask, [llama_drafters[1]], **kwargs).sequences
+
+    first = sample(5)
+    assert torch.equal(first, sample(5))
+    assert not torch.equal(first, sample(6))
 
 
 def test_each_sampled_row_follows_the_target_distribution(tiny):  # noqa: F811
