@@ -48,6 +48,8 @@ class BatchRunner(RunnerBase):
     """Runs forward passes of one model for many rows, each over its own token sequence, in one shared KV cache.
 
     Rows are named by integers (their index in the call's batch); finished rows are `drop`ped and cost nothing more.
+    The cache is compacted when it is wider than `compact_ratio` times its longest row (plus 8 slots): attention
+    then never spans more than about twice the slots a row needs, and the gather is rare.
 
     Args:
         model (`PreTrainedModel`): the model (its batch support is checked by `hf_cascade.batch.check_batchable`).
@@ -58,6 +60,8 @@ class BatchRunner(RunnerBase):
         cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its chunk width.
         pad_token_id (`int`, *optional*, defaults to 0): the token fed where a row has nothing to feed (masked).
     """
+
+    compact_ratio = 2.0
 
     def __init__(
         self,
@@ -167,7 +171,7 @@ class BatchRunner(RunnerBase):
             self.cache_len[i] = start
             chunks[i] = (list(ids[start:end]), start, end - first)
         self._roll_back()
-        if self._contiguous or self.slot_mask.shape[1] > 2 * max(self.cached, default=0) + 8:
+        if self._contiguous or self.slot_mask.shape[1] > self.compact_ratio * max(self.cached, default=0) + 8:
             self.compact()
         width = max(len(tokens) for tokens, _, _ in chunks.values())
         batch = len(self.rows)

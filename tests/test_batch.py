@@ -169,13 +169,25 @@ def test_fp64_each_row_equals_the_row_alone(llama, llama_drafters):
         assert out[i, ids.shape[1] :].tolist() == alone[0, len(row) :].tolist()
 
 
-def test_compaction_keeps_rows_exact(llama, llama_drafters):
-    """A rejecting drafter leaves holes in the target's cache every step; compacted, the rows stay exact."""
+def test_compaction_keeps_rows_exact(llama, llama_drafters, monkeypatch):
+    """Rows accepting different numbers of tokens leave holes in the caches; compacted (here at every hole), the rows
+    stay exact."""
     ids, mask = left_pad(rows_of((4, 11, 7)))
     plain = llama.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=PAD)
+    shrunk = []
+    compact = BatchRunner.compact
+
+    def spy(self):
+        width = self.slot_mask.shape[1]
+        compact(self)
+        shrunk.append(self.slot_mask.shape[1] < width)
+
+    monkeypatch.setattr(BatchRunner, "compact", spy)
+    monkeypatch.setattr(BatchRunner, "compact_ratio", 0.5)  # compact at nearly every pass: holes are gathered early
     config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False)
-    out = cascade(llama, ids, mask, [llama_drafters[2]], max_new_tokens=20, cascade_config=config)
+    out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=20, cascade_config=config)
     assert torch.equal(out.sequences, plain)
+    assert any(shrunk)  # the holes were gathered away at least once
 
 
 def test_batch_runner_compact_gathers_each_rows_states():
