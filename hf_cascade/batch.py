@@ -144,6 +144,8 @@ def check_batch(
     model_kwargs: Mapping[str, Any],
     streamer: Any,
     batch_size: int,
+    settings: DraftSettings,
+    criteria: StoppingCriteriaList,
 ) -> None:
     """Refuse, before any forward pass, what the batched cascade does not support.
 
@@ -154,7 +156,17 @@ def check_batch(
         model_kwargs (`Mapping[str, Any]`): `generate`'s model kwargs (`cache`, ...).
         streamer (`BaseStreamer`, *optional*): the streamer, if any.
         batch_size (`int`): rows of the call.
+        settings (`DraftSettings`): the call's settings (its EOS tokens).
+        criteria (`StoppingCriteriaList`): the user's stopping criteria (not max length or EOS).
     """
+    if criteria and not settings.eos_token_ids:
+        # Plain generate pads the rows a criterion stopped only when an EOS criterion exists; without one it keeps
+        # appending the model's tokens to them until every row stops, which the cascade (dropping such rows) does not.
+        raise CascadeValueError(
+            f"stopping_criteria ({', '.join(type(c).__name__ for c in criteria)}) with no eos_token_id in a batch of "
+            f"{batch_size} rows: plain generate keeps extending the rows a criterion stopped, the cascade pads them. "
+            "Pass eos_token_id= (and pad_token_id=), or generate one prompt at a time."
+        )
     if streamer is not None:
         raise CascadeValueError(
             f"{type(streamer).__name__} only supports batch size 1 (as transformers' streamers), got {batch_size} "
@@ -274,8 +286,7 @@ def generate_batch(
     batch, length = input_ids.shape
     padding = [0] * batch if is_encoder_decoder else left_padding(input_ids, mask)
     pad_token = generation_config._pad_token_tensor
-    pad_token_id = int(pad_token) if pad_token is not None else None
-    feed = pad_token_id if pad_token_id is not None else 0  # fed where a row has nothing to feed (masked)
+    pad_token_id = int(pad_token) if pad_token is not None else 0  # also fed where a row has nothing to feed
     rows = range(batch)
     encoder_mask = mask if is_encoder_decoder else None
     do_sample = settings.do_sample
@@ -287,7 +298,7 @@ def generate_batch(
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, do_sample),
-        pad_token_id=feed,
+        pad_token_id=pad_token_id,
     )
     runners = []
     for i, assistant in enumerate(assistants):
@@ -300,7 +311,7 @@ def generate_batch(
                 encoder_outputs=encoded,
                 encoder_attention_mask=assistant_mask,
                 cost=cost_model_for(assistant.device, settings.max_gram, do_sample),
-                pad_token_id=feed,
+                pad_token_id=pad_token_id,
             )
         )
     bigram = load_bigram(settings.max_gram.bigram_table, settings.vocab_size) if settings.use_max_gram else None
@@ -347,12 +358,9 @@ def generate_batch(
 
     new = {r: drafters[r].ids[prompt_lengths[r] :] for r in rows}
     width = max(len(tokens) for tokens in new.values())
-    if pad_token_id is None and any(len(tokens) < width for tokens in new.values()):
-        raise CascadeValueError(
-            "Rows stopped at different lengths but pad_token_id is None (and there is no EOS to use); pass "
-            "pad_token_id= to generate."
-        )
-    sequences = torch.full((batch, length + width), feed, dtype=input_ids.dtype, device=input_ids.device)
+    # Rows end apart only by EOS or a criterion, which `check_batch` allows only with an EOS token, so plain generate
+    # has a pad token (it falls back on the EOS token).
+    sequences = torch.full((batch, length + width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
     sequences[:, :length] = input_ids
     for r, tokens in new.items():
         sequences[r, length : length + len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)

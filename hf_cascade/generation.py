@@ -151,7 +151,9 @@ def generate(
     return_dict = generation_config.return_dict_in_generate
     output_cls = CascadeEncoderDecoderOutput if is_encoder_decoder else CascadeDecoderOnlyOutput
     if is_batch(input_ids, model_kwargs, is_encoder_decoder):
-        check_batch(model, assistants, generation_config, model_kwargs, streamer, input_ids.shape[0])
+        check_batch(
+            model, assistants, generation_config, model_kwargs, streamer, input_ids.shape[0], settings, other_criteria
+        )
         sequences, stats = generate_batch(
             model,
             input_ids,

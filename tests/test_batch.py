@@ -16,18 +16,20 @@ from test_sampling import (
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
+    LlamaForCausalLM,
     MptConfig,
     MptForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
     TextStreamer,
 )
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 import hf_cascade
 from hf_cascade.batch_runner import BatchRunner
 from hf_cascade.stats import LevelStats
 
-from conftest import DECODER_KWARGS, VOCAB, build, perturbed, word_tokenizer
+from conftest import DECODER_KWARGS, VOCAB, build, llama_config, perturbed, word_tokenizer
 
 NEW = 12
 PAD = 0
@@ -312,6 +314,25 @@ def test_right_padding_refused_with_the_fix(llama):
     ids, mask = left_pad(rows_of((3, 6)))
     with pytest.raises(ValueError, match=r'attention_mask row 0 ends with padding.*padding_side = "left"'):
         cascade(llama, ids.flip(1), mask.flip(1), [], max_new_tokens=2)
+
+
+def test_all_padding_row_refused(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    mask[0] = 0
+    with pytest.raises(ValueError, match=r"attention_mask row 0 is all zeros: every prompt needs at least one token"):
+        cascade(llama, ids, mask, [], max_new_tokens=2)
+
+
+def test_stopping_criteria_without_eos_refused_for_a_batch():
+    model = build(LlamaForCausalLM, llama_config(eos_token_id=None), seed=0)
+
+    class Never(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"stopping_criteria \(Never\) with no eos_token_id in a batch of 2 rows"):
+        cascade(model, ids, mask, [], max_new_tokens=2, stopping_criteria=StoppingCriteriaList([Never()]))
 
 
 def test_padding_between_tokens_refused(llama):
