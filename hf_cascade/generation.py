@@ -98,7 +98,10 @@ def generate(
 
     Args:
         model (`PreTrainedModel`): the target (passed by `generate`).
-        input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): prompt, or decoder start for encoder-decoders.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): prompts, left-padded (with
+            `attention_mask`) when `batch_size > 1`, or decoder start ids for encoder-decoders (whose right-padded
+            encoder input and mask `generate` passes on). More than one row, or a padded row, runs the batched cascade
+            (`hf_cascade.batch`): each row drafts, is reviewed and stops on its own.
         logits_processor (`LogitsProcessorList`): prepared by `generate`; applied to every model's logits.
         stopping_criteria (`StoppingCriteriaList`): prepared by `generate`; checked after every new token.
         generation_config (`GenerationConfig`): prepared by `generate`. `stop_strings` needs a `StopStringCriteria`
@@ -117,8 +120,10 @@ def generate(
         model_kwargs: the rest of `generate`'s model kwargs (`cache`, `attention_mask`, `encoder_outputs`, ...).
 
     Returns:
-        `torch.LongTensor` of shape `(1, total_length)`, or with `return_dict_in_generate=True` a
-        `CascadeDecoderOnlyOutput` / `CascadeEncoderDecoderOutput` whose `cascade_stats` holds per-model statistics.
+        `torch.LongTensor` of shape `(batch_size, total_length)` (rows that stopped early right-padded with
+        `pad_token_id`, as plain batched `generate` pads them), or with `return_dict_in_generate=True` a
+        `CascadeDecoderOnlyOutput` / `CascadeEncoderDecoderOutput` whose `cascade_stats` holds per-model statistics
+        (and per-row records in `cascade_stats.rows` for a batch, whose output has no `cache`).
     """
     t0 = time.perf_counter()
     call = _generate_call_arguments()  # {} unless transformers' generate is running us as custom_generate
