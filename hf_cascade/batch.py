@@ -30,7 +30,6 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
-from .config import CascadeConfig
 from .cost import cost_model_for
 from .errors import CascadeValueError
 from .memory import MaxGramMemory
@@ -251,7 +250,6 @@ def generate_batch(
     model: PreTrainedModel,
     input_ids: torch.LongTensor,
     assistants: Sequence[PreTrainedModel],
-    config: CascadeConfig,
     settings: DraftSettings,
     generation_config: GenerationConfig,
     criteria: StoppingCriteriaList,
@@ -266,7 +264,6 @@ def generate_batch(
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): left-padded prompts (decoder start
             ids for encoder-decoders).
         assistants (`Sequence[PreTrainedModel]`): neural drafters, largest first (checked).
-        config (`CascadeConfig`): the cascade's settings.
         settings (`DraftSettings`): the call's drafting settings.
         generation_config (`GenerationConfig`): prepared by `generate`.
         criteria (`StoppingCriteriaList`): the user's stopping criteria (not max length or EOS).
@@ -297,7 +294,7 @@ def generate_batch(
         rows,
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
-        cost=cost_model_for(model.device, config.max_gram, do_sample),
+        cost=cost_model_for(model.device, settings.max_gram, do_sample),
         pad_token_id=pad_token_id,
     )
     runners = []

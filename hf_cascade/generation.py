@@ -163,7 +163,6 @@ def generate(
             model,
             input_ids,
             assistants,
-            config,
             settings,
             generation_config,
             other_criteria,
