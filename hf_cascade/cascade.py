@@ -13,16 +13,19 @@ and the Max-Gram index. `_draft_level` and `_review` are the paper's `step` (see
         draft(c + 1); drafter c reviews it with lenience; keep the accepted prefix + its own next token
 
 The target's review (level 0, always exact) is done by the caller, which then calls `advance` with the tokens it
-kept. One row's sequence and per-position draft records live in a `DraftBuffer`; the settings shared by every row of
-a call in a `DraftSettings`; `CascadeDrafter.build` builds the whole drafting side of a `generate` call from them.
+kept. `draft`, `_draft_level` and `_review` are generators: each drafter forward pass is a `ForwardRequest` they
+`yield`, and the logits come back as the value of the `yield`. One row's logic stays the pseudocode above; the
+caller decides how the forwards run (`drive`: one by one, batch 1; `hf_cascade.batch`: batched over rows). One
+row's sequence and per-position draft records live in a `DraftBuffer`; the settings shared by every row of a call in
+a `DraftSettings`; `CascadeDrafter.build` builds the whole drafting side of a `generate` call from them.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -44,6 +47,10 @@ __all__ = [
     "DraftBuffer",
     "DraftSettings",
     "DraftedPosition",
+    "Drafting",
+    "ForwardRequest",
+    "drive",
+    "encode",
     "eos_token_ids",
     "first_unsure",
     "hard_constraints",
@@ -111,6 +118,42 @@ def load_bigram(table: BigramTable | str | None, vocab_size: int | None) -> Bigr
             f"{vocab_size}; build the table for this vocabulary (BigramTable.from_model or from_corpus)."
         )
     return bigram
+
+
+class ForwardRequest(NamedTuple):
+    """A forward pass a row's drafting waits for: the logits of drafter `runner` at positions `first .. end - 1` of
+    the row's sequence (its `DraftBuffer.ids`; row `i` of the answer predicts token `first + i + 1`).
+
+    The cascade's steps are generators that `yield` these and receive the logits back (`logits = yield request`),
+    so one row's control flow stays plain Python while whoever drives it decides how forwards run: `drive` runs them
+    one by one on the row's own runners (batch 1); `hf_cascade.batch.draft_rows` runs one batched forward per model
+    for every row that asked (batch > 1).
+
+    Args:
+        runner (`int`): index of the neural drafter (`CascadeDrafter.runners`), largest first.
+        first (`int`): first position whose logits are needed.
+        end (`int`): one past the last position (`<= len(ids)`).
+    """
+
+    runner: int
+    first: int
+    end: int
+
+
+_Result = TypeVar("_Result")
+# A cascade step in flight: yields `ForwardRequest`s, is sent the logits (`torch.FloatTensor` of shape
+# `(end - first, vocab_size)`), returns its result.
+Drafting = Generator[ForwardRequest, torch.Tensor, _Result]
+
+
+def drive(steps: Drafting[_Result], execute: Callable[[ForwardRequest], torch.Tensor]) -> _Result:
+    """Run `steps` to completion, answering each `ForwardRequest` with `execute(request)`; return its result."""
+    try:
+        request = next(steps)
+        while True:
+            request = steps.send(execute(request))
+    except StopIteration as stop:
+        return stop.value
 
 
 class DraftedPosition(NamedTuple):
@@ -280,12 +323,29 @@ def _assistant_runner(
     stats = LevelStats(name, "assistant")
     if not model.config.is_encoder_decoder:
         return ModelRunner(model, stats, cost=cost)
-    # Each encoder-decoder drafter encodes the source once, with its own encoder.
+    encoder_outputs, mask = encode(model, inputs_tensor, encoder_attention_mask)
+    return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
+
+
+@torch.no_grad()
+def encode(
+    model: PreTrainedModel, inputs_tensor: torch.Tensor, encoder_attention_mask: torch.Tensor | None
+) -> tuple[Any, torch.Tensor | None]:
+    """An encoder-decoder drafter's own encoding of the source (each drafter encodes it once, with its encoder).
+
+    Args:
+        model (`PreTrainedModel`): the encoder-decoder drafter.
+        inputs_tensor (`torch.LongTensor` of shape `(batch_size, source_length)`): the source.
+        encoder_attention_mask (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*): its mask.
+
+    Returns:
+        `(encoder_outputs, mask)`: the encoder's output and the mask, both on the model's device.
+    """
     mask = encoder_attention_mask.to(model.device) if encoder_attention_mask is not None else None
     encoder_outputs = model.get_encoder()(
         input_ids=inputs_tensor.to(model.device), attention_mask=mask, return_dict=True
     )
-    return ModelRunner(model, stats, encoder_outputs=encoder_outputs, encoder_attention_mask=mask, cost=cost)
+    return encoder_outputs, mask
 
 
 class CascadeDrafter:
@@ -305,6 +365,11 @@ class CascadeDrafter:
             own `cost`, replaces the configured `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
             (`MaxGramConfig.measure_cost`).
         memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`adaptive_proposal`).
+        padding (`Sequence[int]`, *optional*): the row's left padding in a batched call. Logits processors and
+            stopping criteria see it before the sequence, as plain batched `generate` shows them the padded row;
+            Max-Gram never does.
+        logits_processor (`LogitsProcessorList`, *optional*): this row's processors, when they differ from
+            `settings.logits_processor` (a batched call's processors keep per-row state: `hf_cascade.batch`).
 
     Attributes:
         buffer (`DraftBuffer`): the sequence and the current draft.
@@ -320,14 +385,17 @@ class CascadeDrafter:
         bigram: BigramTable | None = None,
         target_cost: ForwardCostModel | None = None,
         memory: MaxGramMemory | None = None,
+        padding: Sequence[int] = (),
+        logits_processor: LogitsProcessorList | None = None,
     ):
         self.buffer = DraftBuffer.from_prompt(prompt_ids)
+        self.padding = list(padding)
         self.runners = runners
         self.settings = settings
         self.k = settings.k_matrix
         self.do_sample = settings.do_sample
-        self.processors = settings.logits_processor
-        self.constraints = hard_constraints(settings.logits_processor)
+        self.processors = logits_processor if logits_processor is not None else settings.logits_processor
+        self.constraints = hard_constraints(self.processors)
         self.eos = settings.eos_token_ids
         self.vocab_size = settings.vocab_size
         self.device = settings.device
@@ -425,17 +493,27 @@ class CascadeDrafter:
             runner.truncate_to(length)
 
     def draft(self, cap: int) -> tuple[list[int], torch.Tensor | None]:
-        """Build the draft the target reviews (level 0), keeping `len(sequence) <= cap`.
+        """Build the draft the target reviews (level 0), keeping `len(sequence) <= cap`, running each forward pass on
+        this row's own runners as it is asked for.
 
         Returns:
             `(tokens, q)`: the draft tokens and, when sampling, `torch.FloatTensor` of shape `(k, vocab_size)` with
             the distribution each token was drawn from.
         """
+        return drive(self.drafting(cap), self.run_forward)
+
+    def drafting(self, cap: int) -> Drafting[tuple[list[int], torch.Tensor | None]]:
+        """`draft(cap)` as a generator of the forward passes it needs (see `ForwardRequest`); returns what `draft`
+        returns."""
         start = len(self.buffer)
         if self.num_drafters:
-            self._draft_level(0, cap)
+            yield from self._draft_level(0, cap)
         tokens = self.ids[start:]
         return tokens, self.dense_q(start, len(self.buffer)) if self.do_sample else None
+
+    def run_forward(self, request: ForwardRequest) -> torch.Tensor:
+        """Answer `request` with this row's own runner (the batch-1 forward pass)."""
+        return self.runners[request.runner].logits(self.ids, request.first, request.end)
 
     def advance(self, kept: Sequence[int]) -> int:
         """Commit the tokens the target kept after the current committed prefix and record level-0 statistics.
@@ -477,14 +555,17 @@ class CascadeDrafter:
         logits = logits.to(device=self.device, dtype=torch.float32)
         if not self.processors:
             return logits
-        prefix = torch.tensor([self.ids[: first + logits.shape[0]]], dtype=torch.long, device=self.device)
+        prefix = torch.tensor(
+            [self.padding + self.ids[: first + logits.shape[0]]], dtype=torch.long, device=self.device
+        )
+        first += len(self.padding)
         scores = logits.clone()
         for i in range(logits.shape[0]):
             scores[i] = self.processors(prefix[:, : first + 1 + i], logits[i : i + 1])[0]
         return scores
 
     # ------------------------------------------------------------------ the cascade (paper's `step`)
-    def _draft_level(self, level: int, cap: int) -> None:
+    def _draft_level(self, level: int, cap: int) -> Drafting[None]:
         """Extend the sequence with the draft reviewed at `level` (row `K[level]`), never past `cap` tokens."""
         start = len(self.buffer)
         goal = 0
@@ -496,10 +577,10 @@ class CascadeDrafter:
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
                     self._propose_max_gram(min(goal - (before - start), cap - before), level)
                     break
-                if not self._review(c, cap):
+                if not (yield from self._review(c, cap)):
                     return  # drafter c is unsure of its last token: nothing drafted after it is likely to survive
 
-    def _review(self, c: int, cap: int) -> bool:
+    def _review(self, c: int, cap: int) -> Drafting[bool]:
         """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own.
 
         Returns:
@@ -507,10 +588,10 @@ class CascadeDrafter:
             after the first such token), or when its scores were not finite (nothing is kept); `True` otherwise.
         """
         start = len(self.buffer)
-        self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
+        yield from self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
         end = len(self.buffer)
         draft = self.ids[start:end]
-        scores = self.process(self.runners[c].logits(self.ids, start - 1, end), start - 1)
+        scores = self.process((yield ForwardRequest(c, start - 1, end)), start - 1)
         if not valid_scores(scores):
             # A broken drafter (NaN/inf logits, e.g. an fp16 overflow) can judge nothing and emit nothing: drop the
             # sub-draft it was to review, unrecorded (its drafters did nothing wrong), and end this level's draft.
@@ -560,7 +641,7 @@ class CascadeDrafter:
         out: list[int] = []
         for tok in tokens:
             if self.constraints:
-                prefix = torch.tensor([self.ids + out], dtype=torch.long, device=self.device)
+                prefix = torch.tensor([self.padding + self.ids + out], dtype=torch.long, device=self.device)
                 dummy = torch.zeros(1, self.vocab_size, device=self.device)
                 if self.constraints(prefix, dummy)[0, tok] == -float("inf"):
                     break

@@ -133,10 +133,9 @@ def check_generation(
             f"num_return_sequences={generation_config.num_return_sequences} is not supported by the cascade; "
             "call generate several times with num_return_sequences=1."
         )
-    if input_ids.dim() != 2 or input_ids.shape[0] != 1:
+    if input_ids.dim() != 2:
         raise CascadeValueError(
-            f"hf_cascade generates one sequence at a time (batch size 1); got input_ids of shape "
-            f"{tuple(input_ids.shape)}. Call generate once per prompt."
+            f"input_ids must have shape (batch_size, sequence_length); got shape {tuple(input_ids.shape)}."
         )
     if input_ids.shape[1] == 0:
         raise CascadeValueError(
@@ -152,8 +151,3 @@ def check_generation(
             raise CascadeValueError(
                 f"{flag}=True is not supported by the cascade; output_scores and output_logits are."
             )
-    mask = model_kwargs.get("attention_mask")
-    if not is_encoder_decoder and mask is not None and not bool((mask == 1).all()):
-        raise CascadeValueError(
-            "attention_mask contains padding (zeros); the cascade generates one unpadded sequence. Remove the padding."
-        )

@@ -22,6 +22,7 @@ from transformers.generation.stopping_criteria import (
 from transformers.generation.streamers import BaseStreamer
 from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEncoderDecoderOutput, GenerationMixin
 
+from .batch import check_batch, generate_batch, is_batch
 from .cascade import CascadeDrafter, DraftSettings
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
@@ -30,7 +31,7 @@ from .errors import CascadeTypeError, CascadeValueError
 from .memory import MaxGramMemory, check_memory
 from .runner import ModelRunner
 from .stats import CascadeStats, LevelStats
-from .verification import review
+from .step import target_step
 
 __all__ = [
     "CascadeDecoderOnlyOutput",
@@ -97,7 +98,10 @@ def generate(
 
     Args:
         model (`PreTrainedModel`): the target (passed by `generate`).
-        input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): prompt, or decoder start for encoder-decoders.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): prompts, left-padded (with
+            `attention_mask`) when `batch_size > 1`, or decoder start ids for encoder-decoders (whose right-padded
+            encoder input and mask `generate` passes on). More than one row, or a padded row, runs the batched cascade
+            (`hf_cascade.batch`): each row drafts, is reviewed and stops on its own.
         logits_processor (`LogitsProcessorList`): prepared by `generate`; applied to every model's logits.
         stopping_criteria (`StoppingCriteriaList`): prepared by `generate`; checked after every new token.
         generation_config (`GenerationConfig`): prepared by `generate`. `stop_strings` needs a `StopStringCriteria`
@@ -116,8 +120,10 @@ def generate(
         model_kwargs: the rest of `generate`'s model kwargs (`cache`, `attention_mask`, `encoder_outputs`, ...).
 
     Returns:
-        `torch.LongTensor` of shape `(1, total_length)`, or with `return_dict_in_generate=True` a
-        `CascadeDecoderOnlyOutput` / `CascadeEncoderDecoderOutput` whose `cascade_stats` holds per-model statistics.
+        `torch.LongTensor` of shape `(batch_size, total_length)` (rows that stopped early right-padded with
+        `pad_token_id`, as plain batched `generate` pads them), or with `return_dict_in_generate=True` a
+        `CascadeDecoderOnlyOutput` / `CascadeEncoderDecoderOutput` whose `cascade_stats` holds per-model statistics
+        (and per-row records in `cascade_stats.rows` for a batch, whose output has no `cache`).
     """
     t0 = time.perf_counter()
     call = _generate_call_arguments()  # {} unless transformers' generate is running us as custom_generate
@@ -141,6 +147,30 @@ def generate(
 
     vocab = vocab_size(model)
     memory = check_memory(max_gram_memory, config.use_max_gram, vocab)
+    settings = DraftSettings.from_config(
+        config, len(assistants), generation_config, logits_processor, vocab, input_ids.device
+    )
+    other_criteria = StoppingCriteriaList(
+        c for c in stopping_criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))
+    )
+    return_dict = generation_config.return_dict_in_generate
+    output_cls = CascadeEncoderDecoderOutput if is_encoder_decoder else CascadeDecoderOnlyOutput
+    if is_batch(input_ids, model_kwargs, is_encoder_decoder):
+        check_batch(
+            model, assistants, generation_config, model_kwargs, streamer, input_ids.shape[0], settings, other_criteria
+        )
+        sequences, stats = generate_batch(
+            model,
+            input_ids,
+            assistants,
+            settings,
+            generation_config,
+            other_criteria,
+            model_kwargs,
+            inputs_tensor=inputs_tensor if is_encoder_decoder else None,
+            memory=memory,
+        )
+        return output_cls(sequences=sequences, cascade_stats=stats) if return_dict else sequences
 
     encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
     target_stats = LevelStats("target", "target")
@@ -151,9 +181,6 @@ def generate(
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
         cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
-    )
-    settings = DraftSettings.from_config(
-        config, len(assistants), generation_config, logits_processor, vocab, input_ids.device
     )
     drafter = CascadeDrafter.build(
         input_ids,
@@ -167,10 +194,6 @@ def generate(
     stats = CascadeStats(levels=[target_stats, *drafter.stats])
     do_sample = bool(generation_config.do_sample)
     max_length = generation_config.max_length
-    other_criteria = StoppingCriteriaList(
-        c for c in stopping_criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))
-    )
-    return_dict = generation_config.return_dict_in_generate
     scores: list[torch.Tensor] | None = [] if return_dict and generation_config.output_scores else None
     raw_logits: list[torch.Tensor] | None = [] if return_dict and generation_config.output_logits else None
     if streamer is not None and not prompt_streamed:
@@ -182,14 +205,9 @@ def generate(
         start = len(drafter.ids)
         draft, q = drafter.draft(cap=max_length - 1)  # the target adds one token: stay within max_length
         logits = target.logits(drafter.ids, start - 1, start + len(draft))
-        step_scores = drafter.process(logits, start - 1)
-        draft_t = torch.tensor(draft, dtype=torch.long, device=drafter.device)
-        n, next_token, _ = review(step_scores, draft_t, q, lenience=1.0, do_sample=do_sample)  # exact, always
-        target.truncate_to(start + n)
-        kept, finished = _stop_within(draft[:n] + [next_token], drafter, other_criteria, step_scores)
-        drafter.advance(kept)
-        target.commit(len(drafter.ids))
-        finished = finished or len(drafter.ids) >= max_length
+        kept, step_scores, finished = target_step(
+            drafter, target, logits, draft, q, do_sample, other_criteria, max_length
+        )
         if scores is not None:
             scores.extend(step_scores[i : i + 1] for i in range(len(kept)))
         if raw_logits is not None:
@@ -208,7 +226,6 @@ def generate(
     stats.wall_time_s = time.perf_counter() - t0
     if not return_dict:
         return sequences
-    output_cls = CascadeEncoderDecoderOutput if is_encoder_decoder else CascadeDecoderOnlyOutput
     return output_cls(
         sequences=sequences,
         scores=tuple(scores) if scores is not None else None,
@@ -216,36 +233,6 @@ def generate(
         cache=cache,
         cascade_stats=stats,
     )
-
-
-def _stop_within(
-    kept: list[int], drafter: CascadeDrafter, criteria: StoppingCriteriaList, step_scores: torch.Tensor
-) -> tuple[list[int], bool]:
-    """Cut `kept` at the first token after which generation stops (EOS or a user criterion), as plain decoding would.
-
-    Args:
-        kept (`list[int]`): the tokens the target's review yields after the committed prefix.
-        drafter (`CascadeDrafter`): gives the committed prefix, the EOS tokens and the device.
-        criteria (`StoppingCriteriaList`): the user's criteria (max length and EOS are handled here and by the loop).
-        step_scores (`torch.FloatTensor` of shape `(len(kept), vocab_size)` or more rows): the target's scores, row
-            `i` for `kept[i]`.
-
-    Returns:
-        `(kept, finished)`.
-    """
-    eos = drafter.eos
-    sequence = None
-    for i, token in enumerate(kept):
-        if token in eos:
-            return kept[: i + 1], True
-        if criteria:
-            if sequence is None:
-                prefix = drafter.ids[: drafter.committed] + kept
-                sequence = torch.tensor([prefix], dtype=torch.long, device=drafter.device)
-            length = drafter.committed + i + 1
-            if bool(criteria(sequence[:, :length], step_scores[i : i + 1]).any()):
-                return kept[: i + 1], True
-    return kept, False
 
 
 def check_call_arguments(

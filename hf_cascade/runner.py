@@ -15,7 +15,16 @@ from .checks import check_rollback, refuse_stateful
 from .cost import ForwardCostModel
 from .stats import LevelStats
 
-__all__ = ["ModelRunner", "accepts_logits_to_keep", "new_cache"]
+__all__ = [
+    "ModelRunner",
+    "RunnerBase",
+    "accepts_logits_to_keep",
+    "accepts_position_ids",
+    "check_output_cache",
+    "new_cache",
+    "self_attention_layers",
+    "timed_forward",
+]
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -23,8 +32,22 @@ def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
     return _accepts(model, "logits_to_keep")
 
 
+def accepts_position_ids(model: torch.nn.Module) -> bool:
+    """Whether `model.forward` takes `position_ids` (decoder-only models that place tokens where they are told)."""
+    return _accepts(model, "position_ids")
+
+
 def _accepts(model: torch.nn.Module, argument: str) -> bool:
-    return argument in inspect.signature(model.forward).parameters
+    """Whether `model.forward` takes `argument`; a `forward(*args, **kwargs)` wrapper (a subclass that post-processes
+    the output) takes what the next `forward` up its class hierarchy takes."""
+    forwards = [model.forward, *(cls.__dict__["forward"] for cls in type(model).__mro__ if "forward" in cls.__dict__)]
+    for forward in forwards:
+        parameters = inspect.signature(forward).parameters
+        if argument in parameters:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return False
+    return False
 
 
 def new_cache(model: torch.nn.Module) -> Cache:
@@ -39,7 +62,7 @@ def new_cache(model: torch.nn.Module) -> Cache:
     return cache
 
 
-def _self_attention_layers(cache: Cache) -> list[Any]:
+def self_attention_layers(cache: Cache) -> list[Any]:
     """The layers of `cache` holding the decoder's own keys/values (not an encoder-decoder's cross-attention)."""
     return getattr(cache, "self_attention_cache", cache).layers
 
@@ -49,7 +72,33 @@ def _is_sliding(layer: Any) -> bool:
     return type(layer) is DynamicSlidingWindowLayer and layer.is_initialized
 
 
-class ModelRunner:
+class RunnerBase:
+    """What every runner of a model knows: the model, its statistics and cost model, and which arguments its forward
+    pass takes. Refuses, before any forward pass, a model whose cache cannot roll back.
+
+    Args:
+        model (`PreTrainedModel`): the model.
+        stats (`LevelStats`): where forward passes, tokens and time are counted.
+        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens.
+    """
+
+    def __init__(self, model: torch.nn.Module, stats: LevelStats, cost: ForwardCostModel | None = None):
+        self.model = model
+        self.stats = stats
+        self.device = model.device
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        # Before any forward pass and before touching the cache (a recurrent model's cache has no sequence length).
+        self._label = "the target" if stats.kind == "target" else stats.name
+        check_rollback(model, self._label)
+        self.cost = cost
+        self._logits_to_keep = accepts_logits_to_keep(model)
+        # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
+        # embeddings) would otherwise count from their padding index and compute something else.
+        self._position_ids = not self.is_encoder_decoder and accepts_position_ids(model)
+        self._checked_croppable = False
+
+
+class ModelRunner(RunnerBase):
     """Runs forward passes of one model over the shared token sequence, reusing its KV cache.
 
     The cache always holds the keys/values of a prefix `ids[:cache_len]` of the sequence. When a review rejects
@@ -83,13 +132,7 @@ class ModelRunner:
         encoder_attention_mask: torch.Tensor | None = None,
         cost: ForwardCostModel | None = None,
     ):
-        self.model = model
-        self.stats = stats
-        self.device = model.device
-        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
-        # Before any forward pass and before touching the cache (a recurrent model's cache has no sequence length).
-        self._label = "the target" if stats.kind == "target" else stats.name
-        check_rollback(model, self._label)
+        super().__init__(model, stats, cost)
         fresh = cache is None
         self.cache = new_cache(model) if fresh else cache
         # Layers keep what a rollback needs only while they record their past; `release` restores the caller's flags.
@@ -99,12 +142,6 @@ class ModelRunner:
         self._floor = 0  # no later forward starts before this position (see `commit`)
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
-        self.cost = cost
-        self._logits_to_keep = accepts_logits_to_keep(model)
-        # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
-        # embeddings) would otherwise count from their padding index and compute something else.
-        self._position_ids = not self.is_encoder_decoder and _accepts(model, "position_ids")
-        self._checked_croppable = False
 
     def truncate_to(self, length: int) -> None:
         """The sequence was cut to `length` tokens: cached states past it are stale."""
@@ -145,7 +182,7 @@ class ModelRunner:
         return self.cache
 
     def _layers(self) -> list[Any]:
-        return _self_attention_layers(self.cache)
+        return self_attention_layers(self.cache)
 
     def _rewind(self, length: int) -> None:
         """Drop the cached states of positions `length ..` (rejected or stale draft tokens)."""
@@ -202,24 +239,45 @@ class ModelRunner:
                 kwargs["position_ids"] = torch.arange(start, end, device=self.device)[None]
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = end - first
-        t0 = time.perf_counter()
-        out = self.model(**kwargs)
-        elapsed = time.perf_counter() - t0
-        self.stats.forward_time_s += elapsed
-        if self.cost is not None:
-            self.cost.record(end - start, elapsed)
-            costs = self.cost.costs()
-            if self.cost.fitted:
-                self.stats.draft_cost, self.stats.token_cost = costs
-        self.stats.forward_passes += 1
-        self.stats.forward_tokens += end - start
+        out = timed_forward(self.model, kwargs, self.stats, self.cost, end - start)
         if not self._checked_croppable:
-            if getattr(out, "cache", None) is None:  # e.g. OpenAI GPT: every pass would have to re-read the sequence
-                raise refuse_stateful(self.model, self._label, "no KV cache (its forward pass returns none)")
-            # Linear-attention layers only know after their first update whether they can roll back.
-            if not getattr(out.cache, "is_croppable", True):
-                raise refuse_stateful(self.model, self._label, "a cache that cannot be cropped")
+            check_output_cache(out, self.model, self._label)
             self._checked_croppable = True
         self.cache = out.cache
         self.cache_len = end
         return out.logits[0, -(end - first) :]
+
+
+def timed_forward(
+    model: torch.nn.Module,
+    kwargs: dict[str, Any],
+    stats: LevelStats,
+    cost: ForwardCostModel | None,
+    num_tokens: int,
+) -> Any:
+    """`model(**kwargs)`, its time and `num_tokens` (tokens per row fed) counted in `stats` and `cost`.
+
+    Returns:
+        The model's output.
+    """
+    t0 = time.perf_counter()
+    out = model(**kwargs)
+    elapsed = time.perf_counter() - t0
+    stats.forward_time_s += elapsed
+    if cost is not None:
+        cost.record(num_tokens, elapsed)
+        costs = cost.costs()
+        if cost.fitted:
+            stats.draft_cost, stats.token_cost = costs
+    stats.forward_passes += 1
+    stats.forward_tokens += num_tokens
+    return out
+
+
+def check_output_cache(out: Any, model: torch.nn.Module, label: str) -> None:
+    """Refuse a model whose first forward pass returned no cache, or one that cannot be cropped."""
+    if getattr(out, "cache", None) is None:  # e.g. OpenAI GPT: every pass would have to re-read the sequence
+        raise refuse_stateful(model, label, "no KV cache (its forward pass returns none)")
+    # Linear-attention layers only know after their first update whether they can roll back.
+    if not getattr(out.cache, "is_croppable", True):
+        raise refuse_stateful(model, label, "a cache that cannot be cropped")

@@ -74,15 +74,23 @@ class CascadeStats:
     """Statistics of one cascade `generate` call, returned as `output.cascade_stats` with
     `return_dict_in_generate=True`.
 
+    In a batched call (batch size > 1, or a padded prompt) the records are totals over the batch: forward passes,
+    tokens and time of each model's batched forwards (shared by the rows), drafted/accepted summed over the rows,
+    `new_tokens` the rows' new tokens together (padding excluded); `rows` then holds one `CascadeStats` per row, in
+    batch order, whose records count what that row drafted and accepted and the batched forward passes it took part
+    in (`forward_passes`, `forward_tokens`: its own tokens; no time, which the rows share).
+
     Args:
         levels (`list[LevelStats]`): the target first, then the assistants largest first, then Max-Gram.
         new_tokens (`int`): tokens generated (returned after the prompt).
         wall_time_s (`float`): wall time of the whole call.
+        rows (`list[CascadeStats]`): per-row records of a batched call; empty in batch 1.
     """
 
     levels: list[LevelStats] = field(default_factory=list)
     new_tokens: int = 0
     wall_time_s: float = 0.0
+    rows: list[CascadeStats] = field(default_factory=list)
 
     @property
     def target(self) -> LevelStats:
@@ -105,6 +113,7 @@ class CascadeStats:
         for level_dict, level in zip(d["levels"], self.levels, strict=True):
             level_dict["acceptance_rate"] = level.acceptance_rate
             level_dict["memory_acceptance_rate"] = level.memory_acceptance_rate
+        d["rows"] = [row.to_dict() for row in self.rows]
         return d
 
     def summary(self) -> str:
@@ -139,6 +148,9 @@ class CascadeStats:
             for s in self.levels
             if s.nonfinite_drafts
         )
+        for i, row in enumerate(self.rows):
+            rates = ", ".join(f"{s.name} {s.acceptance_rate:.2f}" for s in row.levels if s.acceptance_rate is not None)
+            rows.append(f"row {i}: {row.new_tokens} new tokens" + (f"; acceptance {rates}" if rates else ""))
         tpf = self.tokens_per_target_forward
         rows.append(
             f"{self.new_tokens} new tokens in {self.wall_time_s:.3f} s; {tpf:.2f} tokens per target forward"

@@ -9,11 +9,13 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
     T5Config,
@@ -173,6 +175,16 @@ def max_gram_generate(model, prompt, max_new_tokens: int = 40, k: int = 8, do_sa
         return_dict_in_generate=True,
     )
     return out.sequences, out.cascade_stats
+
+
+def word_tokenizer(**special_tokens) -> PreTrainedTokenizerFast:
+    """A tokenizer of the tiny vocabulary: word `w{i}` is token `i` (`w0` BOS, `w1` EOS, `w2` unknown)."""
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w2"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="w2", eos_token="w1", bos_token="w0", **special_tokens
+    )
 
 
 class Recorder(BaseStreamer):

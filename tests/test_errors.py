@@ -249,10 +249,11 @@ def test_generate_decoder_only_assistant_for_encoder_decoder_target(llama, t5, p
         t5.generate(prompt, assistant_models=[llama], **CASCADE)
 
 
-def test_generate_batch_size_two(llama, prompt):
-    batch = prompt.repeat(2, 1)
-    with pytest.raises(ValueError, match=r"one sequence at a time \(batch size 1\); got input_ids of shape \(2, 21\)"):
-        llama.generate(batch, attention_mask=torch.ones_like(batch), assistant_models=[], **CASCADE)
+def test_generate_input_ids_must_be_2d(prompt):
+    with pytest.raises(
+        ValueError, match=r"input_ids must have shape \(batch_size, sequence_length\); got shape \(21,\)"
+    ):
+        check_generation(prompt[0], GenerationConfig(), {}, is_encoder_decoder=False)
 
 
 def test_generate_beam_search_message_names_num_beams(llama, prompt):
@@ -286,10 +287,10 @@ def test_generate_output_attentions_or_hidden_states(llama, prompt, flag):
         llama.generate(prompt, assistant_models=[], return_dict_in_generate=True, **{flag: True}, **CASCADE)
 
 
-def test_generate_attention_mask_with_padding(llama, prompt):
+def test_generate_attention_mask_with_right_padding(llama, prompt):
     mask = torch.ones_like(prompt)
-    mask[0, 0] = 0
-    with pytest.raises(ValueError, match=r"attention_mask contains padding \(zeros\)"):
+    mask[0, -1] = 0
+    with pytest.raises(ValueError, match=r'ends with padding \(right padding\).*tokenizer.padding_side = "left"'):
         llama.generate(prompt, attention_mask=mask, assistant_models=[], **CASCADE)
 
 

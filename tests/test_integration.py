@@ -8,22 +8,19 @@ import threading
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast, TextIteratorStreamer
 
 import hf_cascade
 
-from conftest import VOCAB, Recorder, max_gram_generate
+from conftest import VOCAB, Recorder, max_gram_generate, word_tokenizer
 
 NEW = 24
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {f"w{i}": i for i in range(VOCAB)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w2"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w2", eos_token="w1", bos_token="w0")
+    return word_tokenizer()
 
 
 def test_enable_routes_only_cascade_calls(llama, llama_drafters, prompt):

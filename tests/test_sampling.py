@@ -34,14 +34,14 @@ def tiny():
 PROMPT = torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2]])
 
 
-def exact_distribution(model) -> torch.Tensor:
-    """P(x1, x2, x3 | PROMPT) under `model` with the SAMPLING processors, as a flat tensor over V**NEW outcomes."""
+def exact_distribution(model, prompt: torch.Tensor = PROMPT) -> torch.Tensor:
+    """P(x1, x2, x3 | prompt) under `model` with the SAMPLING processors, as a flat tensor over V**NEW outcomes."""
     joint = torch.zeros(V**NEW, dtype=torch.float64)
     cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def next_probs(prefix: tuple[int, ...]) -> torch.Tensor:
         if prefix not in cache:
-            ids = torch.cat([PROMPT, torch.tensor([prefix], dtype=torch.long).view(1, -1)], dim=1)
+            ids = torch.cat([prompt, torch.tensor([prefix], dtype=torch.long).view(1, -1)], dim=1)
             out = model.generate(
                 ids, max_new_tokens=1, output_scores=True, return_dict_in_generate=True, pad_token_id=0, **SAMPLING
             )

@@ -1,0 +1,382 @@
+"""The cascade over a batch of rows (batch size > 1): per-row logic, batched forwards, ragged acceptance.
+
+Each row is a `CascadeDrafter` of its own (its unpadded prompt, its Max-Gram index, its draft), stepped exactly as in
+batch 1. Its drafting is a generator of `ForwardRequest`s; `draft_rows` advances every row's generator until it
+waits for a forward pass, runs ONE batched forward per model for all rows that wait on it (`BatchRunner`), hands
+each row its logits, and repeats until every row's draft is built. One batched target forward then scores every
+unfinished row, and each row is reviewed, cut and committed alone (`hf_cascade.step.target_step`). Finished rows
+leave every cache. The output is what plain batched `generate` returns: the left-padded prompts, each row's new
+tokens, rows that stopped early right-padded with `pad_token_id`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.generation.logits_process import (
+    EncoderNoRepeatNGramLogitsProcessor,
+    EncoderRepetitionPenaltyLogitsProcessor,
+    LogitsProcessorList,
+    PrefixConstrainedLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+)
+from transformers.generation.stopping_criteria import StoppingCriteriaList
+
+from .batch_runner import BatchRunner, relative_positions
+from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
+from .cost import cost_model_for
+from .errors import CascadeValueError
+from .memory import MaxGramMemory
+from .runner import accepts_position_ids
+from .stats import CascadeStats, LevelStats
+from .step import target_step
+
+__all__ = ["check_batch", "draft_rows", "generate_batch", "is_batch", "left_padding", "row_processors"]
+
+_BATCH_ONE = "Batch size 1 works with it: call generate once per prompt."
+
+
+def is_batch(input_ids: torch.Tensor, model_kwargs: Mapping[str, Any], is_encoder_decoder: bool) -> bool:
+    """Whether a call takes the batched path: more than one row, or a decoder-only prompt with padding."""
+    mask = model_kwargs.get("attention_mask")
+    padded = not is_encoder_decoder and mask is not None and not bool((mask == 1).all())
+    return input_ids.shape[0] > 1 or padded
+
+
+def left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    """The number of left-padding tokens of each row of a decoder-only batch; refuses any other padding.
+
+    Args:
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): the prompts.
+        attention_mask (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): their mask.
+    """
+    rows, length = input_ids.shape
+    if attention_mask is None:
+        return [0] * rows
+    padding = []
+    for r, row in enumerate(attention_mask.tolist()):
+        pad = next((i for i, m in enumerate(row) if m), length)
+        if pad == length:
+            raise CascadeValueError(f"attention_mask row {r} is all zeros: every prompt needs at least one token.")
+        if row[-1] == 0:
+            raise CascadeValueError(
+                f"attention_mask row {r} ends with padding (right padding); decoder-only models generate after the "
+                'last token, so pad on the left: tokenizer.padding_side = "left".'
+            )
+        if not all(row[pad:]):
+            raise CascadeValueError(
+                f"attention_mask row {r} has zeros between tokens; only left padding (zeros, then ones) is supported."
+            )
+        padding.append(pad)
+    return padding
+
+
+def row_processors(processors: LogitsProcessorList, row: int) -> LogitsProcessorList:
+    """`processors` as row `row` of the batch needs them alone (the cascade processes each row on its own).
+
+    transformers builds some processors with one entry per row of the batch: the repetition penalty's
+    `prompt_ignore_length` (each row's padding), the encoder repetition penalties' encoder ids, the
+    `prefix_allowed_tokens_fn`'s `batch_id`. Those are narrowed to the row (shallow copies); the others are shared.
+
+    Args:
+        processors (`LogitsProcessorList`): the call's processors, prepared by `generate` for the whole batch.
+        row (`int`): the row.
+    """
+    narrowed = []
+    for processor in processors:
+        if isinstance(processor, RepetitionPenaltyLogitsProcessor) and isinstance(
+            processor.prompt_ignore_length, torch.Tensor
+        ):
+            processor = copy.copy(processor)
+            processor.prompt_ignore_length = processor.prompt_ignore_length[row : row + 1]
+        elif isinstance(processor, EncoderRepetitionPenaltyLogitsProcessor):
+            processor = copy.copy(processor)
+            processor.encoder_input_ids = processor.encoder_input_ids[row : row + 1]
+        elif isinstance(processor, EncoderNoRepeatNGramLogitsProcessor):
+            processor = copy.copy(processor)
+            processor.generated_ngrams = [processor.generated_ngrams[row]]
+            processor.batch_size = 1
+        elif isinstance(processor, PrefixConstrainedLogitsProcessor):
+            processor = copy.copy(processor)
+            allowed = processor._prefix_allowed_tokens_fn
+            processor._prefix_allowed_tokens_fn = lambda _, tokens, allowed=allowed: allowed(row, tokens)
+        narrowed.append(processor)
+    return LogitsProcessorList(narrowed)
+
+
+def _check_batchable(model: PreTrainedModel, name: str) -> None:
+    """Refuse a model the shared cache with holes cannot run exactly (see `hf_cascade.batch_runner`)."""
+    kind = f"{name} ({type(model).__name__})"
+    if model.config.is_encoder_decoder:
+        if not relative_positions(model):
+            raise CascadeValueError(
+                f"{kind} is an encoder-decoder whose decoder positions come from its cache length; the batched "
+                f"cascade supports encoder-decoders with relative positions (T5 family) only. {_BATCH_ONE}"
+            )
+        return
+    if not accepts_position_ids(model):
+        raise CascadeValueError(
+            f"{kind} takes no position_ids, so rows of different lengths cannot share its cache exactly. {_BATCH_ONE}"
+        )
+    try:
+        layer_types = set(get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))[0])
+    except (AttributeError, KeyError, TypeError, ValueError):
+        layer_types = set()
+    windowed = sorted(layer_types & {"sliding_attention", "chunked_attention"})
+    if windowed:
+        raise CascadeValueError(
+            f"{kind} has {', '.join(windowed)} layers, whose window counts cache slots: rows of different lengths "
+            f"(holes in the shared cache) would attend to the wrong window. {_BATCH_ONE}"
+        )
+
+
+def check_batch(
+    model: PreTrainedModel,
+    assistants: Sequence[PreTrainedModel],
+    generation_config: GenerationConfig,
+    model_kwargs: Mapping[str, Any],
+    streamer: Any,
+    batch_size: int,
+    settings: DraftSettings,
+    criteria: StoppingCriteriaList,
+) -> None:
+    """Refuse, before any forward pass, what the batched cascade does not support.
+
+    Args:
+        model (`PreTrainedModel`): the target.
+        assistants (`Sequence[PreTrainedModel]`): the neural drafters.
+        generation_config (`GenerationConfig`): the prepared generation config.
+        model_kwargs (`Mapping[str, Any]`): `generate`'s model kwargs (`cache`, ...).
+        streamer (`BaseStreamer`, *optional*): the streamer, if any.
+        batch_size (`int`): rows of the call.
+        settings (`DraftSettings`): the call's settings (its EOS tokens).
+        criteria (`StoppingCriteriaList`): the user's stopping criteria (not max length or EOS).
+    """
+    if criteria and not settings.eos_token_ids:
+        # Plain generate pads the rows a criterion stopped only when an EOS criterion exists; without one it keeps
+        # appending the model's tokens to them until every row stops, which the cascade (dropping such rows) does not.
+        raise CascadeValueError(
+            f"stopping_criteria ({', '.join(type(c).__name__ for c in criteria)}) with no eos_token_id in a batch of "
+            f"{batch_size} rows: plain generate keeps extending the rows a criterion stopped, the cascade pads them. "
+            "Pass eos_token_id= (and pad_token_id=), or generate one prompt at a time."
+        )
+    if streamer is not None:
+        raise CascadeValueError(
+            f"{type(streamer).__name__} only supports batch size 1 (as transformers' streamers), got {batch_size} "
+            "rows; stream one prompt at a time, or drop the streamer."
+        )
+    cache = model_kwargs.get("cache")
+    if cache is not None and cache.get_seq_length() > 0:
+        raise CascadeValueError(
+            f"cache= holds {cache.get_seq_length()} tokens: reusing a cache is batch-1 only (a batched call starts "
+            "and returns no cache). Drop cache= for a batch, or generate one prompt at a time."
+        )
+    if generation_config.return_dict_in_generate and (
+        generation_config.output_scores or generation_config.output_logits
+    ):
+        raise CascadeValueError(
+            f"output_scores/output_logits are batch-1 only in the cascade (got {batch_size} rows): plain generate "
+            "also scores rows that already finished, which the cascade no longer runs. Drop them, or generate one "
+            "prompt at a time."
+        )
+    _check_batchable(model, "the target")
+    for i, assistant in enumerate(assistants):
+        _check_batchable(assistant, f"assistant_models[{i}]")
+
+
+def draft_rows(
+    steps: Mapping[int, Drafting[Any]], runners: Sequence[BatchRunner], drafters: Mapping[int, CascadeDrafter]
+) -> dict[int, Any]:
+    """Run every row's drafting to completion, batching the forward passes the rows wait for.
+
+    Advances each row's generator until it yields a `ForwardRequest`, then repeatedly runs one batched forward on
+    the drafter most rows wait for (ties to the smallest model: its forwards are cheapest and feed the larger ones)
+    and sends each of those rows its logits.
+
+    Args:
+        steps (`Mapping[int, Drafting]`): row -> its drafting generator (`CascadeDrafter.drafting`).
+        runners (`Sequence[BatchRunner]`): the neural drafters' batched runners, largest first.
+        drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter (whose `ids` the forwards read).
+
+    Returns:
+        `dict[int, Any]`: row -> what its generator returned.
+    """
+    results: dict[int, Any] = {}
+    waiting: dict[int, ForwardRequest] = {}
+
+    def advance(row: int, logits: torch.Tensor | None) -> None:
+        try:
+            waiting[row] = steps[row].send(logits)
+        except StopIteration as stop:
+            results[row] = stop.value
+            waiting.pop(row, None)
+
+    for row in steps:
+        advance(row, None)
+    while waiting:
+        counts: dict[int, int] = {}
+        for request in waiting.values():
+            counts[request.runner] = counts.get(request.runner, 0) + 1
+        runner = max(counts, key=lambda c: (counts[c], c))
+        asked = {row: request for row, request in waiting.items() if request.runner == runner}
+        logits = runners[runner].logits(
+            {row: (drafters[row].ids, request.first, request.end) for row, request in asked.items()}
+        )
+        for row in asked:
+            advance(row, logits[row])
+    return results
+
+
+def _total(name: str, kind: str, rows: Sequence[LevelStats], shared: LevelStats | None = None) -> LevelStats:
+    """The batch's record of one model: its shared forward passes plus what the rows drafted and accepted."""
+    total = shared if shared is not None else LevelStats(name, kind)
+    for row in rows:
+        total.drafted += row.drafted
+        total.accepted += row.accepted
+        total.nonfinite_drafts += row.nonfinite_drafts
+        total.propose_calls += row.propose_calls
+        total.propose_time_s += row.propose_time_s
+    return total
+
+
+@torch.no_grad()
+def generate_batch(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    assistants: Sequence[PreTrainedModel],
+    settings: DraftSettings,
+    generation_config: GenerationConfig,
+    criteria: StoppingCriteriaList,
+    model_kwargs: Mapping[str, Any],
+    inputs_tensor: torch.Tensor | None = None,
+    memory: MaxGramMemory | None = None,
+) -> tuple[torch.LongTensor, CascadeStats]:
+    """The batched cascade `generate` loop (see the module docstring).
+
+    Args:
+        model (`PreTrainedModel`): the target.
+        input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): left-padded prompts (decoder start
+            ids for encoder-decoders).
+        assistants (`Sequence[PreTrainedModel]`): neural drafters, largest first (checked).
+        settings (`DraftSettings`): the call's drafting settings.
+        generation_config (`GenerationConfig`): prepared by `generate`.
+        criteria (`StoppingCriteriaList`): the user's stopping criteria (not max length or EOS).
+        model_kwargs (`Mapping[str, Any]`): `attention_mask` (the prompts' mask; the encoder's for
+            encoder-decoders) and `encoder_outputs`.
+        inputs_tensor (`torch.LongTensor` of shape `(batch_size, source_length)`, *optional*): encoder input.
+        memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from; each row's new tokens are
+            added at the end, in row order.
+
+    Returns:
+        `(sequences, stats)`: `torch.LongTensor` of shape `(batch_size, sequence_length + new)` and the call's
+        `CascadeStats` with one record per row in `stats.rows`.
+    """
+    t0 = time.perf_counter()
+    is_encoder_decoder = bool(model.config.is_encoder_decoder)
+    mask = model_kwargs.get("attention_mask")
+    batch, length = input_ids.shape
+    padding = [0] * batch if is_encoder_decoder else left_padding(input_ids, mask)
+    pad_token = generation_config._pad_token_tensor
+    pad_token_id = int(pad_token) if pad_token is not None else 0  # also fed where a row has nothing to feed
+    rows = range(batch)
+    encoder_mask = mask if is_encoder_decoder else None
+    do_sample = settings.do_sample
+
+    target = BatchRunner(
+        model,
+        LevelStats("target", "target"),
+        rows,
+        encoder_outputs=model_kwargs.get("encoder_outputs"),
+        encoder_attention_mask=encoder_mask,
+        cost=cost_model_for(model.device, settings.max_gram, do_sample),
+        pad_token_id=pad_token_id,
+    )
+    runners = []
+    for i, assistant in enumerate(assistants):
+        encoded, assistant_mask = encode(assistant, inputs_tensor, encoder_mask) if is_encoder_decoder else (None, None)
+        runners.append(
+            BatchRunner(
+                assistant,
+                LevelStats(f"assistant_{i}", "assistant"),
+                rows,
+                encoder_outputs=encoded,
+                encoder_attention_mask=assistant_mask,
+                cost=cost_model_for(assistant.device, settings.max_gram, do_sample),
+                pad_token_id=pad_token_id,
+            )
+        )
+    bigram = load_bigram(settings.max_gram.bigram_table, settings.vocab_size) if settings.use_max_gram else None
+    drafters: dict[int, CascadeDrafter] = {}
+    targets = {}
+    for r in rows:
+        corpus = []
+        if is_encoder_decoder and inputs_tensor is not None:
+            source = inputs_tensor[r] if encoder_mask is None else inputs_tensor[r][encoder_mask[r].bool()]
+            corpus = [source.tolist()]
+        drafters[r] = CascadeDrafter(
+            input_ids[r, padding[r] :].tolist(),
+            [runner.view(r, LevelStats(runner.stats.name, "assistant")) for runner in runners],
+            settings,
+            corpus=corpus,
+            bigram=bigram,
+            target_cost=target.cost,
+            memory=memory,
+            padding=input_ids[r, : padding[r]].tolist(),
+            logits_processor=row_processors(settings.logits_processor, r),
+        )
+        targets[r] = target.view(r, LevelStats("target", "target"))
+    prompt_lengths = {r: len(drafters[r].ids) for r in rows}
+    # Every row gets plain generate's budget of new tokens: max_length counts the padded prompt.
+    max_lengths = {r: generation_config.max_length - padding[r] for r in rows}
+
+    active = [r for r in rows if prompt_lengths[r] < max_lengths[r]]
+    while active:
+        # The target adds one token: drafts stay within max_length - 1.
+        drafts = draft_rows({r: drafters[r].drafting(max_lengths[r] - 1) for r in active}, runners, drafters)
+        logits = target.logits(
+            {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
+        )
+        finished = []
+        for r in active:
+            draft, q = drafts[r]
+            _, _, done = target_step(drafters[r], targets[r], logits[r], draft, q, do_sample, criteria, max_lengths[r])
+            if done:
+                finished.append(r)
+        if finished:
+            for runner in (target, *runners):
+                runner.drop(finished)
+            active = [r for r in active if r not in finished]
+
+    new = {r: drafters[r].ids[prompt_lengths[r] :] for r in rows}
+    width = max(len(tokens) for tokens in new.values())
+    # Rows end apart only by EOS or a criterion, which `check_batch` allows only with an EOS token, so plain generate
+    # has a pad token (it falls back on the EOS token).
+    sequences = torch.full((batch, length + width), pad_token_id, dtype=input_ids.dtype, device=input_ids.device)
+    sequences[:, :length] = input_ids
+    for r, tokens in new.items():
+        sequences[r, length : length + len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
+    if memory is not None:
+        for r in rows:
+            memory.add(new[r])
+
+    row_stats = [CascadeStats(levels=[targets[r].stats, *drafters[r].stats], new_tokens=len(new[r])) for r in rows]
+    levels = [_total("target", "target", [], target.stats)]
+    levels += [
+        _total(runner.stats.name, "assistant", [drafters[r].stats[i] for r in rows], runner.stats)
+        for i, runner in enumerate(runners)
+    ]
+    if settings.use_max_gram:
+        levels.append(_total("max_gram", "max_gram", [drafters[r].stats[-1] for r in rows]))
+    stats = CascadeStats(
+        levels=levels,
+        new_tokens=sum(len(tokens) for tokens in new.values()),
+        wall_time_s=time.perf_counter() - t0,
+        rows=row_stats,
+    )
+    return sequences, stats

@@ -1,0 +1,406 @@
+"""Batches (issue 13): every row of a batched cascade call is what plain batched `generate` returns for it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_sampling import NEW as SAMPLED
+from test_sampling import (
+    PROMPT,
+    SAMPLING,
+    chi_square_p_value,
+    exact_distribution,
+    outcome_index,
+    tiny,  # noqa: F401  (the fixture)
+)
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    LlamaForCausalLM,
+    MptConfig,
+    MptForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    TextStreamer,
+)
+from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+
+import hf_cascade
+from hf_cascade.batch_runner import BatchRunner
+from hf_cascade.stats import LevelStats
+
+from conftest import DECODER_KWARGS, VOCAB, build, llama_config, perturbed, word_tokenizer
+
+NEW = 12
+PAD = 0
+LENGTHS = (3, 17, 9, 25, 1)
+
+
+def rows_of(lengths, seed: int = 7) -> list[list[int]]:
+    """Prompts of the given lengths, each ending with a repeated phrase where room allows (Max-Gram copies it)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in lengths:
+        phrase = torch.randint(2, VOCAB, (max(n // 4, 1),), generator=gen).tolist()
+        body = torch.randint(2, VOCAB, (n,), generator=gen).tolist()
+        rows.append((body[: n - 2 * len(phrase)] + phrase + phrase)[-n:] if n >= 4 else body)
+    return rows
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(input_ids, attention_mask)` of `rows`, left-padded with `PAD` as a tokenizer with padding_side="left" does."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids, mask
+
+
+def early_eos(model, ids, mask, **kwargs) -> int:
+    """A token plain greedy emits early in the first row (and so later or never in others): rows stop apart."""
+    out = model.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, **kwargs)
+    return int(out[0, ids.shape[1] + 2])
+
+
+def cascade(model, ids, mask, drafters, **kwargs):
+    """The batched cascade on `ids` (greedy unless `do_sample=True` is passed), as a dict output."""
+    kwargs = {"do_sample": False, "pad_token_id": PAD, "return_dict_in_generate": True, **kwargs}
+    return model.generate(
+        ids, attention_mask=mask, custom_generate=hf_cascade.generate, assistant_models=drafters, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def qwen2_drafter(qwen2):
+    return perturbed(qwen2, 0.3, 8)
+
+
+# --------------------------------------------------------------------------------------------- greedy exactness
+LLAMA_CASES = {
+    # name: (number of rows, drafters (indices into llama_drafters), use_max_gram, with memory)
+    "5rows-max_gram": (5, (), True, False),
+    "4rows-1drafter+max_gram": (4, (1,), True, False),
+    "3rows-2drafters": (3, (0, 1), False, False),
+    "2rows-2drafters+max_gram+memory": (2, (0, 1), True, True),
+    "1row-1drafter": (1, (1,), False, False),
+}
+
+
+@pytest.mark.parametrize("case", list(LLAMA_CASES))
+def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case):
+    num_rows, which, use_max_gram, with_memory = LLAMA_CASES[case]
+    ids, mask = left_pad(rows_of(LENGTHS[:num_rows]))
+    eos = early_eos(llama, ids, mask)
+    plain = llama.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
+    )
+    memory = hf_cascade.MaxGramMemory() if with_memory else None
+    if memory is not None:
+        memory.add(rows_of([12], seed=3)[0])
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram)
+    out = cascade(
+        llama,
+        ids,
+        mask,
+        [llama_drafters[i] for i in which],
+        max_new_tokens=NEW,
+        eos_token_id=eos,
+        cascade_config=config,
+        max_gram_memory=memory,
+    )
+    assert torch.equal(out.sequences, plain)
+    stats = out.cascade_stats
+    if num_rows == 1:  # no padding: the batch-1 path, which returns the cache and no per-row records
+        assert out.cache is not None and stats.rows == []
+        return
+    assert out.cache is None  # batched calls return no cache
+    assert len(stats.rows) == num_rows
+    assert stats.new_tokens == sum(row.new_tokens for row in stats.rows)
+    for i, level in enumerate(stats.levels[1:], start=1):  # totals are the rows' sums
+        assert level.drafted == sum(row.levels[i].drafted for row in stats.rows)
+        assert level.accepted == sum(row.levels[i].accepted for row in stats.rows)
+    assert bool((out.sequences[:, ids.shape[1] :] == PAD).any())  # rows stopped apart: some are padded
+    if memory is not None:
+        # each row's new tokens were remembered (a document needs two tokens to hold an n-gram)
+        assert memory.num_documents == 1 + sum(row.new_tokens >= 2 for row in stats.rows)
+
+
+@pytest.mark.parametrize("model_name", ["qwen2", "gpt2"])
+def test_other_decoders_batch_equal_plain_batched_greedy(request, model_name):
+    model = request.getfixturevalue(model_name)
+    ids, mask = left_pad(rows_of(LENGTHS[:4]))
+    eos = early_eos(model, ids, mask)
+    plain = model.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
+    )
+    out = cascade(model, ids, mask, [perturbed(model, 0.3, 8)], max_new_tokens=NEW, eos_token_id=eos)
+    assert torch.equal(out.sequences, plain)
+
+
+@pytest.mark.parametrize("use_max_gram", [True, False])
+def test_t5_batch_equals_plain_batched_greedy(t5, use_max_gram):
+    ids, mask = left_pad(rows_of((6, 14, 3)))
+    # Encoder inputs are right-padded, as a T5 tokenizer pads them.
+    right = torch.full_like(ids, PAD)
+    for i in range(ids.shape[0]):
+        n = int(mask[i].sum())
+        right[i, :n] = ids[i, ids.shape[1] - n :]
+    mask = (torch.arange(ids.shape[1])[None] < mask.sum(1, keepdim=True)).long()
+    plain = t5.generate(right, attention_mask=mask, max_new_tokens=NEW, do_sample=False)
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram)
+    out = t5.generate(
+        right,
+        attention_mask=mask,
+        max_new_tokens=NEW,
+        do_sample=False,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[perturbed(t5, 0.3, 9)],
+        cascade_config=config,
+    )
+    assert torch.equal(out, plain)
+
+
+def test_fp64_each_row_equals_the_row_alone(llama, llama_drafters):
+    rows = rows_of(LENGTHS[:4], seed=11)
+    ids, mask = left_pad(rows)
+    out = cascade(llama, ids, mask, [llama_drafters[1], llama_drafters[0]], max_new_tokens=NEW).sequences
+    for i, row in enumerate(rows):
+        alone = llama.generate(torch.tensor([row]), max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
+        assert out[i, ids.shape[1] :].tolist() == alone[0, len(row) :].tolist()
+
+
+def test_compaction_keeps_rows_exact(llama, llama_drafters, monkeypatch):
+    """Rows accepting different numbers of tokens leave holes in the caches; compacted (here at every hole), the rows
+    stay exact."""
+    ids, mask = left_pad(rows_of((4, 11, 7)))
+    plain = llama.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=PAD)
+    shrunk = []
+    compact = BatchRunner.compact
+
+    def spy(self):
+        width = self.slot_mask.shape[1]
+        compact(self)
+        shrunk.append(self.slot_mask.shape[1] < width)
+
+    monkeypatch.setattr(BatchRunner, "compact", spy)
+    monkeypatch.setattr(BatchRunner, "compact_ratio", 0.5)  # compact at nearly every pass: holes are gathered early
+    config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False)
+    out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=20, cascade_config=config)
+    assert torch.equal(out.sequences, plain)
+    assert any(shrunk)  # the holes were gathered away at least once
+
+
+def test_batch_runner_compact_gathers_each_rows_states():
+    """`compact` moves each row's valid slots, in order, to the end of the cache, padding on the left."""
+    runner = BatchRunner.__new__(BatchRunner)
+    runner.device = torch.device("cpu")
+    runner.slot_mask = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 1, 0, 0]])
+    runner.cached = [3, 2]
+    keys = torch.arange(10.0).view(2, 1, 5, 1)
+
+    class Layer:
+        is_initialized = True
+
+    layer = Layer()
+    layer.keys, layer.values = keys.clone(), keys.clone()
+    runner._layers = lambda: [layer]
+    runner.compact()
+    assert runner.slot_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert layer.keys.flatten().tolist()[:3] == [0.0, 2.0, 4.0]
+    assert layer.keys.flatten().tolist()[4:] == [6.0, 7.0]
+
+
+def test_padded_single_row_runs_batched(llama, prompt):
+    """A one-row prompt with left padding (refused before) goes through the batched path and equals plain."""
+    ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(prompt)], dim=1)
+    plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
+    out = cascade(llama, ids, mask, [], max_new_tokens=NEW)
+    assert torch.equal(out.sequences, plain) and len(out.cascade_stats.rows) == 1
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def test_sampled_batch_is_reproducible_with_a_seed(llama, llama_drafters):
+    ids, mask = left_pad(rows_of(LENGTHS[:3]))
+    config = hf_cascade.CascadeConfig(lenience=2.0)
+
+    def sample(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        kwargs = dict(do_sample=True, temperature=1.2, max_new_tokens=NEW, cascade_config=config)
+        return cascade(llama, ids, mask, [llama_drafters[1]], **kwargs).sequences
+
+    first = sample(5)
+    assert torch.equal(first, sample(5))
+    assert not torch.equal(first, sample(6))
+
+
+def test_each_sampled_row_follows_the_target_distribution(tiny):  # noqa: F811
+    """Per-row chi-square: two prompts of different lengths, 100 rows each per call (rows are independent draws),
+    through a lenient drafter over Max-Gram; each prompt's outcomes follow the target's exact distribution."""
+    target, d1, _ = tiny
+    short = torch.tensor([[3, 1, 2]])
+    copies = 100
+    rows = [PROMPT[0].tolist()] * copies + [short[0].tolist()] * copies
+    ids, mask = left_pad(rows)
+    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=3.0)
+    counts = torch.zeros(2, len(exact_distribution(target)), dtype=torch.float64)
+    torch.manual_seed(0)
+    for _ in range(10):  # 1000 draws per prompt
+        out = target.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=SAMPLED,
+            custom_generate=hf_cascade.generate,
+            assistant_models=[d1],
+            cascade_config=config,
+            pad_token_id=0,
+            **SAMPLING,
+        )
+        for r in range(len(rows)):
+            counts[r // copies, outcome_index(out[r, ids.shape[1] :].tolist())] += 1
+    p_long, p_short = exact_distribution(target), exact_distribution(target, short)
+    assert chi_square_p_value(counts[0], p_long) > 1e-3
+    assert chi_square_p_value(counts[1], p_short) > 1e-3
+    # Power: each prompt's samples are not the other prompt's distribution (rows did not leak into each other).
+    assert chi_square_p_value(counts[1], p_long) < 1e-6
+
+
+def test_logits_processors_see_the_padded_row(llama, llama_drafters):
+    """repetition_penalty and min_new_tokens act on each row as plain batched generate shows it: padding included."""
+    ids, mask = left_pad(rows_of(LENGTHS[:3]))
+    kwargs = dict(
+        max_new_tokens=NEW, repetition_penalty=1.5, min_new_tokens=4, eos_token_id=early_eos(llama, ids, mask)
+    )
+    plain = llama.generate(ids, attention_mask=mask, do_sample=False, pad_token_id=PAD, **kwargs)
+    out = cascade(llama, ids, mask, [llama_drafters[1]], **kwargs)
+    assert torch.equal(out.sequences, plain)
+
+
+@pytest.mark.parametrize("route", ["enabled", "custom_generate"])
+def test_text_generation_pipeline_batches_through_the_cascade(llama, llama_drafters, route, monkeypatch):
+    from transformers import pipeline
+
+    tokenizer = word_tokenizer(pad_token="w0")  # a pipeline batches only with a pad token; it pads on the left
+    tokenizer.chat_template = "{% for m in messages %}w3 {{ m['content'] }} w4 {% endfor %}w5 "
+    pipe = pipeline("text-generation", model=llama, tokenizer=tokenizer)
+    texts = [" ".join(f"w{i}" for i in row) for row in rows_of((3, 12, 7))]
+    chats = [[{"role": "user", "content": text}] for text in texts[:2]]
+    settings = dict(max_new_tokens=8, do_sample=False, batch_size=3)
+    plain = [pipe(texts, **settings), pipe(chats, **settings)]
+    calls = []
+    original = hf_cascade.generation.generate_batch
+
+    def spy(*args, **kwargs):  # proves the pipeline's batch went through the batched cascade
+        calls.append(args[1].shape[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(hf_cascade.generation, "generate_batch", spy)
+    if route == "enabled":
+        hf_cascade.enable(llama)
+        extra = {}
+    else:
+        extra = {"custom_generate": hf_cascade.generate}
+    try:
+        out = [pipe(inputs, assistant_models=[llama_drafters[1]], **settings, **extra) for inputs in (texts, chats)]
+    finally:
+        hf_cascade.disable(llama)
+    assert out == plain and calls == [3, 2]
+
+
+# --------------------------------------------------------------------------------------------- errors
+def test_right_padding_refused_with_the_fix(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r'attention_mask row 0 ends with padding.*padding_side = "left"'):
+        cascade(llama, ids.flip(1), mask.flip(1), [], max_new_tokens=2)
+
+
+def test_all_padding_row_refused(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    mask[0] = 0
+    with pytest.raises(ValueError, match=r"attention_mask row 0 is all zeros: every prompt needs at least one token"):
+        cascade(llama, ids, mask, [], max_new_tokens=2)
+
+
+def test_stopping_criteria_without_eos_refused_for_a_batch():
+    model = build(LlamaForCausalLM, llama_config(eos_token_id=None), seed=0)
+
+    class Never(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"stopping_criteria \(Never\) with no eos_token_id in a batch of 2 rows"):
+        cascade(model, ids, mask, [], max_new_tokens=2, stopping_criteria=StoppingCriteriaList([Never()]))
+
+
+def test_padding_between_tokens_refused(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    mask[1, 2] = 0
+    with pytest.raises(ValueError, match=r"row 1 has zeros between tokens; only left padding"):
+        cascade(llama, ids, mask, [], max_new_tokens=2)
+
+
+def test_streamer_refused_for_a_batch(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    streamer = TextStreamer(tokenizer=None)
+    with pytest.raises(ValueError, match=r"TextStreamer only supports batch size 1 .* got 2 rows"):
+        cascade(llama, ids, mask, [], max_new_tokens=2, cascade_streamer=streamer)
+
+
+def test_cache_reuse_refused_for_a_batch(llama, prompt):
+    first = llama.generate(prompt, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+    ids, mask = left_pad(rows_of((3, 6)))
+    cache = first.cache
+    cache.batch_repeat_interleave(2)
+    with pytest.raises(ValueError, match=r"cache= holds \d+ tokens: reusing a cache is batch-1 only"):
+        cascade(llama, ids, mask, [], max_new_tokens=2, cache=cache)
+
+
+def test_output_scores_refused_for_a_batch(llama):
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"output_scores/output_logits are batch-1 only in the cascade \(got 2 rows\)"):
+        cascade(llama, ids, mask, [], max_new_tokens=2, output_scores=True)
+
+
+def test_sliding_window_model_refused_for_a_batch():
+    config = Qwen2Config(**DECODER_KWARGS, use_sliding_window=True, sliding_window=4, max_window_layers=0)
+    model = build(Qwen2ForCausalLM, config, seed=4)
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"the target \(Qwen2ForCausalLM\) has sliding_attention layers.*Batch size 1"):
+        cascade(model, ids, mask, [], max_new_tokens=2)
+
+
+def test_model_without_position_ids_refused_for_a_batch(llama):
+    mpt = build(MptForCausalLM, MptConfig(vocab_size=VOCAB, d_model=32, n_heads=4, n_layers=1), seed=1)
+    ids, mask = left_pad(rows_of((3, 6)))
+    with pytest.raises(ValueError, match=r"assistant_models\[0\] \(MptForCausalLM\) takes no position_ids"):
+        cascade(llama, ids, mask, [mpt], max_new_tokens=2)
+
+
+def test_absolute_position_encoder_decoder_refused_for_a_batch():
+    config = BartConfig(
+        vocab_size=VOCAB,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=16,
+        decoder_ffn_dim=16,
+        max_position_embeddings=64,
+    )
+    bart = build(BartForConditionalGeneration, config, seed=2)
+    ids = torch.tensor(rows_of((4, 4)))
+    with pytest.raises(ValueError, match=r"the target \(BartForConditionalGeneration\) is an encoder-decoder whose"):
+        bart.generate(ids, max_new_tokens=2, custom_generate=hf_cascade.generate)
+
+
+def test_level_stats_of_a_row_count_its_forwards(llama, llama_drafters):
+    ids, mask = left_pad(rows_of((3, 9)))
+    out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=NEW)
+    target = out.cascade_stats.levels[0]
+    for row in out.cascade_stats.rows:
+        assert isinstance(row.levels[0], LevelStats) and 0 < row.levels[0].forward_passes <= target.forward_passes
+    assert "row 1:" in out.cascade_stats.summary()
