@@ -25,7 +25,7 @@ from transformers.generation.utils import GenerateDecoderOnlyOutput, GenerateEnc
 from .cascade import CascadeDrafter, DraftSettings
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
-from .cost import cost_model_for
+from .cost import forward_cost_model
 from .errors import CascadeTypeError, CascadeValueError
 from .memory import MaxGramMemory, check_memory
 from .runner import ModelRunner
@@ -150,7 +150,7 @@ def generate(
         cache=model_kwargs.get("cache"),  # reused and returned like plain generate's (a new one when None)
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
-        cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
+        cost=forward_cost_model(model, config.max_gram, bool(generation_config.do_sample)),
     )
     settings = DraftSettings.from_config(
         config, len(assistants), generation_config, logits_processor, vocab, input_ids.device
@@ -182,6 +182,8 @@ def generate(
         start = len(drafter.ids)
         draft, q = drafter.draft(cap=max_length - 1)  # the target adds one token: stay within max_length
         logits = target.logits(drafter.ids, start - 1, start + len(draft))
+        target_stats.drafts_reviewed += 1
+        target_stats.draft_tokens_reviewed += len(draft)
         step_scores = drafter.process(logits, start - 1)
         draft_t = torch.tensor(draft, dtype=torch.long, device=drafter.device)
         n, next_token, _ = review(step_scores, draft_t, q, lenience=1.0, do_sample=do_sample)  # exact, always

@@ -12,7 +12,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
 from .checks import check_rollback, refuse_stateful
-from .cost import ForwardCostModel
+from .cost import TIMING_CUDA, ForwardCostModel
 from .stats import LevelStats
 
 __all__ = ["ModelRunner", "accepts_logits_to_keep", "new_cache"]
@@ -70,8 +70,9 @@ class ModelRunner:
         cache (`Cache`, *optional*): a cache to reuse (the target's, prepared by `generate`); a new one otherwise.
         encoder_outputs (`ModelOutput`, *optional*): encoder outputs for encoder-decoder models.
         encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): encoder mask.
-        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens, for
-            the Max-Gram drafts this model reviews.
+        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens
+            (host wall time, or CUDA events as `cost.timing` says), for the drafts this model reviews and the
+            draft-length controller.
     """
 
     def __init__(
@@ -100,6 +101,8 @@ class ModelRunner:
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
         self.cost = cost
+        if cost is not None:
+            stats.timing = cost.timing
         self._logits_to_keep = accepts_logits_to_keep(model)
         # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
         # embeddings) would otherwise count from their padding index and compute something else.
@@ -172,6 +175,23 @@ class ModelRunner:
                     layer.keys = layer.keys[..., drop:, :]
                     layer.values = layer.values[..., drop:, :]
 
+    def _events(self) -> tuple[Any, Any] | None:
+        """A recorded start event and an unrecorded end event when this model is timed with CUDA events."""
+        if self.cost is None or self.cost.timing != TIMING_CUDA:
+            return None
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record(torch.cuda.current_stream(self.device))
+        return start, end
+
+    def _report_costs(self) -> None:
+        """Copy the fitted relative and absolute costs into `stats` (when they come from timings)."""
+        costs = self.cost.costs()
+        if self.cost.fitted:
+            self.stats.draft_cost, self.stats.token_cost = costs
+        if self.cost.measured and self.stats.forward_passes:
+            unit, _, token = self.cost.absolute()
+            self.stats.forward_s, self.stats.extra_token_s = unit, token
+
     @torch.no_grad()
     def logits(self, ids: Sequence[int], first: int, end: int) -> torch.Tensor:
         """Logits at positions `first .. end - 1` of `ids` (row `i` predicts token `first + i + 1`).
@@ -202,15 +222,20 @@ class ModelRunner:
                 kwargs["position_ids"] = torch.arange(start, end, device=self.device)[None]
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = end - first
+        events = self._events()
         t0 = time.perf_counter()
         out = self.model(**kwargs)
         elapsed = time.perf_counter() - t0
         self.stats.forward_time_s += elapsed
         if self.cost is not None:
-            self.cost.record(end - start, elapsed)
-            costs = self.cost.costs()
-            if self.cost.fitted:
-                self.stats.draft_cost, self.stats.token_cost = costs
+            # The first pass reads the prompt and warms the kernels up: it says little about later passes.
+            if events is not None and self.stats.forward_passes:
+                events[1].record(torch.cuda.current_stream(self.device))
+                self.cost.record_events(end - start, *events)
+            elif self.stats.forward_passes:
+                self.cost.record(end - start, elapsed)
+            self.cost.charge(end - first)
+            self._report_costs()
         self.stats.forward_passes += 1
         self.stats.forward_tokens += end - start
         if not self._checked_croppable:

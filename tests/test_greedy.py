@@ -64,8 +64,10 @@ def test_confidence_threshold_greedy_identical(llama, llama_drafters, prompt, dr
 def test_confidence_threshold_stops_drafts_early(llama, llama_drafters, prompt):
     """A threshold no token reaches ends every neural segment after its first token: a 1-token draft per review."""
     _, partial, _ = llama_drafters
-    always = hf_cascade.CascadeConfig(k_matrix=[[4, 0], [0, 3]], confidence_threshold=0.0)
-    unsure = hf_cascade.CascadeConfig(k_matrix=[[4, 0], [0, 3]], confidence_threshold=0.999)
+    # Fixed lengths: the controller would skip a drafter as large as the target, and this counts fixed segments.
+    fixed = dict(k_matrix=[[4, 0], [0, 3]], adaptive_drafters=False)
+    always = hf_cascade.CascadeConfig(**fixed, confidence_threshold=0.0)
+    unsure = hf_cascade.CascadeConfig(**fixed, confidence_threshold=0.999)
     kwargs = dict(max_new_tokens=NEW, return_dict_in_generate=True)
     full = cascade(llama, prompt, [partial], cascade_config=always, **kwargs)
     short = cascade(llama, prompt, [partial], cascade_config=unsure, **kwargs)
@@ -121,7 +123,8 @@ def test_custom_k_matrices(llama, llama_drafters, prompt, k_matrix):
 
 def test_stats_exact_drafter_accepts_everything(llama, llama_drafters, prompt):
     exact, _, _ = llama_drafters
-    config = hf_cascade.CascadeConfig(use_max_gram=False, k_matrix=[[5]])
+    # Fixed lengths: counts five tokens per draft (the controller would skip a drafter as large as the target).
+    config = hf_cascade.CascadeConfig(use_max_gram=False, k_matrix=[[5]], adaptive_drafters=False)
     out = cascade(llama, prompt, [exact], cascade_config=config, max_new_tokens=NEW, return_dict_in_generate=True)
     stats = out.cascade_stats
     target, assistant = stats.levels
@@ -174,7 +177,8 @@ def test_nonfinite_drafter_greedy_identical(llama, llama_drafters, prompt, fill,
 
 def test_max_gram_feeds_the_smallest_drafter(llama, llama_drafters, prompt):
     exact, _, _ = llama_drafters
-    out = cascade(llama, prompt, [exact], max_new_tokens=NEW, return_dict_in_generate=True)
+    fixed = hf_cascade.CascadeConfig(adaptive_drafters=False)  # the controller would skip this costly drafter
+    out = cascade(llama, prompt, [exact], cascade_config=fixed, max_new_tokens=NEW, return_dict_in_generate=True)
     target, assistant, max_gram = out.cascade_stats.levels
     assert max_gram.name == "max_gram" and max_gram.propose_calls > 0 and max_gram.drafted > 0
     # The assistant never decodes alone: it only reviews Max-Gram drafts, so it needs fewer passes than tokens.

@@ -204,6 +204,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         list(drafter_paths.values()),
         "--target/--gguf-file/--drafter",
         onednn_linear=args.onednn_linear,
+        args=args,
     )
     used = {name for m in methods for name in m.drafters}
     unused = sorted(set(drafter_paths) - used)

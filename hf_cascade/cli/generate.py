@@ -229,6 +229,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         args.assistant,
         "--target/--gguf-file/--assistant",
         onednn_linear=args.onednn_linear,
+        args=args,
     )
     models = load_models("generate", args, target_path, gguf, drafter_paths)
     if models is None:
