@@ -222,7 +222,7 @@ def default_k_matrix(
     tokens likely enough to be accepted. `max_gram_tokens` is `MaxGramConfig.num_pred_tokens` (default 16).
 
     Example: one assistant with Max-Gram gives `[[4, 2], [0, 16]]`; two assistants give
-    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]`. See `docs/concepts.md` for the rule and
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]` (with `neural_tokens=8`: `[[8, 2], [0, 16]]`, ...). See `docs/concepts.md` for the rule and
     `benchmarks/results/k_defaults.md` for the measurements behind it.
 
     Args:
