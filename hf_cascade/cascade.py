@@ -583,8 +583,9 @@ class CascadeDrafter:
         return sure
 
     def _cut_unsure(self, scores: torch.Tensor, start: int) -> bool:
-        """Cut the tokens drafter `c` kept from `start` on after the first it is unsure of (`confidence_threshold`);
-        `False` when it cut."""
+        """Cut the tokens a review kept from `start` on after the first one the reviewing drafter gives probability
+        below `confidence_threshold` (`scores`: its processed logits, row `i` for position `start + i`); `False` when
+        it cut."""
         threshold = self.settings.confidence_threshold
         if threshold <= 0:
             return True

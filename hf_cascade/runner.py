@@ -188,7 +188,7 @@ class ModelRunner:
         costs = self.cost.costs()
         if self.cost.fitted:
             self.stats.draft_cost, self.stats.token_cost = costs
-        if self.cost.measured and self.stats.forward_passes:
+        if self.cost.measured and self.cost.has_timings:
             unit, _, token = self.cost.absolute()
             self.stats.forward_s, self.stats.extra_token_s = unit, token
 

@@ -113,6 +113,27 @@ def test_fit_seconds_without_one_token_passes():
     assert fit_seconds({}, 0.3, 0.05, prior_unit_s=2.0) == (2.0, 2.6, 0.1)
 
 
+def test_untimed_model_borrows_the_scale_of_a_timed_one():
+    """One clock never mixes measured seconds with the prior's nominal ones: a timed drafter with no timing yet is
+    its prior times the measured/prior ratio of the timed target."""
+    target = ForwardCostModel(0.3, 0.05, prior_unit_s=1.0, refit_every=1)
+    drafter = ForwardCostModel(0.3, 0.05, prior_unit_s=0.1, refit_every=1)
+    for _ in range(3):
+        target.record(1, 0.02)  # measured: 50x faster than the prior's nominal second
+    ctl = DraftController([target, drafter], [False, False])
+    assert target.has_timings and not drafter.has_timings
+    assert ctl.seconds(0, 1) == pytest.approx(0.02) and ctl.seconds(1, 1) == pytest.approx(0.002)
+
+
+def test_prior_cost_model_ignores_timings_and_charges_prior_seconds():
+    model = curve(2.0, 0.5, 0.1)
+    model.record(1, 99.0)
+    assert not model.has_timings and model.costs() == (0.5, 0.1)
+    model.charge(1)
+    model.charge(3)
+    assert model.elapsed == pytest.approx(2.0 + 2.0 * (1 + 0.5 + 0.1 * 2))
+
+
 # ------------------------------------------------------------------------------------------------ timing kinds
 def test_timing_kind_per_device():
     assert timing_kind(torch.device("cpu")) == cost.TIMING_CPU
