@@ -137,8 +137,8 @@ class MaxGramConfig:
             With adaptive length, replace `draft_cost` and `token_cost` by values fitted to the reviewing model's
             own forward passes, timed during the `generate` call (`hf_cascade.cost`); the configured values are the
             prior until enough passes were timed. The best values depend on the machine and the kernels far more
-            than on the model. Timed on CPU only (on CUDA a forward returns before the GPU is done) and for greedy
-            decoding only: when sampling, the drafts decide how many random numbers are drawn, so the configured
+            than on the model. Timed with host wall time on CPU (and for models accelerate offloads to CPU or disk),
+            with CUDA events on a GPU, not at all on other devices, and for greedy decoding only: when sampling, the drafts decide how many random numbers are drawn, so the configured
             values apply and a seeded sampled run stays reproducible. Elsewhere, and for a target run by
             transformers' own assisted-decoding loop, the configured values are used too. Drafts then depend on
             timings, so forward-pass counts may differ from run to run; the output never does. `False` keeps the
