@@ -30,7 +30,7 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
-from .cost import cost_model_for
+from .cost import forward_cost_model
 from .errors import CascadeValueError
 from .memory import MaxGramMemory
 from .runner import accepts_position_ids
@@ -240,6 +240,11 @@ def _total(name: str, kind: str, rows: Sequence[LevelStats], shared: LevelStats 
         total.drafted += row.drafted
         total.accepted += row.accepted
         total.nonfinite_drafts += row.nonfinite_drafts
+        total.memory_drafted += row.memory_drafted
+        total.memory_accepted += row.memory_accepted
+        total.drafts_reviewed += row.drafts_reviewed
+        total.draft_tokens_reviewed += row.draft_tokens_reviewed
+        total.skipped += row.skipped
         total.propose_calls += row.propose_calls
         total.propose_time_s += row.propose_time_s
     return total
@@ -294,7 +299,7 @@ def generate_batch(
         rows,
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
-        cost=cost_model_for(model.device, settings.max_gram, do_sample),
+        cost=forward_cost_model(model, settings.max_gram, do_sample),
         pad_token_id=pad_token_id,
     )
     runners = []
@@ -307,7 +312,7 @@ def generate_batch(
                 rows,
                 encoder_outputs=encoded,
                 encoder_attention_mask=assistant_mask,
-                cost=cost_model_for(assistant.device, settings.max_gram, do_sample),
+                cost=forward_cost_model(assistant, settings.max_gram, do_sample),
                 pad_token_id=pad_token_id,
             )
         )

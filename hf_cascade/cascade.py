@@ -34,7 +34,8 @@ from transformers.generation.logits_process import LogitsProcessorList
 
 from .adaptive import MEMORY, adaptive_proposal, max_gram_tracker
 from .config import CascadeConfig, MaxGramConfig
-from .cost import ForwardCostModel, cost_model_for
+from .controller import DraftController
+from .cost import TIMING_PRIOR, ForwardCostModel, forward_cost_model
 from .errors import CascadeValueError
 from .max_gram import BigramTable, MaxGramIndex
 from .memory import MaxGramMemory
@@ -274,6 +275,7 @@ class DraftSettings:
         eos_token_ids (`frozenset[int]`): tokens that end generation.
         vocab_size (`int`): size of the target's logits.
         device (`torch.device`): where scores are processed and reviewed (the target's input device).
+        adaptive_drafters (`bool`, *optional*, defaults to `False`): see `CascadeConfig.adaptive_drafters`.
     """
 
     k_matrix: list[list[int]]
@@ -286,6 +288,7 @@ class DraftSettings:
     eos_token_ids: frozenset[int]
     vocab_size: int
     device: torch.device
+    adaptive_drafters: bool = False
 
     @classmethod
     def from_config(
@@ -309,6 +312,7 @@ class DraftSettings:
             eos_token_ids=eos_token_ids(generation_config),
             vocab_size=vocab_size,
             device=device,
+            adaptive_drafters=config.adaptive_drafters,
         )
 
 
@@ -363,7 +367,9 @@ class CascadeDrafter:
         bigram (`BigramTable`, *optional*): Max-Gram's fallback table.
         target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes; with a drafter runner's
             own `cost`, replaces the configured `draft_cost`/`token_cost` for the Max-Gram drafts that model reviews
-            (`MaxGramConfig.measure_cost`).
+            (`MaxGramConfig.measure_cost`) and gives the draft-length controller its costs
+            (`CascadeConfig.adaptive_drafters`). Without it (the target runs elsewhere, e.g. in transformers'
+            assisted loop) the target is put on a prior four times the largest drafter's cost.
         memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`adaptive_proposal`).
         padding (`Sequence[int]`, *optional*): the row's left padding in a batched call. Logits processors and
             stopping criteria see it before the sequence, as plain batched `generate` shows them the padded row;
@@ -415,7 +421,19 @@ class CascadeDrafter:
             self.stats.append(LevelStats("max_gram", "max_gram"))
         self.num_drafters = len(self.stats)
         # The model that reviews the draft built at level r: the target for r = 0, drafter r - 1 otherwise.
+        self._target_runs_elsewhere = target_cost is None
+        if target_cost is None:
+            largest = max((runner.cost.prior_unit_s for runner in runners if runner.cost is not None), default=0.25)
+            max_gram = settings.max_gram
+            target_cost = ForwardCostModel(
+                max_gram.draft_cost, max_gram.token_cost, timing=TIMING_PRIOR, prior_unit_s=4 * largest
+            )
         self.reviewer_costs = [target_cost, *(runner.cost for runner in runners)]
+        self.controller: DraftController | None = None
+        if settings.adaptive_drafters and runners and all(cost is not None for cost in self.reviewer_costs):
+            below = [m < self.num_drafters for m in range(1, len(self.reviewer_costs) + 1)]
+            self.controller = DraftController(self.reviewer_costs, below)
+        self._step_started = 0.0
 
     @classmethod
     def build(
@@ -447,7 +465,8 @@ class CascadeDrafter:
             encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): its mask.
             bigram_table (`BigramTable` or `str`, *optional*): overrides `settings.max_gram.bigram_table`.
             target_cost (`ForwardCostModel`, *optional*): the target's timed forward passes, when the caller runs
-                them (`hf_cascade.generate`); without it the target's Max-Gram drafts use the configured costs.
+                them (`hf_cascade.generate`); without it the target's Max-Gram drafts use the configured costs
+                and the controller a prior (see `CascadeDrafter`).
             memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (read only here).
         """
         runners = [
@@ -456,7 +475,7 @@ class CascadeDrafter:
                 f"assistant_{i}",
                 inputs_tensor,
                 encoder_attention_mask,
-                cost_model_for(model.device, settings.max_gram, settings.do_sample),
+                forward_cost_model(model, settings.max_gram, settings.do_sample),
             )
             for i, model in enumerate(assistant_models)
         ]
@@ -506,6 +525,8 @@ class CascadeDrafter:
         """`draft(cap)` as a generator of the forward passes it needs (see `ForwardRequest`); returns what `draft`
         returns."""
         start = len(self.buffer)
+        if self.controller is not None:
+            self._step_started = self.controller.clock()
         if self.num_drafters:
             yield from self._draft_level(0, cap)
         tokens = self.ids[start:]
@@ -529,7 +550,11 @@ class CascadeDrafter:
         n = 0
         while n < len(draft) and n < len(kept) and draft[n] == kept[n]:
             n += 1
-        self._record(start, n)
+        self._record(start, n, level=0)
+        if self.controller is not None:
+            if self._target_runs_elsewhere:  # never timed here: count its review at its prior cost
+                self.reviewer_costs[0].charge(len(draft) + 1)
+            self.controller.record_review(0, self._step_started, len(kept))
         self.truncate(start + n)
         self.buffer.commit(kept[n:])
         for runner in self.runners:
@@ -571,14 +596,37 @@ class CascadeDrafter:
         goal = 0
         for c in range(level, self.num_drafters):
             goal += self.k[level][c]
+            column_start = len(self.buffer)
             while len(self.buffer) - start < goal and len(self.buffer) < cap and not self.buffer.ends_with(self.eos):
                 before = len(self.buffer)
                 if c == self.max_gram_column:
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
                     self._propose_max_gram(min(goal - (before - start), cap - before), level)
                     break
+                if not self._pays(level, c, start, column_start, min(goal, cap - start)):
+                    break  # the controller cut drafter c's segment: the next (smaller) drafter goes on
                 if not (yield from self._review(c, cap)):
                     return  # drafter c is unsure of its last token: nothing drafted after it is likely to survive
+
+    def _pays(self, level: int, c: int, start: int, column_start: int, bound: int) -> bool:
+        """Whether neural drafter `c` reviews once more for the draft at `level` begun at `start` (always without
+        the controller); counts a skip when it refuses `c`'s first review there.
+
+        Args:
+            level (`int`): the level being drafted.
+            c (`int`): the neural drafter.
+            start (`int`): where the level's draft begins in the sequence.
+            column_start (`int`): where drafter `c`'s segment begins.
+            bound (`int`): the most tokens the level's draft may hold after `c`'s segment.
+        """
+        if self.controller is None:
+            return True
+        owners = [position.owner for position in self.buffer.drafted(start)]
+        own = len(self.buffer) - column_start
+        pays = self.controller.extend(level, c, owners, own, bound - len(owners))
+        if not pays and not own:
+            self.stats[c].skipped += 1
+        return pays
 
     def _review(self, c: int, cap: int) -> Drafting[bool]:
         """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own.
@@ -588,6 +636,7 @@ class CascadeDrafter:
             after the first such token), or when its scores were not finite (nothing is kept); `True` otherwise.
         """
         start = len(self.buffer)
+        started = self.controller.clock() if self.controller is not None else 0.0
         yield from self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
         end = len(self.buffer)
         draft = self.ids[start:end]
@@ -601,13 +650,24 @@ class CascadeDrafter:
         q = self.dense_q(start, end) if self.do_sample else None
         draft_t = torch.tensor(draft, dtype=torch.long, device=self.device)
         n, next_token, emitted = review(scores, draft_t, q, self.settings.lenience, self.do_sample, need_emitted_q=True)
-        self._record(start, n)
+        self.stats[c].drafts_reviewed += 1
+        self.stats[c].draft_tokens_reviewed += len(draft)
+        self._record(start, n, level=c + 1)
         self.truncate(start + n)  # drop the rejected tail
         # The kept tokens are now drafter c's contribution, drawn from the distributions the review emitted.
         rows: list[torch.Tensor | None] = list(emitted) if emitted is not None else [None] * (n + 1)
         self.buffer.assign(start, rows[:n], owner=c)
         if not (n == len(draft) and n > 0 and draft[-1] in self.eos):  # nothing follows an accepted EOS
             self.buffer.append([next_token], rows[n : n + 1], owner=c)
+        sure = self._cut_unsure(scores, start)
+        if self.controller is not None:
+            self.controller.record_review(c + 1, started, len(self.buffer) - start)
+        return sure
+
+    def _cut_unsure(self, scores: torch.Tensor, start: int) -> bool:
+        """Cut the tokens a review kept from `start` on after the first one the reviewing drafter gives probability
+        below `confidence_threshold` (`scores`: its processed logits, row `i` for position `start + i`); `False` when
+        it cut."""
         threshold = self.settings.confidence_threshold
         if threshold <= 0:
             return True
@@ -632,7 +692,7 @@ class CascadeDrafter:
     def _costs(self, level: int) -> tuple[float, float]:
         """`(draft_cost, token_cost)` of the model reviewing `level`: measured when it is timed, else configured."""
         cost = self.reviewer_costs[level]
-        if cost is not None:
+        if cost is not None and cost.measured:
             return cost.costs()
         return self.settings.max_gram.draft_cost, self.settings.max_gram.token_cost
 
@@ -650,9 +710,12 @@ class CascadeDrafter:
                 break
         return out
 
-    def _record(self, start: int, n_accepted: int) -> None:
-        """Count draft positions `start ..` as drafted by their owners, the first `n_accepted` as accepted."""
+    def _record(self, start: int, n_accepted: int, level: int) -> None:
+        """Count draft positions `start ..` as drafted by their owners, the first `n_accepted` as accepted by the
+        reviewer of `level`."""
         reviewed = self.buffer.drafted(start)
+        if self.controller is not None:
+            self.controller.record_acceptance(level, [position.owner for position in reviewed], n_accepted)
         for i, position in enumerate(reviewed):
             stats = self.stats[position.owner]
             remembered = position.tag is not None and position.tag[-1] == MEMORY

@@ -14,7 +14,14 @@ from transformers.utils import PushToHubMixin
 
 from .errors import CascadeTypeError, CascadeValueError
 
-__all__ = ["CONFIG_NAME", "MAX_NGRAM_SIZE_LIMIT", "CascadeConfig", "MaxGramConfig", "default_k_matrix"]
+__all__ = [
+    "ADAPTIVE_NEURAL_TOKENS",
+    "CONFIG_NAME",
+    "MAX_NGRAM_SIZE_LIMIT",
+    "CascadeConfig",
+    "MaxGramConfig",
+    "default_k_matrix",
+]
 
 CONFIG_NAME = "cascade_config.json"
 # The Max-Gram index stores every n-gram of `min_ngram_size..max_ngram_size` tokens ending at each position as a
@@ -22,6 +29,10 @@ CONFIG_NAME = "cascade_config.json"
 # per call). A longer suffix only chooses between earlier occurrences that already share the last 64 tokens, which in
 # practice are the same repeated passage, so a larger bound costs much and gains nothing.
 MAX_NGRAM_SIZE_LIMIT = 64
+# The neural entries of the default k-matrix with `adaptive_drafters` (upper bounds: the controller cuts), and
+# without it (fixed lengths, `benchmarks/results/k_defaults.md`).
+ADAPTIVE_NEURAL_TOKENS = 8
+_FIXED_NEURAL_TOKENS = 4
 _VERSION_KEY = "hf_cascade_version"  # recorded by to_dict, read only to explain unknown keys on load
 _INT_LIST = re.compile(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]")  # a JSON list of ints spread over lines by indent=2
 
@@ -126,8 +137,8 @@ class MaxGramConfig:
             With adaptive length, replace `draft_cost` and `token_cost` by values fitted to the reviewing model's
             own forward passes, timed during the `generate` call (`hf_cascade.cost`); the configured values are the
             prior until enough passes were timed. The best values depend on the machine and the kernels far more
-            than on the model. Timed on CPU only (on CUDA a forward returns before the GPU is done) and for greedy
-            decoding only: when sampling, the drafts decide how many random numbers are drawn, so the configured
+            than on the model. Timed with host wall time on CPU (and for models accelerate offloads to CPU or disk),
+            with CUDA events on a GPU, not at all on other devices, and for greedy decoding only: when sampling, the drafts decide how many random numbers are drawn, so the configured
             values apply and a seeded sampled run stays reproducible. Elsewhere, and for a target run by
             transformers' own assisted-decoding loop, the configured values are used too. Drafts then depend on
             timings, so forward-pass counts may differ from run to run; the output never does. `False` keeps the
@@ -191,14 +202,18 @@ class MaxGramConfig:
                 )
 
 
-def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: int = 16) -> list[list[int]]:
+def default_k_matrix(
+    num_assistants: int, use_max_gram: bool, max_gram_tokens: int = 16, neural_tokens: int = _FIXED_NEURAL_TOKENS
+) -> list[list[int]]:
     """The k-matrix used when `CascadeConfig.k_matrix` is `None`.
 
     Rule (entries are per-drafter increments, row = reviewing level, column = drafter):
 
     - Max-Gram only (`num_assistants == 0`): `[[max_gram_tokens]]`.
-    - Each neural drafter adds 4 tokens at the level directly above it (diagonal entries `K[r][r] = 4`). It builds
-      them by reviewing the levels below, so no neural model decodes alone.
+    - Each neural drafter adds `neural_tokens` tokens at the level directly above it (diagonal entries `K[r][r]`:
+      4 with fixed lengths, `ADAPTIVE_NEURAL_TOKENS = 8` as the upper bound the draft-length controller cuts with
+      `CascadeConfig.adaptive_drafters`). It builds them by reviewing the levels below, so no neural model decodes
+      alone.
     - Max-Gram, when on, adds up to `max_gram_tokens` at the level of the smallest neural drafter (its only
       reviewer) and 2 more unreviewed tokens at every level above, the horizontal cascade's cheap tail.
     - Other neural columns are 0: a deeper neural drafter reaches the target only through the levels between.
@@ -207,13 +222,14 @@ def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: i
     tokens likely enough to be accepted. `max_gram_tokens` is `MaxGramConfig.num_pred_tokens` (default 16).
 
     Example: one assistant with Max-Gram gives `[[4, 2], [0, 16]]`; two assistants give
-    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]`. See `docs/concepts.md` for the rule and
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]` (with `neural_tokens=8`: `[[8, 2], [0, 16]]`, ...). See `docs/concepts.md` for the rule and
     `benchmarks/results/k_defaults.md` for the measurements behind it.
 
     Args:
         num_assistants (`int`): number of neural assistant models.
         use_max_gram (`bool`): whether Max-Gram is the last drafter.
         max_gram_tokens (`int`, *optional*, defaults to 16): the largest Max-Gram proposal.
+        neural_tokens (`int`, *optional*, defaults to 4): the diagonal entries.
 
     Returns:
         `list[list[int]]` of shape `(n, n)` with `n = num_assistants + use_max_gram`.
@@ -225,7 +241,7 @@ def default_k_matrix(num_assistants: int, use_max_gram: bool, max_gram_tokens: i
         )
     k = [[0] * n for _ in range(n)]
     for r in range(num_assistants):
-        k[r][r] = 4
+        k[r][r] = neural_tokens
         if use_max_gram:
             k[r][n - 1] = 2
     if use_max_gram:
@@ -246,7 +262,10 @@ class CascadeConfig(PushToHubMixin):
             use_max_gram`). Entry `[r][c]` (`c >= r`) is how many tokens drafter `c` adds to the draft reviewed at
             level `r`; drafter `c` produces them with the sub-cascade `k_matrix[c+1:, c+1:]` below it (vertical
             cascade), and earlier columns fill earlier draft positions (horizontal cascade). Entries are
-            per-drafter increments, not the paper's cumulative lengths. `None` uses `default_k_matrix`.
+            per-drafter increments, not the paper's cumulative lengths. `None` uses `default_k_matrix` (neural
+            entries 8 with `adaptive_drafters`, 4 without). With `adaptive_drafters` every entry is an upper bound:
+            the controller drafts fewer tokens, or none, where more do not pay; a column's unused budget passes to
+            the next (smaller) drafter of the same row, as the cumulative goal of the horizontal cascade.
         lenience (`float`, *optional*, defaults to 1.0):
             Loosens reviews where a drafter reviews a smaller drafter (never the target's review, which is exact).
             Greedy: a draft token `x` is accepted when `lenience * p(x) >= max(p)`. Sampling: accepted with
@@ -263,6 +282,16 @@ class CascadeConfig(PushToHubMixin):
             are where the reviewer above is likely to reject, so this saves the forward passes that would extend a
             draft past them. `0.0` never stops early. Exactness does not depend on it: the stop depends only on the
             tokens drafted so far, so the target's review stays exact, greedy or sampling.
+        adaptive_drafters (`bool`, *optional*, defaults to `True`):
+            Let every neural level's draft length follow the measured costs and the tracked acceptance during the
+            call (`hf_cascade.controller`): drafter `c` keeps extending the draft reviewed at level `r` while the
+            expected accepted tokens of one more review per second of its time (its forwards plus the extra
+            verification at the reviewer) beat the running throughput, and is skipped at that level when even its
+            first review does not pay. The k-matrix entries are upper bounds. Forwards are timed with host wall time
+            on CPU (and for models accelerate offloads), CUDA events on a GPU; when sampling, with
+            `MaxGramConfig.measure_cost=False` or on a device that cannot be timed, the configured costs and a prior
+            proportional to each model's parameter count apply, so a seeded sampled call stays reproducible.
+            Output never changes. `False` drafts exactly the k-matrix entries (the fixed lengths of the paper).
     """
 
     k_matrix: list[list[int]] | None = None
@@ -270,6 +299,7 @@ class CascadeConfig(PushToHubMixin):
     use_max_gram: bool = True
     max_gram: MaxGramConfig | dict | None = field(default_factory=MaxGramConfig)
     confidence_threshold: float = 0.0
+    adaptive_drafters: bool = True
 
     def __post_init__(self) -> None:
         if self.max_gram is None:
@@ -287,8 +317,9 @@ class CascadeConfig(PushToHubMixin):
     def validate(self) -> None:
         """Raise `CascadeValueError`/`CascadeTypeError` naming the field when the configuration is invalid."""
         self.lenience = _check_float("CascadeConfig.lenience", self.lenience, 1, meaning="1 means exact reviews")
-        if not isinstance(self.use_max_gram, bool):
-            raise CascadeTypeError(f"CascadeConfig.use_max_gram must be a bool, got {self.use_max_gram!r}.")
+        for name in ("use_max_gram", "adaptive_drafters"):
+            if not isinstance(getattr(self, name), bool):
+                raise CascadeTypeError(f"CascadeConfig.{name} must be a bool, got {_short(getattr(self, name))}.")
         self.confidence_threshold = _check_float(
             "CascadeConfig.confidence_threshold",
             self.confidence_threshold,
@@ -314,7 +345,8 @@ class CascadeConfig(PushToHubMixin):
         """
         n = num_assistants + int(self.use_max_gram)
         if self.k_matrix is None:
-            return default_k_matrix(num_assistants, self.use_max_gram, self.max_gram.num_pred_tokens)
+            neural = ADAPTIVE_NEURAL_TOKENS if self.adaptive_drafters else _FIXED_NEURAL_TOKENS
+            return default_k_matrix(num_assistants, self.use_max_gram, self.max_gram.num_pred_tokens, neural)
         if len(self.k_matrix) != n:
             drafters = f"{num_assistants} assistant model(s)" + (" + Max-Gram" if self.use_max_gram else "")
             raise CascadeValueError(

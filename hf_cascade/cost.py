@@ -8,6 +8,13 @@ forward passes are timed during `generate` and the two costs fitted to them, wit
 
 The model: a forward over `1 + k` tokens (the reviewer's last token and `k` draft tokens) costs
 `1 + draft_cost + token_cost * k` one-token forwards.
+
+The draft-length controller (`hf_cascade.controller`) also needs every model's cost in absolute seconds, to weigh a
+drafter's forward against its reviewer's: `ForwardCostModel.absolute()` is the curve `seconds(1) = unit_s`,
+`seconds(n) = base_s + token_s * (n - 1)` for `n >= 2`, fitted to the same timings. How forwards are timed depends on
+where the model runs (`timing_kind`): host wall time on CPU and for models accelerate offloads to CPU or disk, CUDA
+events on a GPU (read only once the review that follows the forward has synchronised), and not at all elsewhere or
+when sampling (`"prior"`): then the configured relative costs and a prior proportional to the parameter count apply.
 """
 
 from __future__ import annotations
@@ -15,12 +22,31 @@ from __future__ import annotations
 import statistics
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
 from .config import MaxGramConfig
 
-__all__ = ["ForwardCostModel", "cost_model_for", "fit_draft_costs"]
+__all__ = [
+    "TIMING_CPU",
+    "TIMING_CUDA",
+    "TIMING_PRIOR",
+    "ForwardCostModel",
+    "cost_model_for",
+    "fit_draft_costs",
+    "fit_seconds",
+    "forward_cost_model",
+    "prior_unit_seconds",
+    "timing_kind",
+]
+
+TIMING_CPU = "cpu-wall"  # host wall time (CPU, or a model accelerate offloads to CPU/disk: the host waits anyway)
+TIMING_CUDA = "cuda-events"  # CUDA events recorded around the forward, read after the review synchronised
+TIMING_PRIOR = "prior"  # not timed: configured relative costs, absolute scale from the parameter count
+# The prior's nominal speed: a forward costs 2 FLOPs per parameter and token at this rate. Only ratios between the
+# models of one call matter (all of them are then on the prior), so the value itself is arbitrary.
+_PRIOR_FLOPS = 1e11
 
 # Bounds of the fitted costs: a draft token always costs something (a zero cost would make every draft "free"), and
 # a forward is never modelled as cheaper than a one-token one.
@@ -76,40 +102,143 @@ def fit_draft_costs(
     return draft_cost, token_cost
 
 
+def fit_seconds(
+    seconds: Mapping[int, Sequence[float]], draft_cost: float, token_cost: float, prior_unit_s: float
+) -> tuple[float, float, float]:
+    """Fit the absolute cost curve `(unit_s, base_s, token_s)`: `seconds(1) = unit_s` and `seconds(n) = base_s +
+    token_s * (n - 1)` for `n >= 2`.
+
+    - With three one-token passes or more, `unit_s` is their median and the rest follows the relative
+      `(draft_cost, token_cost)` (fitted by `fit_draft_costs` from the same timings).
+    - Without them (a target that always reviews a neural draft), the line is fitted by weighted least squares to
+      the median time per chunk size `2..64` when there are two sizes or more (the slope is kept positive), scaled
+      from the prior shape `1 + draft_cost + token_cost * (n - 1)` when there is one, and `unit_s = base_s / (1 +
+      draft_cost)`.
+    - Without timings at all: `unit_s = prior_unit_s` and the prior shape.
+
+    Args:
+        seconds (`Mapping[int, Sequence[float]]`): chunk size -> timed seconds.
+        draft_cost (`float`), token_cost (`float`): the relative costs to use (fitted or configured).
+        prior_unit_s (`float`): seconds of a one-token forward when nothing was timed.
+
+    Returns:
+        `(unit_s, base_s, token_s)`, all `> 0`.
+    """
+    singles = seconds.get(1, ())
+    medians = {n: (statistics.median(t), len(t)) for n, t in seconds.items() if 2 <= n <= _MAX_CHUNK and t}
+    if len(singles) >= 3:
+        unit = statistics.median(singles)
+    elif len(medians) >= 2:
+        total = sum(w for _, w in medians.values())
+        mean_x = sum(w * (n - 1) for n, (_, w) in medians.items()) / total
+        mean_y = sum(w * y for y, w in medians.values()) / total
+        var_x = sum(w * (n - 1 - mean_x) ** 2 for n, (_, w) in medians.items())
+        cov = sum(w * (n - 1 - mean_x) * (y - mean_y) for n, (y, w) in medians.items())
+        slope = max(cov / var_x, _MIN_TOKEN_COST * mean_y / (1 + mean_x))
+        base = max(mean_y - slope * mean_x, slope)
+        return base / (1 + draft_cost), base, slope
+    elif medians:
+        ((n, (y, _)),) = medians.items()
+        unit = y / (1 + draft_cost + token_cost * (n - 1))
+    else:
+        unit = prior_unit_s
+    return unit, unit * (1 + draft_cost), unit * token_cost
+
+
+def prior_unit_seconds(model: torch.nn.Module | None) -> float:
+    """The prior seconds of a one-token forward of `model`: proportional to its parameter count (`1.0` without a
+    model). Only the ratios between the models of a call matter."""
+    if model is None:
+        return 1.0
+    return max(2.0 * sum(p.numel() for p in model.parameters()) / _PRIOR_FLOPS, 1e-9)
+
+
 class ForwardCostModel:
     """Recent forward-pass times of one model, by chunk size, and the costs fitted to them.
 
     Lives for one `generate` call. `ModelRunner` records every forward pass; the cascade asks `costs()` before it
-    cuts a Max-Gram proposal that this model will review. Refits at most every `refit_every` passes.
+    cuts a Max-Gram proposal that this model will review, and the draft-length controller asks `seconds(n)` and
+    `elapsed`. Refits at most every `refit_every` passes. With `timing="prior"` nothing measured is kept: `costs()`
+    and `absolute()` are the prior (a sampled call's drafts then depend on its random stream only).
 
     Args:
         draft_cost (`float`): the prior `draft_cost` (`MaxGramConfig.draft_cost`).
         token_cost (`float`): the prior `token_cost` (`MaxGramConfig.token_cost`).
         window (`int`, *optional*, defaults to 32): passes kept per chunk size (the machine's speed drifts).
         refit_every (`int`, *optional*, defaults to 8): passes between refits.
+        timing (`str`, *optional*, defaults to `"cpu-wall"`): how passes are timed (`timing_kind`).
+        prior_unit_s (`float`, *optional*, defaults to 1.0): prior seconds of a one-token forward
+            (`prior_unit_seconds`).
     """
 
-    def __init__(self, draft_cost: float, token_cost: float, window: int = 32, refit_every: int = 8):
+    def __init__(
+        self,
+        draft_cost: float,
+        token_cost: float,
+        window: int = 32,
+        refit_every: int = 8,
+        timing: str = TIMING_CPU,
+        prior_unit_s: float = 1.0,
+    ):
         self.prior = (draft_cost, token_cost)
+        self.timing = timing
+        self.prior_unit_s = prior_unit_s
         self._seconds: dict[int, deque[float]] = {}
         self._window = window
         self._refit_every = refit_every
         self._since_fit = 0
         self._costs = self.prior
+        self._absolute: tuple[float, float, float] | None = None
+        self._pending: list[tuple[int, Any, Any]] = []  # CUDA (tokens, start event, end event) not yet read
+        self._elapsed = 0.0
         self.fitted = False  # whether `costs()` comes from timings (else it is the prior)
 
+    @property
+    def measured(self) -> bool:
+        """Whether passes are timed (else everything is the prior)."""
+        return self.timing != TIMING_PRIOR
+
+    @property
+    def has_timings(self) -> bool:
+        """Whether any pass was timed yet (`absolute()` then rests on measurements, not on the prior scale)."""
+        self._resolve()
+        return bool(self._seconds)
+
     def record(self, num_tokens: int, seconds: float) -> None:
-        """Record one forward pass over `num_tokens` tokens that took `seconds`."""
-        if num_tokens > _MAX_CHUNK:
+        """Record one forward pass over `num_tokens` tokens that took `seconds` (ignored with `timing="prior"`)."""
+        if not self.measured or num_tokens > _MAX_CHUNK:
             return
         times = self._seconds.get(num_tokens)
         if times is None:
             times = self._seconds[num_tokens] = deque(maxlen=self._window)
         times.append(seconds)
         self._since_fit += 1
+        self._absolute = None
+
+    def record_events(self, num_tokens: int, start: Any, end: Any) -> None:
+        """Record a pass timed by two recorded `torch.cuda.Event`s; read later, once the GPU has passed `end`
+        (never waiting for it: the review after each forward synchronises anyway)."""
+        self._pending.append((num_tokens, start, end))
+
+    def _resolve(self) -> None:
+        while self._pending and self._pending[0][2].query():
+            num_tokens, start, end = self._pending.pop(0)
+            self.record(num_tokens, start.elapsed_time(end) / 1000.0)
+
+    def charge(self, num_tokens: int) -> None:
+        """Add a pass over `num_tokens` tokens to `elapsed` at its cost on the current curve (`seconds`)."""
+        self._elapsed += self.seconds(num_tokens)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds of the passes charged so far, each at its cost on the curve when it ran: a modelled clock that
+        is steady (one slow pass hardly moves the curve) and counts a pass at the size it needed (a model that
+        catches up on tokens it skipped, or reads the prompt, is charged for the tokens its caller asked for)."""
+        return self._elapsed
 
     def costs(self) -> tuple[float, float]:
         """`(draft_cost, token_cost)` fitted to the passes recorded so far (see `fit_draft_costs`)."""
+        self._resolve()
         if self._since_fit >= self._refit_every:
             fit = fit_draft_costs(self._seconds, *self.prior)
             self.fitted = fit is not None
@@ -117,13 +246,73 @@ class ForwardCostModel:
             self._since_fit = 0
         return self._costs
 
+    def prior_absolute(self) -> tuple[float, float, float]:
+        """The absolute curve before any timing: `fit_seconds` of nothing."""
+        return fit_seconds({}, *self.prior, self.prior_unit_s)
+
+    def absolute(self) -> tuple[float, float, float]:
+        """`(unit_s, base_s, token_s)` fitted to the passes so far (`fit_seconds`); the prior when not measured."""
+        if not self.measured:
+            return self.prior_absolute()
+        costs = self.costs()
+        if self._absolute is None:
+            self._absolute = fit_seconds(self._seconds, *costs, self.prior_unit_s)
+        return self._absolute
+
+    def seconds(self, num_tokens: float) -> float:
+        """Seconds of a forward over `num_tokens` tokens on the current curve (`absolute()`)."""
+        return self._curve(num_tokens, self.absolute())
+
+    @staticmethod
+    def _curve(num_tokens: float, curve: tuple[float, float, float]) -> float:
+        unit, base, token = curve
+        return unit if num_tokens <= 1 else base + token * (num_tokens - 1)
+
+
+def timing_kind(model_or_device: Any, measure: bool = True, do_sample: bool = False) -> str:
+    """How the forwards of a model are timed: `"cpu-wall"`, `"cuda-events"` or `"prior"` (not timed).
+
+    `"prior"` when measuring is off (`measure`), when the call samples (`do_sample`: the drafts decide how many random
+    numbers a sampled call draws, so timing-dependent drafts would make the same seed give a different text from run
+    to run), and on devices that cannot be timed without a synchronisation (mps, xla, meta, ...). A model that
+    accelerate offloads in part to CPU or disk (`hf_device_map`) is timed on the host: its forward waits for the
+    weights to be moved in, so the host's wall time is its cost. Greedy output never depends on the timings.
+
+    Args:
+        model_or_device (`torch.nn.Module`, `torch.device` or `str`): the model (its `hf_device_map` and `device`
+            are read) or just a device.
+        measure (`bool`, *optional*, defaults to `True`): `MaxGramConfig.measure_cost`.
+        do_sample (`bool`, *optional*, defaults to `False`): whether the call samples.
+    """
+    if do_sample or not measure:
+        return TIMING_PRIOR
+    device_map = getattr(model_or_device, "hf_device_map", None)
+    if isinstance(device_map, dict) and any(str(v) in ("cpu", "disk") for v in device_map.values()):
+        return TIMING_CPU
+    device = getattr(model_or_device, "device", model_or_device)
+    kind = torch.device(device).type
+    if kind == "cpu":
+        return TIMING_CPU
+    if kind == "cuda" and torch.cuda.is_available():
+        return TIMING_CUDA
+    return TIMING_PRIOR
+
+
+def forward_cost_model(model: torch.nn.Module | None, max_gram: MaxGramConfig, do_sample: bool) -> ForwardCostModel:
+    """The `ForwardCostModel` of one model of a call: timed as `timing_kind` says, prior from `max_gram`'s
+    `draft_cost`/`token_cost` and the parameter count (`None`: a model run by someone else, e.g. the target of
+    transformers' own assisted loop, never timed)."""
+    timing = timing_kind(model, max_gram.measure_cost, do_sample) if model is not None else TIMING_PRIOR
+    return ForwardCostModel(
+        max_gram.draft_cost, max_gram.token_cost, timing=timing, prior_unit_s=prior_unit_seconds(model)
+    )
+
 
 def cost_model_for(device: torch.device, max_gram: MaxGramConfig, do_sample: bool = False) -> ForwardCostModel | None:
-    """A `ForwardCostModel` for a reviewer on `device`, or `None` where the configured costs apply: measuring is off
-    (`max_gram.measure_cost`, `max_gram.adaptive_length`), the device is not a CPU (a CUDA forward returns before
-    the GPU has finished, so its wall time says nothing about its cost), or the call samples (`do_sample`): the drafts
-    decide how many random numbers a sampled call draws, so timing-dependent drafts would make the same seed give a
-    different text from run to run. Greedy output does not depend on the drafts."""
-    if not (max_gram.measure_cost and max_gram.adaptive_length) or do_sample or torch.device(device).type != "cpu":
+    """A measuring `ForwardCostModel` for a reviewer on `device`, or `None` where Max-Gram's configured costs apply:
+    measuring is off (`max_gram.measure_cost`, `max_gram.adaptive_length`), the call samples, or the device cannot
+    be timed (`timing_kind`). On CUDA the passes are timed with CUDA events."""
+    timing = timing_kind(device, max_gram.measure_cost, do_sample)
+    if not max_gram.adaptive_length or timing == TIMING_PRIOR:
         return None
-    return ForwardCostModel(max_gram.draft_cost, max_gram.token_cost)
+    return ForwardCostModel(max_gram.draft_cost, max_gram.token_cost, timing=timing)

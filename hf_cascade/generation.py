@@ -26,7 +26,7 @@ from .batch import check_batch, generate_batch, is_batch
 from .cascade import CascadeDrafter, DraftSettings
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
-from .cost import cost_model_for
+from .cost import forward_cost_model
 from .errors import CascadeTypeError, CascadeValueError
 from .memory import MaxGramMemory, check_memory
 from .runner import ModelRunner
@@ -180,7 +180,7 @@ def generate(
         cache=model_kwargs.get("cache"),  # reused and returned like plain generate's (a new one when None)
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
-        cost=cost_model_for(model.device, config.max_gram, bool(generation_config.do_sample)),
+        cost=forward_cost_model(model, config.max_gram, bool(generation_config.do_sample)),
     )
     drafter = CascadeDrafter.build(
         input_ids,

@@ -12,7 +12,7 @@ from transformers import DynamicCache, EncoderDecoderCache
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 
 from .checks import check_rollback, refuse_stateful
-from .cost import ForwardCostModel
+from .cost import TIMING_CUDA, ForwardCostModel
 from .stats import LevelStats
 
 __all__ = [
@@ -91,6 +91,8 @@ class RunnerBase:
         self._label = "the target" if stats.kind == "target" else stats.name
         check_rollback(model, self._label)
         self.cost = cost
+        if cost is not None:
+            stats.timing = cost.timing
         self._logits_to_keep = accepts_logits_to_keep(model)
         # Plain `generate` passes 0-based positions to decoder-only models that take them; some (RoBERTa-style
         # embeddings) would otherwise count from their padding index and compute something else.
@@ -119,8 +121,9 @@ class ModelRunner(RunnerBase):
         cache (`Cache`, *optional*): a cache to reuse (the target's, prepared by `generate`); a new one otherwise.
         encoder_outputs (`ModelOutput`, *optional*): encoder outputs for encoder-decoder models.
         encoder_attention_mask (`torch.LongTensor` of shape `(1, source_length)`, *optional*): encoder mask.
-        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens, for
-            the Max-Gram drafts this model reviews.
+        cost (`ForwardCostModel`, *optional*): records the time of every forward pass by its number of tokens
+            (host wall time, or CUDA events as `cost.timing` says), for the drafts this model reviews and the
+            draft-length controller.
     """
 
     def __init__(
@@ -239,7 +242,7 @@ class ModelRunner(RunnerBase):
                 kwargs["position_ids"] = torch.arange(start, end, device=self.device)[None]
         if self._logits_to_keep:
             kwargs["logits_to_keep"] = end - first
-        out = timed_forward(self.model, kwargs, self.stats, self.cost, end - start)
+        out = timed_forward(self.model, kwargs, self.stats, self.cost, end - start, charged=end - first)
         if not self._checked_croppable:
             check_output_cache(out, self.model, self._label)
             self._checked_croppable = True
@@ -254,24 +257,60 @@ def timed_forward(
     stats: LevelStats,
     cost: ForwardCostModel | None,
     num_tokens: int,
+    charged: int | None = None,
 ) -> Any:
     """`model(**kwargs)`, its time and `num_tokens` (tokens per row fed) counted in `stats` and `cost`.
+
+    Timed by host wall time, or with CUDA events read later (no synchronisation here) when `cost.timing` says so.
+
+    Args:
+        model (`torch.nn.Module`): the model.
+        kwargs (`dict`): its forward arguments.
+        stats (`LevelStats`): where the pass, its tokens and time are counted.
+        cost (`ForwardCostModel`, *optional*): the model's cost curve, fitted to the timed passes.
+        num_tokens (`int`): tokens fed per row.
+        charged (`int`, *optional*): tokens the draft-length controller's clock charges the pass for (the rows
+            whose logits are read); defaults to `num_tokens`.
 
     Returns:
         The model's output.
     """
+    events = _cuda_events(cost, model.device)
     t0 = time.perf_counter()
     out = model(**kwargs)
     elapsed = time.perf_counter() - t0
     stats.forward_time_s += elapsed
     if cost is not None:
-        cost.record(num_tokens, elapsed)
-        costs = cost.costs()
-        if cost.fitted:
-            stats.draft_cost, stats.token_cost = costs
+        # The first pass reads the prompt and warms the kernels up: it says little about later passes.
+        if events is not None and stats.forward_passes:
+            events[1].record(torch.cuda.current_stream(model.device))
+            cost.record_events(num_tokens, *events)
+        elif stats.forward_passes:
+            cost.record(num_tokens, elapsed)
+        cost.charge(num_tokens if charged is None else charged)
+        _report_costs(cost, stats)
     stats.forward_passes += 1
     stats.forward_tokens += num_tokens
     return out
+
+
+def _cuda_events(cost: ForwardCostModel | None, device: torch.device) -> tuple[Any, Any] | None:
+    """A recorded start event and an unrecorded end event when the model is timed with CUDA events."""
+    if cost is None or cost.timing != TIMING_CUDA:
+        return None
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record(torch.cuda.current_stream(device))
+    return start, end
+
+
+def _report_costs(cost: ForwardCostModel, stats: LevelStats) -> None:
+    """Copy the fitted relative and absolute costs into `stats` (when they come from timings)."""
+    costs = cost.costs()
+    if cost.fitted:
+        stats.draft_cost, stats.token_cost = costs
+    if cost.measured and cost.has_timings:
+        unit, _, token = cost.absolute()
+        stats.forward_s, stats.extra_token_s = unit, token
 
 
 def check_output_cache(out: Any, model: torch.nn.Module, label: str) -> None:

@@ -41,6 +41,18 @@ class LevelStats:
         memory_drafted (`int`): for Max-Gram, how many of `drafted` were copied from a `MaxGramMemory` (earlier
             calls and added documents) rather than from the call's own text.
         memory_accepted (`int`): of `memory_drafted`, how many the reviewer accepted.
+        timing (`str`, *optional*): how this model's forwards were timed for the draft-length decisions:
+            `"cpu-wall"` (host wall time), `"cuda-events"`, or `"prior"` (not timed: sampling, `measure_cost=False`,
+            or a device that cannot be timed; the configured costs applied); `None` for Max-Gram.
+        forward_s (`float`, *optional*): the fitted seconds of a one-token forward of this model (`None` when not
+            timed).
+        extra_token_s (`float`, *optional*): the fitted seconds each further token adds to a multi-token forward.
+        drafts_reviewed (`int`): drafts this model reviewed (the level it reviews; the target: one per step).
+        draft_tokens_reviewed (`int`): their tokens; `mean_draft_length` is the draft length the controller chose
+            on average.
+        skipped (`int`): times the draft-length controller skipped this drafter at a level because even its first
+            review there did not pay for its time (`CascadeConfig.adaptive_drafters`); smaller drafters drafted
+            for that level instead.
     """
 
     name: str
@@ -57,6 +69,12 @@ class LevelStats:
     nonfinite_drafts: int = 0
     memory_drafted: int = 0
     memory_accepted: int = 0
+    timing: str | None = None
+    forward_s: float | None = None
+    extra_token_s: float | None = None
+    drafts_reviewed: int = 0
+    draft_tokens_reviewed: int = 0
+    skipped: int = 0
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -67,6 +85,11 @@ class LevelStats:
     def memory_acceptance_rate(self) -> float | None:
         """`memory_accepted / memory_drafted`, or `None` when nothing was copied from a memory."""
         return self.memory_accepted / self.memory_drafted if self.memory_drafted else None
+
+    @property
+    def mean_draft_length(self) -> float | None:
+        """Mean length of the drafts this model reviewed, or `None` when it reviewed none."""
+        return self.draft_tokens_reviewed / self.drafts_reviewed if self.drafts_reviewed else None
 
 
 @dataclass
@@ -113,6 +136,7 @@ class CascadeStats:
         for level_dict, level in zip(d["levels"], self.levels, strict=True):
             level_dict["acceptance_rate"] = level.acceptance_rate
             level_dict["memory_acceptance_rate"] = level.memory_acceptance_rate
+            level_dict["mean_draft_length"] = level.mean_draft_length
         d["rows"] = [row.to_dict() for row in self.rows]
         return d
 
@@ -143,6 +167,7 @@ class CascadeStats:
             rows.append(
                 "fitted extra cost of reviewing a k-token Max-Gram draft, in one-token forwards: " + "; ".join(fitted)
             )
+        rows.extend(_control_rows(self.levels))
         rows.extend(
             f"{s.name}: {s.nonfinite_drafts} review(s) dropped for non-finite scores (NaN/inf logits)"
             for s in self.levels
@@ -158,3 +183,25 @@ class CascadeStats:
             else f"{self.new_tokens} new tokens"
         )
         return "\n".join(rows)
+
+
+def _control_rows(levels: list[LevelStats]) -> list[str]:
+    """Summary lines of the draft-length controller: the draft lengths chosen, skipped drafters, measured costs."""
+    lengths = [f"{s.name} {s.mean_draft_length:.2f}" for s in levels if s.mean_draft_length is not None]
+    rows = ["mean draft length reviewed: " + "; ".join(lengths)] if lengths else []
+    rows.extend(
+        f"{s.name}: skipped {s.skipped} time(s) at a level where its drafts did not pay for their time"
+        for s in levels
+        if s.skipped
+    )
+    timed = [
+        f"{s.name} {1000 * s.forward_s:.2f} ms + {1000 * s.extra_token_s:.3f} ms/token ({s.timing})"
+        for s in levels
+        if s.forward_s is not None and s.extra_token_s is not None
+    ]
+    if timed:
+        rows.append("forward cost fitted per model: " + "; ".join(timed))
+    untimed = [s.name for s in levels if s.timing == "prior"]
+    if untimed:
+        rows.append(f"not timed (configured/prior costs used): {', '.join(untimed)}")
+    return rows

@@ -42,6 +42,8 @@ def target_step(
         `kept[i]`), and whether the row stopped (EOS, a criterion, or `max_length`).
     """
     start = drafter.committed
+    target.stats.drafts_reviewed += 1
+    target.stats.draft_tokens_reviewed += len(draft)
     step_scores = drafter.process(logits, start - 1)
     draft_t = torch.tensor(draft, dtype=torch.long, device=drafter.device)
     n, next_token, _ = review(step_scores, draft_t, q, lenience=1.0, do_sample=do_sample)  # exact, always

@@ -133,7 +133,8 @@ def cascade(target, ids, assistants, **kwargs):
     """Fixed Max-Gram costs: the same drafts every run. With a drafter, it reviews several short Max-Gram drafts per
     target draft, so it is rolled back twice in one step (its own review, then the target's)."""
     k_matrix = [[4, 2], [0, 2]] if assistants else [[4]]
-    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, max_gram={"measure_cost": False})
+    # Fixed lengths: the controller would skip drafters as large as the target, and no rollback would be tested.
+    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, max_gram={"measure_cost": False}, adaptive_drafters=False)
     return target.generate(
         ids, custom_generate=hf_cascade.generate, assistant_models=assistants, cascade_config=config, **kwargs
     )

@@ -232,7 +232,8 @@ METHODS = [
     Method("lookup", "prompt-lookup", lookup_tokens=4),
     Method("assisted", "assisted", ("d",)),
     Method("cascade", "cascade"),
-    Method("cascade:d", "cascade", ("d",)),
+    # Fixed lengths: the draft-length controller would skip a drafter as large as the target, leaving nothing to count.
+    Method("cascade:d", "cascade", ("d",), cascade_config=CascadeConfig(adaptive_drafters=False)),
 ]
 
 
@@ -439,7 +440,19 @@ def prompt_file(tmp_path_factory):
 def test_cli_bench_writes_reports(tiny_pair, prompt_file, tmp_path, capsys):
     *_, target_dir, drafter_dir = tiny_pair
     out = tmp_path / "out"
+    # The default methods, cascade:d with fixed lengths (the controller would skip a drafter as large as the target).
+    fixed = CascadeConfig(adaptive_drafters=False).save_pretrained(tmp_path / "fixed")
     argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]
+    argv += [
+        "--method",
+        "prompt-lookup",
+        "--method",
+        "assisted:d",
+        "--method",
+        "cascade",
+        "--method",
+        f"cascade:d@{fixed}",
+    ]
     argv += ["--max-new-tokens", "8", "--repeats", "1", "--out", str(out), "--no-progress"]
     status, stdout, err = run_cli(argv, capsys)
     assert status == 0, err
@@ -451,7 +464,7 @@ def test_cli_bench_writes_reports(tiny_pair, prompt_file, tmp_path, capsys):
     assert {(r["category"], r["method"]) for r in data["summary"]} >= {("all", "cascade:d"), ("copy", "greedy")}
     report = (out / "report.md").read_text()
     assert "hf-cascade bench --target" in report and "Every run of every method produced exactly greedy's" in report
-    assert "| acceptance | fitted cost |" in report and re.search(
+    assert "| acceptance | fitted cost | mean draft | skipped |" in report and re.search(
         r"\| cascade:d \| d \| .* \| \d+\.\d\d \+ \d\.\d{3}k \|", report
     )
     assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"

@@ -316,13 +316,13 @@ def test_generate_with_assistants_kmatrix_lenience(tiny_dir, tmp_path, capsys):
     argv = [
         "generate", "--target", tiny_dir, "--assistant", drafter, "--assistant", tiny_dir, "--prompt", PROMPT,
         "--k-matrix", "[[3, 0, 1], [0, 3, 1], [0, 0, 4]]", "--lenience", "2", "--max-new-tokens", "10",
-        "--stats-json", str(stats_path),
+        "--stats-json", str(stats_path), "--no-adaptive-drafters",  # fixed lengths: every assistant drafts
     ]  # fmt: skip
     status, out, err = run_cli(argv, capsys)
     assert status == 0, err
     assert "assistant_0" in out and "assistant_1" in out
     payload = json.loads(stats_path.read_text())
-    assert payload["cascade_config"]["lenience"] == 2.0
+    assert payload["cascade_config"]["lenience"] == 2.0 and payload["cascade_config"]["adaptive_drafters"] is False
     assert payload["generated_token_ids"] == greedy_reference(tiny_dir, PROMPT, 10)  # the target's review is exact
     levels = {lvl["name"]: lvl for lvl in payload["cascade_stats"]["levels"]}
     assert levels["assistant_0"]["forward_passes"] > 0

@@ -89,9 +89,11 @@ def test_default_k_matrix_returns_fresh_lists():
 
 
 def test_resolved_k_matrix_default():
-    assert CascadeConfig().resolved_k_matrix(2) == [[4, 0, 2], [0, 4, 2], [0, 0, 16]]
+    # Upper bounds the draft-length controller cuts (adaptive_drafters, the default), fixed lengths without it.
+    assert CascadeConfig().resolved_k_matrix(2) == [[8, 0, 2], [0, 8, 2], [0, 0, 16]]
+    assert CascadeConfig(adaptive_drafters=False).resolved_k_matrix(2) == [[4, 0, 2], [0, 4, 2], [0, 0, 16]]
     assert CascadeConfig(max_gram={"num_pred_tokens": 9}).resolved_k_matrix(0) == [[9]]
-    assert CascadeConfig(use_max_gram=False).resolved_k_matrix(2) == [[4, 0], [0, 4]]
+    assert CascadeConfig(use_max_gram=False, adaptive_drafters=False).resolved_k_matrix(2) == [[4, 0], [0, 4]]
 
 
 def test_resolved_k_matrix_explicit_fits():
@@ -153,6 +155,7 @@ def test_to_dict_is_plain_json():
             "measure_cost": True,
         },
         "confidence_threshold": 0.4,
+        "adaptive_drafters": True,
         "hf_cascade_version": hf_cascade.__version__,
     }
     assert json.loads(json.dumps(d)) == d
@@ -231,6 +234,7 @@ def test_saved_file_is_readable_json(tmp_path):
         "use_max_gram",
         "max_gram",
         "confidence_threshold",
+        "adaptive_drafters",
         "hf_cascade_version",
     }
 

@@ -19,9 +19,17 @@ NEW = 40
 
 
 def cascade(target, ids, assistants, **kwargs):
+    kwargs.setdefault("cascade_config", fixed_config())
     return target.generate(
         ids, do_sample=False, custom_generate=hf_cascade.generate, assistant_models=assistants, **kwargs
     )
+
+
+def fixed_config(**fields):
+    """A `CascadeConfig` with fixed draft lengths: the drafters of these tests are as large as the target, so the
+    draft-length controller would skip them and leave the paths under test unexercised (the controller's own greedy
+    identity tests are in `test_controller.py`, and `test_llama_greedy_identical` runs with it too)."""
+    return hf_cascade.CascadeConfig(**{"adaptive_drafters": False, **fields})
 
 
 def plain(target, ids, **kwargs):
@@ -41,12 +49,13 @@ DRAFTER_SETS = {
 @pytest.mark.parametrize("drafters", list(DRAFTER_SETS))
 @pytest.mark.parametrize("use_max_gram", [True, False])
 @pytest.mark.parametrize("lenience", [1.0, 3.0])
-def test_llama_greedy_identical(llama, llama_drafters, prompt, drafters, use_max_gram, lenience):
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_llama_greedy_identical(llama, llama_drafters, prompt, drafters, use_max_gram, lenience, adaptive):
     if not DRAFTER_SETS[drafters] and not use_max_gram:
         pytest.skip("no drafter at all is an error, tested in test_errors.py")
     by_name = dict(zip(["exact", "partial", "reject"], llama_drafters, strict=True))
     assistants = [by_name[name] for name in DRAFTER_SETS[drafters]]
-    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=lenience)
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=lenience, adaptive_drafters=adaptive)
     out = cascade(llama, prompt, assistants, cascade_config=config, max_new_tokens=NEW)
     assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW))
 
@@ -56,7 +65,7 @@ def test_llama_greedy_identical(llama, llama_drafters, prompt, drafters, use_max
 def test_confidence_threshold_greedy_identical(llama, llama_drafters, prompt, drafters, threshold):
     by_name = dict(zip(["exact", "partial", "reject"], llama_drafters, strict=True))
     assistants = [by_name[name] for name in DRAFTER_SETS[drafters]]
-    config = hf_cascade.CascadeConfig(k_matrix=None, confidence_threshold=threshold)
+    config = fixed_config(k_matrix=None, confidence_threshold=threshold)
     out = cascade(llama, prompt, assistants, cascade_config=config, max_new_tokens=NEW, return_dict_in_generate=True)
     assert torch.equal(out.sequences, plain(llama, prompt, max_new_tokens=NEW))
 
@@ -64,8 +73,9 @@ def test_confidence_threshold_greedy_identical(llama, llama_drafters, prompt, dr
 def test_confidence_threshold_stops_drafts_early(llama, llama_drafters, prompt):
     """A threshold no token reaches ends every neural segment after its first token: a 1-token draft per review."""
     _, partial, _ = llama_drafters
-    always = hf_cascade.CascadeConfig(k_matrix=[[4, 0], [0, 3]], confidence_threshold=0.0)
-    unsure = hf_cascade.CascadeConfig(k_matrix=[[4, 0], [0, 3]], confidence_threshold=0.999)
+    fixed = dict(k_matrix=[[4, 0], [0, 3]], adaptive_drafters=False)
+    always = hf_cascade.CascadeConfig(**fixed, confidence_threshold=0.0)
+    unsure = hf_cascade.CascadeConfig(**fixed, confidence_threshold=0.999)
     kwargs = dict(max_new_tokens=NEW, return_dict_in_generate=True)
     full = cascade(llama, prompt, [partial], cascade_config=always, **kwargs)
     short = cascade(llama, prompt, [partial], cascade_config=unsure, **kwargs)
@@ -114,14 +124,14 @@ def test_draft_buffer_keeps_one_record_per_draft_token():
 )
 def test_custom_k_matrices(llama, llama_drafters, prompt, k_matrix):
     exact, partial, _ = llama_drafters
-    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, lenience=2.0)
+    config = fixed_config(k_matrix=k_matrix, lenience=2.0)
     out = cascade(llama, prompt, [partial, exact], cascade_config=config, max_new_tokens=NEW)
     assert torch.equal(out, plain(llama, prompt, max_new_tokens=NEW))
 
 
 def test_stats_exact_drafter_accepts_everything(llama, llama_drafters, prompt):
     exact, _, _ = llama_drafters
-    config = hf_cascade.CascadeConfig(use_max_gram=False, k_matrix=[[5]])
+    config = fixed_config(use_max_gram=False, k_matrix=[[5]])
     out = cascade(llama, prompt, [exact], cascade_config=config, max_new_tokens=NEW, return_dict_in_generate=True)
     stats = out.cascade_stats
     target, assistant = stats.levels
@@ -136,7 +146,7 @@ def test_stats_exact_drafter_accepts_everything(llama, llama_drafters, prompt):
 
 def test_stats_rejecting_drafter_accepts_nothing_at_target(llama, llama_drafters, prompt):
     _, _, reject = llama_drafters
-    config = hf_cascade.CascadeConfig(use_max_gram=False, k_matrix=[[3]])
+    config = fixed_config(use_max_gram=False, k_matrix=[[3]])
     out = cascade(llama, prompt, [reject], cascade_config=config, max_new_tokens=20, return_dict_in_generate=True)
     target, assistant = out.cascade_stats.levels
     assert assistant.accepted == 0 and assistant.drafted > 0
@@ -159,7 +169,7 @@ def test_nonfinite_drafter_greedy_identical(llama, llama_drafters, prompt, fill,
     """A drafter with NaN/inf logits costs speed, never correctness: its reviews are dropped and counted."""
     names, use_max_gram = NONFINITE_LAYOUTS[layout]
     pool = {"bad": nonfinite_copy(llama, fill), "partial": llama_drafters[1]}
-    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=3.0)
+    config = fixed_config(use_max_gram=use_max_gram, lenience=3.0)
     out = cascade(
         llama, prompt, [pool[n] for n in names], cascade_config=config, max_new_tokens=20, return_dict_in_generate=True
     )
@@ -272,7 +282,13 @@ def test_other_decoder_architectures(request, prompt, model_name, drafters):
     pool = {"exact": perturbed(target, 0.0, 1), "partial": perturbed(target, 0.3, 2)}
     if "reject" in drafters:
         pool["reject"] = perturbed(target, 2.0, 3)  # a heavily perturbed copy: almost always wrong
-    out = cascade(target, prompt, [pool[d] for d in drafters], max_new_tokens=NEW, cascade_config={"lenience": 2.0})
+    out = cascade(
+        target,
+        prompt,
+        [pool[d] for d in drafters],
+        max_new_tokens=NEW,
+        cascade_config={"lenience": 2.0, "adaptive_drafters": False},
+    )
     assert torch.equal(out, plain(target, prompt, max_new_tokens=NEW))
 
 
@@ -282,7 +298,7 @@ def test_encoder_decoder_t5(t5, prompt, drafters, use_max_gram):
     if not drafters and not use_max_gram:
         pytest.skip("no drafter")
     pool = {"exact": perturbed(t5, 0.0, 1), "partial": perturbed(t5, 0.3, 2)}
-    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, lenience=2.0)
+    config = fixed_config(use_max_gram=use_max_gram, lenience=2.0)
     out = t5.generate(
         prompt,
         do_sample=False,
@@ -364,7 +380,7 @@ def _stop_kwargs(llama, prompt, stop: str) -> dict:
     from run to run; with them both EOS and the criterion stop inside a longer draft.
     """
     token = _eos_from_reference(llama, prompt)
-    kwargs = dict(max_new_tokens=NEW, cascade_config=hf_cascade.CascadeConfig(max_gram={"measure_cost": False}))
+    kwargs = dict(max_new_tokens=NEW, cascade_config=fixed_config(max_gram={"measure_cost": False}))
     if stop == "eos":
         return dict(kwargs, eos_token_id=token, pad_token_id=0)
     if stop == "max_length":  # the last draft always fits exactly: a guard against cutting too much

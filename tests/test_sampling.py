@@ -101,7 +101,11 @@ def test_cascade_samples_follow_target_distribution(tiny, case):
     assert 0.5 * (p - q1).abs().sum() > 0.2, "the drafter must differ clearly from the target for this test to bite"
 
     torch.manual_seed(0)
-    config = hf_cascade.CascadeConfig(k_matrix=k_matrix, lenience=lenience, confidence_threshold=sum(threshold))
+    # Fixed lengths, so every drafter drafts (the controller would skip drafters as large as the target); the same
+    # test with the controller on is in test_controller.py.
+    config = hf_cascade.CascadeConfig(
+        k_matrix=k_matrix, lenience=lenience, confidence_threshold=sum(threshold), adaptive_drafters=False
+    )
     counts = torch.zeros(V**NEW, dtype=torch.float64)
     for _ in range(SAMPLES):
         out = target.generate(
@@ -128,12 +132,13 @@ def test_nonfinite_drafter_samples_follow_target_distribution(tiny, fill):
     bad = nonfinite_copy(target, fill)
     kwargs = dict(max_new_tokens=NEW, custom_generate=hf_cascade.generate, pad_token_id=0, **SAMPLING)
     torch.manual_seed(0)
-    # Alone over Max-Gram: every level-0 draft is dropped.
-    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=3.0)
+    # Alone over Max-Gram: every level-0 draft is dropped. Fixed lengths: the controller would skip these drafters,
+    # as large as the target, and never reach the broken one.
+    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=3.0, adaptive_drafters=False)
     out = target.generate(PROMPT, assistant_models=[bad], cascade_config=config, return_dict_in_generate=True, **kwargs)
     assert out.cascade_stats.levels[1].nonfinite_drafts > 0 and out.cascade_stats.levels[1].drafted == 0
     # Below a healthy drafter, which then drafts (and is reviewed leniently) on its own: 150 runs against the target.
-    config = hf_cascade.CascadeConfig(k_matrix=[[1, 1, 0], [0, 1, 1], [0, 0, 2]], lenience=3.0)
+    config = hf_cascade.CascadeConfig(k_matrix=[[1, 1, 0], [0, 1, 1], [0, 0, 2]], lenience=3.0, adaptive_drafters=False)
     out = target.generate(
         PROMPT, assistant_models=[d1, bad], cascade_config=config, return_dict_in_generate=True, **kwargs
     )

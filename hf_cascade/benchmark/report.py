@@ -64,9 +64,10 @@ class SummaryRow:
         swi_latency (`float`, *optional*): SWI with measured 1-token latencies as the cost of a pass.
         outside_forward_fraction (`float`, *optional*): share of the wall time outside any forward pass.
         acceptance (`dict[str, float | None]`): per drafter, accepted / drafted tokens.
-        levels (`dict[str, dict]`): per model: `forward_passes`, `forward_s`, and for drafters `drafted`,
-            `accepted`, optionally `fitted_cost` (`[draft_cost, token_cost]`) and, for Max-Gram with a memory,
-            `memory_drafted` and `memory_accepted` (part of `drafted`/`accepted`).
+        levels (`dict[str, dict]`): per model: `forward_passes`, `forward_s`, for cascade methods
+            `drafts_reviewed`, `draft_tokens_reviewed` and `skipped` (the draft-length controller), for drafters
+            `drafted`, `accepted`, optionally `fitted_cost` (`[draft_cost, token_cost]`) and, for Max-Gram with a
+            memory, `memory_drafted` and `memory_accepted` (part of `drafted`/`accepted`).
         identical (`bool`): every run of every prompt produced greedy's tokens.
     """
 
@@ -203,6 +204,12 @@ def memory_label(name: str) -> str:
     return f"{name} (memory)"
 
 
+def _mean_draft(level: dict[str, Any]) -> float | None:
+    """Mean length of the drafts a model reviewed (`None` for none, or a file written before it was recorded)."""
+    reviewed = level.get("drafts_reviewed")
+    return level["draft_tokens_reviewed"] / reviewed if reviewed else None
+
+
 def _fitted(cost: list[float] | None) -> str:
     return format_fitted_cost(*cost) if cost else "-"
 
@@ -244,9 +251,11 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             name = "target" if stats["kind"] == "target" else names.get(stats["name"], stats["name"])
             if stats.get("draft_cost") is not None:  # MaxGramConfig.measure_cost: fitted to this model's timings
                 fitted.setdefault(name, []).append((stats["draft_cost"], stats["token_cost"]))
+            level = levels.setdefault(name, {"forward_passes": 0, "forward_s": 0.0})
+            for key in ("drafts_reviewed", "draft_tokens_reviewed", "skipped"):  # the draft-length controller
+                level[key] = level.get(key, 0) + stats.get(key, 0)
             if stats["kind"] == "target":
                 continue
-            level = levels.setdefault(names.get(stats["name"], stats["name"]), {"forward_passes": 0, "forward_s": 0.0})
             level["drafted"] = level.get("drafted", 0) + stats["drafted"]
             level["accepted"] = level.get("accepted", 0) + stats["accepted"]
             if stats["kind"] == "max_gram":
@@ -424,10 +433,12 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "accepted by the reviewer (cascade methods; `max_gram (memory)`: the part of Max-Gram's drafts copied from "
         "a `MaxGramMemory`); fitted cost: the `draft_cost + token_cost * k` fitted to the "
         "model's own timed forward passes (`MaxGramConfig.measure_cost`; median over runs), which sets the length of "
-        "the Max-Gram drafts it reviews.",
+        "the Max-Gram drafts it reviews; mean draft: the mean length of the drafts the model reviewed, and skipped: "
+        "the times the draft-length controller skipped the drafter at a level (`CascadeConfig.adaptive_drafters`).",
         "",
-        "| method | model | forward passes | seconds | drafted | accepted | acceptance | fitted cost |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| method | model | forward passes | seconds | drafted | accepted | acceptance | fitted cost | mean draft "
+        "| skipped |",
+        "|---|---|---:|---:|---:|---:|---:|---|---:|---:|",
     ]
     for r in rows:
         if r.category != "all":
@@ -436,12 +447,13 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
             lines.append(
                 f"| {r.method} | {name} | {level['forward_passes']} | {level['forward_s']:.2f} "
                 f"| {level.get('drafted', '-')} | {level.get('accepted', '-')} "
-                f"| {fmt(r.acceptance.get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} |"
+                f"| {fmt(r.acceptance.get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} "
+                f"| {fmt(_mean_draft(level), '.2f')} | {level.get('skipped', '-')} |"
             )
             if level.get("memory_drafted"):  # of the row above: the drafts copied from the memory
                 lines.append(
                     f"| {r.method} | {memory_label(name)} | - | - | {level['memory_drafted']} "
-                    f"| {level['memory_accepted']} | {fmt(r.acceptance.get(memory_label(name)), '.2f')} | - |"
+                    f"| {level['memory_accepted']} | {fmt(r.acceptance.get(memory_label(name)), '.2f')} | - | - | - |"
                 )
     if result.costs:
         lines += ["", "## Cost of a forward pass", "", *cost_table(result.costs)]

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 from typing import Any
+
+import torch
 
 __all__ = [
     "DTYPE_CHOICES",
@@ -11,7 +15,10 @@ __all__ = [
     "THREADS_HELP",
     "add_loading_args",
     "add_model_source_args",
+    "add_placement_args",
+    "device_map_arg",
     "finite_float",
+    "max_memory_arg",
     "positive_int",
 ]
 
@@ -47,14 +54,92 @@ def finite_float(text: str) -> float:
     return value
 
 
-def add_loading_args(parser: Any, dtype_help: str = "parameter dtype (default: float32)") -> None:
-    """`--device`, `--dtype`, `--cache-dir`, `--threads` and `--onednn-linear`: how the models of `generate`, `bench`
-    and `bigram` are loaded (`_models.load_models` reads them)."""
+_DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_MEMORY_SIZE = re.compile(r"^\d+(\.\d+)?\s*([KMGT]i?B|B)?$", re.IGNORECASE)
+
+
+def device_map_arg(text: str) -> str | dict[str, Any]:
+    """`--device-map`: `auto`, `balanced`, `balanced_low_0`, `sequential`, one device (`cuda:0`, `cpu`) for the
+    whole model, or a JSON object mapping module names to a GPU index, `"cpu"` or `"disk"`."""
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from None
+        if not value or not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in value.items()):
+            raise argparse.ArgumentTypeError(
+                f'a JSON device map maps module names to a GPU index, "cpu" or "disk", e.g. '
+                f'\'{{"model.embed_tokens": 0, "model.layers": "disk", "lm_head": 0}}\', got {text!r}'
+            )
+        return value
+    if text in _DEVICE_MAP_STRATEGIES:
+        return text
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected {', '.join(_DEVICE_MAP_STRATEGIES)}, a device such as cuda:0, or a JSON object of module -> "
+            f"device, got {text!r}"
+        ) from None
+    return text
+
+
+def max_memory_arg(text: str) -> dict[int | str, str]:
+    """`--max-memory 0=10GiB,cpu=30GiB`: accelerate's `max_memory` dict (GPU indices as ints, `cpu`, `disk`, or a
+    device name; sizes such as `10GiB`, `500MB` or a number of bytes)."""
+    limits: dict[int | str, str] = {}
+    for item in text.split(","):
+        key, sep, size = (part.strip() for part in item.partition("="))
+        if not sep or not key or not size:
+            raise argparse.ArgumentTypeError(
+                f"write DEVICE=SIZE pairs separated by commas, e.g. 0=10GiB,cpu=30GiB; got {item.strip()!r}"
+            )
+        if not _MEMORY_SIZE.match(size):
+            raise argparse.ArgumentTypeError(
+                f"{key}={size}: a size is a number of bytes or a number with a unit (KB, MB, GB, KiB, MiB, GiB, ...)"
+            )
+        device: int | str = int(key) if key.isdigit() else key
+        if device in limits:
+            raise argparse.ArgumentTypeError(f"device {key!r} is given twice in {text!r}")
+        limits[device] = size
+    return limits
+
+
+def add_placement_args(parser: Any) -> None:
+    """`--device-map`, `--offload-folder` and `--max-memory`: accelerate's big-model placement of the target
+    (`_models.check_placement` checks them, `_models.placement_kwargs` turns them into `load_model_and_tokenizer`
+    arguments)."""
+    parser.add_argument(
+        "--device-map",
+        type=device_map_arg,
+        metavar="MAP",
+        help="place the target with accelerate: auto, balanced, sequential, one device, or a JSON object of module "
+        "-> GPU index/cpu/disk (docs/big-models.md). The drafters still go to --device",
+    )
+    parser.add_argument(
+        "--offload-folder", metavar="DIR", help="where --device-map keeps the target's modules placed on disk"
+    )
+    parser.add_argument(
+        "--max-memory",
+        type=max_memory_arg,
+        metavar="LIMITS",
+        help="memory limits for --device-map auto, e.g. 0=10GiB,cpu=30GiB (GPU 0 and the CPU)",
+    )
+
+
+def add_loading_args(
+    parser: Any, dtype_help: str = "parameter dtype (default: float32)", placement: bool = True
+) -> None:
+    """`--device`, `--dtype`, `--cache-dir`, `--threads`, `--onednn-linear` and (with `placement`) the placement
+    flags: how the models of `generate`, `bench` and `bigram` are loaded (`_models.load_models` reads them)."""
     parser.add_argument("--device", default="cpu", help="torch device for all models (default: cpu)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32", help=dtype_help)
     parser.add_argument("--cache-dir", metavar="DIR", help="keep dequantised copies of GGUF models here")
     parser.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     parser.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
+    if placement:
+        add_placement_args(parser)
 
 
 def add_model_source_args(parser: Any, flag: str, what: str, embedded_default: bool) -> None:

@@ -159,6 +159,7 @@ def resolve_target(
         list(drafters.values()),
         flags,
         onednn_linear=args.onednn_linear,
+        args=args,
     )
     return target_path, gguf
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from typing import Any
@@ -11,7 +12,16 @@ import torch
 
 from ..errors import CascadeError
 
-__all__ = ["check_sources", "load_models", "log", "model_or_default", "pack_all", "use_chat_template"]
+__all__ = [
+    "check_placement",
+    "check_sources",
+    "load_models",
+    "log",
+    "model_or_default",
+    "pack_all",
+    "placement_kwargs",
+    "use_chat_template",
+]
 
 
 def log(message: str) -> None:
@@ -42,9 +52,10 @@ def check_sources(
     drafters: list[str],
     flags: str,
     onednn_linear: bool = False,
+    args: argparse.Namespace | None = None,
 ) -> None:
-    """Fail fast (argparse error naming `flags`) on a bad device, a model source that cannot exist, or
-    `--onednn-linear` off CPU."""
+    """Fail fast (argparse error naming `flags`) on a bad device, a model source that cannot exist,
+    `--onednn-linear` off CPU, or (with `args`) inconsistent placement flags (`check_placement`)."""
     from ..loading import resolve_source
 
     try:
@@ -59,12 +70,43 @@ def check_sources(
         parser.error(f"{flags}: {e}")
     if onednn_linear and torch.device(device).type != "cpu":
         parser.error(f"--onednn-linear packs weights for CPU kernels; drop it or use --device cpu, not {device!r}")
+    if args is not None:
+        check_placement(parser, args)
+
+
+def check_placement(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Argparse errors for placement flags that cannot work together: `--offload-folder`/`--max-memory` without
+    `--device-map`, a device map with disk modules but no `--offload-folder`, an offload folder that is a file."""
+    device_map = getattr(args, "device_map", None)
+    folder = getattr(args, "offload_folder", None)
+    if device_map is None:
+        given = [flag for flag, value in (("--offload-folder", folder), ("--max-memory", args.max_memory)) if value]
+        if given:
+            parser.error(
+                f"{' and '.join(given)} place the target with accelerate and need --device-map (e.g. --device-map "
+                "auto); add it or drop them"
+            )
+        return
+    if isinstance(device_map, dict) and "disk" in device_map.values() and folder is None:
+        parser.error("--device-map puts modules on disk; add --offload-folder DIR to say where they are kept")
+    if folder is not None and os.path.isfile(folder):
+        parser.error(f"--offload-folder {folder} is a file; give a folder (created if missing)")
+
+
+def placement_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The target's `load_model_and_tokenizer` placement arguments from the placement flags (`{}` without
+    `--device-map`: then the target goes to `--device` like the drafters)."""
+    device_map = getattr(args, "device_map", None)
+    if device_map is None:
+        return {}
+    return {"device_map": device_map, "offload_folder": args.offload_folder, "max_memory": args.max_memory}
 
 
 def load_models(
     command: str, args: argparse.Namespace, target: str, gguf_file: str | None, drafters: dict[str, str]
 ) -> tuple[Any, Any, dict[str, Any]] | None:
-    """Load the target (with its tokenizer) and the drafters in `args.dtype` on `args.device`.
+    """Load the target (with its tokenizer) and the drafters in `args.dtype` on `args.device`; the target is placed
+    by accelerate instead when `--device-map` is given (`placement_kwargs`), the drafters stay on `args.device`.
 
     Returns:
         `(target, tokenizer, {name: drafter})`, or `None` after printing `hf-cascade COMMAND: error: ...` when a
@@ -74,9 +116,16 @@ def load_models(
 
     try:
         t0 = time.perf_counter()
-        log(f"loading target {target} ({args.dtype}, {args.device}) ...")
+        placement = placement_kwargs(args)
+        where = f"device map {placement['device_map']}" if placement else args.device
+        log(f"loading target {target} ({args.dtype}, {where}) ...")
         model, tokenizer = load_model_and_tokenizer(
-            target, gguf_file=gguf_file, dtype=args.dtype, device=args.device, cache_dir=args.cache_dir
+            target,
+            gguf_file=gguf_file,
+            dtype=args.dtype,
+            device="cpu" if placement else args.device,
+            cache_dir=args.cache_dir,
+            **placement,
         )
         loaded = {}
         for name, path in drafters.items():
@@ -88,7 +137,9 @@ def load_models(
     except (OSError, ImportError, CascadeError) as e:  # missing files/repos, the gguf package, our own checks
         print(f"hf-cascade {command}: error: could not load a model: {e}", file=sys.stderr)
         return None
-    if getattr(args, "onednn_linear", False) and not pack_all(command, [model, *loaded.values()]):
+    # A model accelerate placed keeps hooks that move its weights in at each forward: it is not packed.
+    packable = [*([] if placement else [model]), *loaded.values()]
+    if getattr(args, "onednn_linear", False) and not pack_all(command, packable):
         return None
     return model, tokenizer, loaded
 

@@ -36,7 +36,7 @@ def add_parser(sub: Any) -> None:
     bigram.add_argument(
         "--batch-size", type=positive_int, default=256, metavar="N", help="tokens per forward pass (default: 256)"
     )
-    add_loading_args(bigram)
+    add_loading_args(bigram, placement=False)
     bigram.add_argument("--no-progress", action="store_true", help="no progress bar")
     bigram.set_defaults(func=run)
 

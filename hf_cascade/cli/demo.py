@@ -28,8 +28,8 @@ from ..benchmark import (
 )
 from ..benchmark.runner import first_difference
 from ..errors import CascadeError
-from ._args import ONEDNN_HELP, THREADS_HELP, positive_int
-from ._models import pack_all
+from ._args import ONEDNN_HELP, THREADS_HELP, add_placement_args, positive_int
+from ._models import check_placement, pack_all, placement_kwargs
 
 __all__ = ["DEMO_PROMPTS", "add_parser", "run"]
 
@@ -100,6 +100,7 @@ def add_parser(sub: Any) -> None:
     )
     demo.add_argument("--threads", type=positive_int, metavar="N", help=THREADS_HELP)
     demo.add_argument("--onednn-linear", action="store_true", help=ONEDNN_HELP)
+    add_placement_args(demo)
     demo.set_defaults(func=run)
 
 
@@ -155,6 +156,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     if args.prompts > len(DEMO_PROMPTS):
         parser.error(f"--prompts: there are {len(DEMO_PROMPTS)} built-in prompts, got --prompts {args.prompts}")
+    check_placement(parser, args)
+    placement = placement_kwargs(args)
+    if placement and args.onednn_linear:
+        parser.error("--onednn-linear cannot pack a model placed by --device-map (accelerate moves its weights in)")
     t_start = time.perf_counter()
     print(f"machine: {describe_machine(machine_info())}")
     note = busy_warning()
@@ -176,7 +181,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     t0 = time.perf_counter()
     try:
         model, tokenizer = loading.load_model_and_tokenizer(
-            folder, gguf_file=gguf, dtype=torch.float32, cache_dir=args.cache_dir
+            folder, gguf_file=gguf, dtype=torch.float32, cache_dir=args.cache_dir, **placement
         )
     except (ImportError, OSError, CascadeError) as e:  # e.g. the gguf package is missing
         print(f"hf-cascade demo: error: could not load {gguf}: {e}\n(pip install gguf)", file=sys.stderr)

@@ -64,6 +64,13 @@ def add_parser(sub: Any) -> None:
         help="use the Max-Gram statistical drafter at the bottom of the cascade (default: on)",
     )
     gen.add_argument(
+        "--adaptive-drafters",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="let the neural levels' draft lengths follow measured costs and acceptance, k-matrix entries as upper "
+        "bounds (default: on); --no-adaptive-drafters drafts exactly the k-matrix entries",
+    )
+    gen.add_argument(
         "--bigram-table",
         metavar="FILE",
         help="Max-Gram's fallback table for when nothing matches (built by `hf-cascade bigram`); overrides "
@@ -83,8 +90,8 @@ def add_parser(sub: Any) -> None:
     gen.add_argument(
         "--cascade-config",
         metavar="DIR_OR_FILE",
-        help="cascade_config.json, or a directory holding one; --k-matrix, --lenience, --max-gram and "
-        "--bigram-table override it",
+        help="cascade_config.json, or a directory holding one; --k-matrix, --lenience, --max-gram, "
+        "--adaptive-drafters and --bigram-table override it",
     )
     gen.add_argument(
         "--stats-json",
@@ -125,6 +132,8 @@ def _cascade_config_from_args(args: argparse.Namespace, parser: argparse.Argumen
         fields["lenience"] = args.lenience
     if args.max_gram is not None:
         fields["use_max_gram"] = args.max_gram
+    if args.adaptive_drafters is not None:
+        fields["adaptive_drafters"] = args.adaptive_drafters
     if args.bigram_table is not None:
         _check_bigram_table(args.bigram_table, parser)
         fields["max_gram"] = {**fields["max_gram"], "bigram_table": args.bigram_table}

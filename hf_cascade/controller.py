@@ -1,0 +1,213 @@
+"""Draft lengths of the neural levels, chosen during the call from measured costs and tracked acceptance.
+
+With fixed k-matrix entries a neural drafter drafts as much on a machine where verifying eight tokens costs what one
+does (a GPU, a target streamed from disk by accelerate) as on one where each token costs a good part of a forward
+(a CPU with PyTorch's default kernels), and it drafts even when its own forward costs too much relative to its
+reviewer's for any draft to pay. `DraftController` (one per `generate` call, `CascadeConfig.adaptive_drafters`)
+decides instead, before every review, whether one more review by drafter `c` should extend the draft built at
+level `r`.
+
+Notation. Model `m = 0` is the target and model `m >= 1` is drafter `m - 1`; the draft built at level `r` is reviewed
+by model `r`. Drafter `c` adds tokens to level `r`'s draft (`r <= c`) one review at a time: it reviews a sub-draft
+built at level `c + 1` and keeps the accepted prefix plus one token of its own.
+
+- `S_m(n)`: seconds of a forward of model `m` over `n` tokens (`ForwardCostModel.seconds`: fitted to its timed
+  forwards, or the prior: the configured relative costs scaled by the parameter count). A timed model with no
+  timing yet takes its prior times the measured-over-prior ratio of a model that has some, so that one clock never
+  mixes measured seconds with the prior's nominal ones.
+- `a = a(r, c)`: the geometric acceptance rate of drafter `c`'s tokens by the reviewer of level `r`,
+  `P(token accepted | all before it accepted)`, tracked per `(r, c)` with an `AcceptanceTracker` (prior
+  `ACCEPTANCE_PRIOR` worth `PRIOR_STRENGTH` tokens) from the first rejection of every review.
+- `y`, `tau`: tokens one review by drafter `c` yields and the seconds it takes on average (its own forward and the
+  forwards of the sub-draft it reviewed), tracked from the call's reviews (prior: one review of a one-token
+  sub-draft when a drafter is below `c`, one plain forward otherwise).
+- `T_m`: the throughput of model `m`'s reviews: the tokens they kept per second spent building and reviewing their
+  drafts, and at least its plain decoding rate `1 / S_m(1)`. `T_0` is the call's throughput.
+- `L` and `s`: the length of level `r`'s draft so far and the probability that all of it survives the review,
+  `s = prod_i a(r, owner_i)`.
+
+Rule. `j` more reviews by drafter `c` add `j y` tokens; the `i`-th new token is accepted with probability
+`s a^i`, so their expected accepted tokens and their time are
+
+    G_j = s (a + a^2 + ... + a^(j y)) = s a (1 - a^(j y)) / (1 - a)
+    C_j = j tau + S_r(1 + L + j y) - S_r(1 + L)
+
+(the reviewer's forward grows from `1 + L` to `1 + L + j y` tokens). Drafter `c` reviews once more when
+`max_j G_j / C_j > T_r` over the reviews that fit in the k-matrix bound. A draft whose marginal rate beats the
+average raises the average: if the level's reviews produce `N` tokens in `D` seconds and an extension adds `dN` in
+`dD` with `dN / dD > N / D`, then `(N + dN) / (D + dD) > N / D`; the call's throughput is the target's. `j = 1`
+alone is the marginal rule; looking at several reviews lets a draft pay for the fixed cost of verifying a
+multi-token draft at all (`S_r(2) - S_r(1)`, large with default CPU kernels), which a single token may not.
+So drafts grow long where verification is flat in the number of tokens and the drafter is accepted, and stay short
+where each token is expensive to verify. When the rule refuses drafter `c`'s first review at level `r`, drafter
+`c` is skipped there (`LevelStats.skipped`) and the next, smaller drafter of the row (Max-Gram last) drafts for the
+level with the remaining budget; every `PROBE_EVERY`-th consecutive skip is overruled once, so a drafter whose
+acceptance was unlucky early gets measured again.
+
+Exactness: the decisions depend on the tokens drafted and reviewed so far, never on the tokens still to come, so
+each draft length is a stopping time of the draft and the target's review stays exact, greedy or sampling. When
+sampling (or with `MaxGramConfig.measure_cost=False`, or on a device that cannot be timed) no timing enters: every
+model is on its prior curve and the controller's clock adds prior seconds, so a seeded sampled call gives the same
+text on every run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+from .adaptive import AcceptanceTracker
+from .cost import ForwardCostModel
+
+__all__ = [
+    "ACCEPTANCE_PRIOR",
+    "PRIOR_STRENGTH",
+    "PROBE_EVERY",
+    "DraftController",
+    "expected_accepted",
+    "extension_pays",
+]
+
+# A neural drafter of the target's family is usually accepted often; an optimistic prior lets every drafter be
+# tried, and four tokens of prior give way to its measured acceptance within a few reviews.
+ACCEPTANCE_PRIOR = 0.8
+PRIOR_STRENGTH = 4.0
+# Every PROBE_EVERY-th consecutive skip of a drafter at a level is overruled once, to measure it again.
+PROBE_EVERY = 16
+
+
+def expected_accepted(alpha: float, tokens: float) -> float:
+    """`alpha + alpha^2 + ... + alpha^tokens`: expected accepted tokens of a `tokens`-token draft whose tokens are
+    accepted in a row with geometric rate `alpha` (`tokens` may be fractional: a mean)."""
+    if alpha >= 1.0 - 1e-12:
+        return tokens
+    return alpha * (1.0 - alpha**tokens) / (1.0 - alpha)
+
+
+def extension_pays(
+    alpha: float,
+    survival: float,
+    tokens_per_review: float,
+    review_s: float,
+    verify_s: Callable[[float], float],
+    drafted: int,
+    threshold: float,
+    max_reviews: int,
+) -> bool:
+    """Whether some number `j <= max_reviews` of further reviews gains accepted tokens faster than `threshold`.
+
+    Args:
+        alpha (`float`): the drafter's geometric acceptance rate by this level's reviewer.
+        survival (`float`): probability that the draft so far is accepted whole.
+        tokens_per_review (`float`): tokens one review adds (`y`, `>= 1`).
+        review_s (`float`): seconds one review takes (`tau`).
+        verify_s (`Callable[[float], float]`): seconds of the reviewer's forward over `n` tokens.
+        drafted (`int`): tokens the level's draft holds (`L`).
+        threshold (`float`): tokens per second to beat (`T_r`).
+        max_reviews (`int`): reviews that fit in the bound (at least 1 is considered).
+
+    Returns:
+        `bool`: `max_j G_j / C_j > threshold` (see the module docstring).
+    """
+    base = verify_s(1 + drafted)
+    for j in range(1, max(max_reviews, 1) + 1):
+        added = j * tokens_per_review
+        gain = survival * expected_accepted(alpha, added)
+        cost = j * review_s + verify_s(1 + drafted + added) - base
+        if gain > threshold * max(cost, 1e-12):
+            return True
+    return False
+
+
+class DraftController:
+    """The draft-length decisions of one `generate` call (see the module docstring for the rule).
+
+    Args:
+        costs (`Sequence[ForwardCostModel]`): model `m`'s cost model, `m = 0` the target, `m >= 1` drafter `m - 1`.
+        has_drafts_below (`Sequence[bool]`): per model, whether a drafter sits below the level it reviews (its
+            reviews then usually keep more than one token; sets the prior of its review yield).
+    """
+
+    def __init__(self, costs: Sequence[ForwardCostModel], has_drafts_below: Sequence[bool]):
+        self.costs = list(costs)
+        self.acceptance = AcceptanceTracker(ACCEPTANCE_PRIOR, PRIOR_STRENGTH)
+        self._prior_draft = [1.0 if below else 0.0 for below in has_drafts_below]
+        self._reviews = [[0, 0.0, 0.0] for _ in self.costs]  # per model: reviews, seconds, tokens kept
+        self._skips: dict[tuple[int, int], int] = {}
+
+    def seconds(self, model: int, num_tokens: float) -> float:
+        """`S_m(n)`: seconds of a forward of `model` over `num_tokens` tokens (see the module docstring)."""
+        cost = self.costs[model]
+        if not cost.measured or cost.has_timings:
+            return cost.seconds(num_tokens)
+        timed = next((c for c in self.costs if c.measured and c.has_timings), None)
+        scale = timed.absolute()[0] / timed.prior_unit_s if timed is not None else 1.0
+        return scale * cost._curve(num_tokens, cost.prior_absolute())
+
+    def clock(self) -> float:
+        """Seconds of all forwards so far (measured, or prior seconds when not timed)."""
+        return sum(cost.elapsed for cost in self.costs)
+
+    def record_acceptance(self, level: int, owners: Sequence[int], accepted: int) -> None:
+        """A review at `level` accepted the first `accepted` of draft tokens drafted by `owners` (in order)."""
+        for i, owner in enumerate(owners[: accepted + 1]):
+            self.acceptance.update((level, owner), accepted=int(i < accepted), rejected=i == accepted)
+
+    def record_review(self, model: int, started: float, tokens: int) -> None:
+        """Model `model` finished a review that began at `clock() == started` (building its draft included) and
+        kept `tokens` tokens."""
+        record = self._reviews[model]
+        record[0] += 1
+        record[1] += self.clock() - started
+        record[2] += tokens
+
+    def review_rate(self, model: int) -> tuple[float, float]:
+        """`(tokens, seconds)` of an average review by `model`, with one prior review (see the module docstring)."""
+        count, seconds, tokens = self._reviews[model]
+        prior_draft = self._prior_draft[model]
+        prior_tokens = 1.0 + ACCEPTANCE_PRIOR * prior_draft
+        prior_seconds = self.seconds(model, 1.0 + prior_draft)
+        return (tokens + prior_tokens) / (count + 1), (seconds + prior_seconds) / (count + 1)
+
+    def throughput(self, model: int) -> float:
+        """`T_m`: tokens per second of `model`'s reviews so far, at least its plain rate `1 / S_m(1)`."""
+        count, seconds, tokens = self._reviews[model]
+        plain = 1.0 / self.seconds(model, 1)
+        return max(tokens / seconds, plain) if count and seconds > 0 else plain
+
+    def survival(self, level: int, owners: Sequence[int]) -> float:
+        """Probability that a draft at `level` by `owners` (one per token) is accepted whole."""
+        return math.prod(self.acceptance.rate((level, owner)) for owner in owners)
+
+    def extend(self, level: int, drafter: int, owners: Sequence[int], own: int, room: int) -> bool:
+        """Whether `drafter` should review once more to extend the draft built at `level`.
+
+        Args:
+            level (`int`): the level (`r`).
+            drafter (`int`): the neural drafter (`c >= r`).
+            owners (`Sequence[int]`): the drafter of each token of the level's draft so far.
+            own (`int`): how many of them this drafter added at this level (0: the decision is whether to skip it).
+            room (`int`): tokens the k-matrix bound (and `max_length`) still allows.
+
+        Returns:
+            `bool`; `False` with `own == 0` means the drafter is skipped at this level.
+        """
+        tokens, seconds = self.review_rate(drafter + 1)
+        pays = extension_pays(
+            self.acceptance.rate((level, drafter)),
+            self.survival(level, owners),
+            tokens,
+            seconds,
+            lambda n: self.seconds(level, n),
+            len(owners),
+            self.throughput(level),
+            math.ceil(room / max(tokens, 1.0)),
+        )
+        if own:
+            return pays
+        key = (level, drafter)
+        skips = 0 if pays else self._skips.get(key, 0) + 1
+        if skips >= PROBE_EVERY:
+            skips, pays = 0, True
+        self._skips[key] = skips
+        return pays
