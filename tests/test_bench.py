@@ -296,19 +296,24 @@ def test_run_benchmark_interleaves_and_checks(tiny_pair):
     assert 0 <= by[("all", "cascade")].outside_forward_fraction < 1
 
 
-def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
+def _corrupt_cascade(monkeypatch, row: int, column: int) -> None:
+    """Make hf_cascade's generate change one token of its output, which the benchmark's exactness check must catch."""
     import hf_cascade.generation as generation
 
-    target, drafter, tokenizer, *_ = tiny_pair
     original = generation.generate
 
     @functools.wraps(original)  # generate() reads the callable's signature to route its extra kwargs
     def corrupted(*args, **kwargs):
         out = original(*args, **kwargs)
-        out.sequences[0, -2] = (out.sequences[0, -2] + 1) % len(WORDS)
+        out.sequences[row, column] = (out.sequences[row, column] + 1) % len(WORDS)
         return out
 
     monkeypatch.setattr(generation, "generate", corrupted)
+
+
+def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
+    target, drafter, tokenizer, *_ = tiny_pair
+    _corrupt_cascade(monkeypatch, 0, -2)
     result = run_benchmark(
         target,
         _encoded(tokenizer)[:1],
@@ -427,18 +432,8 @@ def test_run_benchmark_in_batches(tiny_pair):
 
 
 def test_a_batch_row_that_differs_from_greedy_is_named(tiny_pair, monkeypatch):
-    import hf_cascade.generation as generation
-
     target, _, tokenizer, *_ = tiny_pair
-    original = generation.generate
-
-    @functools.wraps(original)
-    def corrupted(*args, **kwargs):
-        out = original(*args, **kwargs)
-        out.sequences[1, -1] = (out.sequences[1, -1] + 1) % len(WORDS)
-        return out
-
-    monkeypatch.setattr(generation, "generate", corrupted)
+    _corrupt_cascade(monkeypatch, 1, -1)
     encoded = [(Prompt(p.id, "copy", p.text), inputs) for p, inputs in _encoded(tokenizer)[:2]]
     result = run_benchmark(
         target,
@@ -747,18 +742,8 @@ def test_every_turn_of_a_conversation_is_benchmarked_with_its_history(tiny_pair)
 
 
 def test_every_turn_is_checked_against_greedy(tiny_pair, monkeypatch):
-    import hf_cascade.generation as generation
-
     target, _, tokenizer, *_ = tiny_pair
-    original = generation.generate
-
-    @functools.wraps(original)
-    def corrupted(*args, **kwargs):
-        out = original(*args, **kwargs)
-        out.sequences[0, -1] = (out.sequences[0, -1] + 1) % len(WORDS)
-        return out
-
-    monkeypatch.setattr(generation, "generate", corrupted)
+    _corrupt_cascade(monkeypatch, 0, -1)
     seen = []
     result = _conversation_benchmark(
         tokenizer, target, [Method("greedy", "greedy"), Method("cascade", "cascade")], seen
