@@ -566,6 +566,7 @@ def test_cli_bench_batch_size(tiny_pair, prompt_file, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "- batch size 2: each category's prompts in batches of 2" in report
     assert "| throughput (tok/s over the batch) |" in report
+    assert "medians; 3 prompts;" in report  # prompts, not batches
     for where in (report, stdout, err):
         assert "prompt-lookup: not run: cannot batch (transformers' prompt lookup refuses batches" in where
         assert "assisted:d: not run: cannot batch (transformers' assisted generation refuses batches" in where

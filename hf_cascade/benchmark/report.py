@@ -420,7 +420,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         + (", ".join(f"`{k}` = `{v}`" for k, v in s.get("drafters", {}).items()) or "none"),
         f"- {s.get('dtype')} on {s.get('device')}{_packing(s)}, greedy, up to {s.get('max_new_tokens')} new tokens, "
         f"chat template {'on' if s.get('chat_template', True) else 'off'}; {s.get('repeats')} interleaved timed "
-        f"repeat(s) per prompt after a warm-up, medians; {len(result.prompts)} prompts; "
+        f"repeat(s) per prompt after a warm-up, medians; {sum(p.prompt_count for p in result.prompts)} prompts; "
         f"benchmark wall time {_duration(result.wall_time_s)}",
         *(
             [f"- warm start: the methods that remember started from the Max-Gram memory `{s['memory']}`"]
