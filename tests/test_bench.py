@@ -297,19 +297,24 @@ def test_run_benchmark_interleaves_and_checks(tiny_pair):
     assert 0 <= by[("all", "cascade")].outside_forward_fraction < 1
 
 
-def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
+def _corrupt_cascade(monkeypatch, row: int, column: int) -> None:
+    """Make hf_cascade's generate change one token of its output, which the benchmark's exactness check must catch."""
     import hf_cascade.generation as generation
 
-    target, drafter, tokenizer, *_ = tiny_pair
     original = generation.generate
 
     @functools.wraps(original)  # generate() reads the callable's signature to route its extra kwargs
     def corrupted(*args, **kwargs):
         out = original(*args, **kwargs)
-        out.sequences[0, -2] = (out.sequences[0, -2] + 1) % len(WORDS)
+        out.sequences[row, column] = (out.sequences[row, column] + 1) % len(WORDS)
         return out
 
     monkeypatch.setattr(generation, "generate", corrupted)
+
+
+def test_run_benchmark_reports_a_mismatch(tiny_pair, monkeypatch):
+    target, drafter, tokenizer, *_ = tiny_pair
+    _corrupt_cascade(monkeypatch, 0, -2)
     result = run_benchmark(
         target,
         _encoded(tokenizer)[:1],
@@ -359,6 +364,90 @@ def test_run_benchmark_errors(tiny_pair, methods, drafters, match):
     target, _, tokenizer, *_ = tiny_pair
     with pytest.raises(ValueError, match=match):
         run_benchmark(target, _encoded(tokenizer), methods, drafters, {})
+
+
+@pytest.mark.parametrize(
+    "batch_size, kwargs, match",
+    [
+        (0, {"pad_token_id": 0}, r"batch_size must be an integer >= 1, got 0; 1 runs one prompt per call"),
+        (2, {}, r"batch_size=2 needs generation_kwargs\['pad_token_id'\] to left-pad the prompts with"),
+    ],
+)
+def test_run_benchmark_batch_size_errors(tiny_pair, batch_size, kwargs, match):
+    target, _, tokenizer, *_ = tiny_pair
+    with pytest.raises(CascadeValueError, match=match):
+        run_benchmark(target, _encoded(tokenizer), METHODS[:1], {}, kwargs, batch_size=batch_size)
+
+
+def test_run_benchmark_in_batches(tiny_pair):
+    """Batch size 3 over 4 prompts of one category: a batch of 3, then the last batch of 1; every row checked."""
+    target, drafter, tokenizer, *_ = tiny_pair
+    encoded = [(Prompt(p.id, "copy", p.text), inputs) for p, inputs in _encoded(tokenizer)]
+    encoded.append(
+        (
+            Prompt("p3", "copy", "w5 w6 w5 w6 w5 w6 w5 w6 w5 w6 w5"),
+            tokenizer("w5 w6 w5 w6 w5 w6 w5 w6 w5 w6 w5", return_tensors="pt"),
+        )
+    )
+    encoded[-1] = (encoded[-1][0], {k: v for k, v in encoded[-1][1].items() if k != "token_type_ids"})
+    methods = [*METHODS, Method("cascade+memory", "cascade", memory=True)]
+    generation_kwargs = dict(max_new_tokens=10, do_sample=False, pad_token_id=0)
+    result = run_benchmark(
+        target,
+        encoded,
+        methods,
+        {"d": drafter},
+        generation_kwargs,
+        repeats=1,
+        warmup_tokens=2,
+        measure_costs=False,
+        batch_size=3,
+    )
+    assert result.not_run == {
+        "lookup": "transformers' prompt lookup refuses batches of more than one prompt",
+        "assisted": "transformers' assisted generation refuses batches of more than one prompt",
+    }
+    assert [m.label for m in result.methods] == ["greedy", "cascade", "cascade:d", "cascade+memory"]
+    assert result.mismatches == []
+    assert [p.id for p in result.prompts] == ["p0+p1+p2", "p3"]
+    first = result.prompts[0]
+    widest = max(inputs["input_ids"].shape[1] for _, inputs in encoded[:3])
+    assert first.prompt_tokens == widest and first.prompt_count == 3
+    # Each greedy row is plain greedy on that prompt alone (fp32 tiny model: padding changes no argmax here).
+    for (prompt, inputs), row in zip(encoded[:3], first.runs["greedy"][0].rows, strict=True):
+        alone = target.generate(**inputs, **generation_kwargs)[0, inputs["input_ids"].shape[1] :].tolist()
+        assert row == alone, prompt.id
+    for label in ("greedy", "cascade", "cascade:d", "cascade+memory"):
+        run = first.runs[label][0]
+        assert len(run.rows) == 3 and run.new_tokens == sum(map(len, run.rows)) == len(run.ids)
+    assert first.runs["cascade:d"][0].forward_passes["d"] > 0  # one batched drafter forward serves every row
+    assert result.prompts[1].runs["cascade"][0].rows == []  # a batch of one prompt is a plain run
+    rows = summarize(result)
+    assert [(r.method, r.prompts) for r in rows] == [(m.label, 4) for m in result.methods]
+    data = to_json_dict(result)
+    assert data["not_run"] == result.not_run and data["prompts"][0]["batch"] == ["p0", "p1", "p2"]
+    assert (
+        len(data["prompts"][0]["runs"]["greedy"][0]["rows"]) == 3
+        and "rows" not in data["prompts"][1]["runs"]["greedy"][0]
+    )
+
+
+def test_a_batch_row_that_differs_from_greedy_is_named(tiny_pair, monkeypatch):
+    target, _, tokenizer, *_ = tiny_pair
+    _corrupt_cascade(monkeypatch, 1, -1)
+    encoded = [(Prompt(p.id, "copy", p.text), inputs) for p, inputs in _encoded(tokenizer)[:2]]
+    result = run_benchmark(
+        target,
+        encoded,
+        METHODS[:1] + METHODS[3:4],
+        {},
+        dict(max_new_tokens=6, do_sample=False, pad_token_id=0),
+        repeats=1,
+        warmup_tokens=0,
+        measure_costs=False,
+        batch_size=2,
+    )
+    assert result.mismatches == [Mismatch("p1", "cascade", "cascade", 5, 1)]
 
 
 def test_swi_and_speedup_arithmetic():
@@ -475,6 +564,35 @@ def test_cli_bench_writes_reports(tiny_pair, prompt_file, tmp_path, capsys):
     assert [SummaryRow.from_dict(r, "x").to_dict() for r in data["summary"]] == data["summary"]
 
 
+def test_cli_bench_batch_size(tiny_pair, prompt_file, tmp_path, capsys):
+    *_, target_dir, drafter_dir = tiny_pair
+    out = tmp_path / "out"
+    argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]
+    argv += ["--max-new-tokens", "8", "--repeats", "1", "--out", str(out), "--no-progress", "--no-plot"]
+    status, stdout, err = run_cli([*argv, "--batch-size", "2"], capsys)
+    assert status == 0, err
+    data = json.loads((out / "results.json").read_text())
+    assert data["settings"]["batch_size"] == 2 and data["mismatches"] == []
+    assert [m["label"] for m in data["methods"]] == ["greedy", "cascade", "cascade:d"]
+    assert [p["id"] for p in data["prompts"]] == ["p0+p1", "p2"]  # per category, in order
+    assert all(r["identical"] for r in data["summary"])
+    report = (out / "report.md").read_text()
+    assert "- batch size 2: each category's prompts in batches of 2" in report
+    assert "| throughput (tok/s over the batch) |" in report
+    assert "medians; 3 prompts;" in report  # prompts, not batches
+    for where in (report, stdout, err):
+        assert "prompt-lookup: not run: cannot batch (transformers' prompt lookup refuses batches" in where
+        assert "assisted:d: not run: cannot batch (transformers' assisted generation refuses batches" in where
+    assert "2 batches of up to 2 x 3 methods x 1 repeats = 6 timed runs" in err
+    # Batch size 1 is today's benchmark: no batch size recorded, no not-run list.
+    status, _, err = run_cli(argv, capsys)
+    assert status == 0, err
+    data = json.loads((out / "results.json").read_text())
+    assert "batch_size" not in data["settings"] and "not_run" not in data
+    assert "rows" not in data["prompts"][0]["runs"]["greedy"][0]
+    assert "not run" not in (out / "report.md").read_text() and "| tok/s |" in (out / "report.md").read_text()
+
+
 def test_cli_bench_methods_and_builtin(tiny_pair, tmp_path, capsys):
     *_, target_dir, drafter_dir = tiny_pair
     argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--builtin", "math"]
@@ -506,6 +624,7 @@ def test_cli_bench_methods_and_builtin(tiny_pair, tmp_path, capsys):
         (["--builtin", "poems"], r"--builtin: unknown set\(s\) \['poems'\]"),
         (["--prompts", "/nope.jsonl"], r"prompts: .*No such file"),
         (["--repeats", "0"], r"argument --repeats: expected a positive integer"),
+        (["--batch-size", "0"], r"argument --batch-size: expected a positive integer"),
     ],
 )
 def test_cli_bench_errors(tiny_pair, extra, match, capsys):
@@ -637,18 +756,8 @@ def test_every_turn_of_a_conversation_is_benchmarked_with_its_history(tiny_pair)
 
 
 def test_every_turn_is_checked_against_greedy(tiny_pair, monkeypatch):
-    import hf_cascade.generation as generation
-
     target, _, tokenizer, *_ = tiny_pair
-    original = generation.generate
-
-    @functools.wraps(original)
-    def corrupted(*args, **kwargs):
-        out = original(*args, **kwargs)
-        out.sequences[0, -1] = (out.sequences[0, -1] + 1) % len(WORDS)
-        return out
-
-    monkeypatch.setattr(generation, "generate", corrupted)
+    _corrupt_cascade(monkeypatch, 0, -1)
     seen = []
     result = _conversation_benchmark(
         tokenizer, target, [Method("greedy", "greedy"), Method("cascade", "cascade")], seen

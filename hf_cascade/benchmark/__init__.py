@@ -9,7 +9,17 @@ from .machine import busy_warning, describe_machine, machine_info
 from .methods import Method, Run, parse_method, run_method
 from .prompts import BUILTIN_SETS, DATASETS, REPEATING_SETS, Prompt, load_builtin, load_dataset_file, load_jsonl, sample
 from .report import SummaryRow, fmt, summarize, to_json_dict, to_markdown, write_plot, write_reports
-from .runner import BenchmarkResult, ChatTurns, Mismatch, ModelCost, PromptResult, measure_cost, run_benchmark
+from .runner import (
+    BenchmarkResult,
+    ChatTurns,
+    Mismatch,
+    ModelCost,
+    PromptResult,
+    batch_groups,
+    cannot_batch,
+    measure_cost,
+    run_benchmark,
+)
 
 __all__ = [
     "BUILTIN_SETS",
@@ -24,7 +34,9 @@ __all__ = [
     "PromptResult",
     "Run",
     "SummaryRow",
+    "batch_groups",
     "busy_warning",
+    "cannot_batch",
     "describe_machine",
     "fmt",
     "load_builtin",

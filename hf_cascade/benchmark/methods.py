@@ -203,6 +203,9 @@ class Run:
         forward_seconds (`dict[str, float]`): model name -> wall time inside its forward passes.
         levels (`list[dict]`): for cascade methods, `CascadeStats.to_dict()["levels"]` (per-level drafted, accepted,
             forward passes and time); empty otherwise.
+        rows (`list[list[int]]`): for a batch of prompts, each row's new tokens up to and including its first EOS
+            (padding excluded, as `CascadeStats` counts them); `ids` is then their concatenation and `new_tokens`
+            their total. Empty for one prompt.
     """
 
     seconds: float
@@ -211,6 +214,7 @@ class Run:
     forward_passes: dict[str, int] = field(default_factory=dict)
     forward_seconds: dict[str, float] = field(default_factory=dict)
     levels: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[list[int]] = field(default_factory=list)
 
     @property
     def outside_forward_seconds(self) -> float:
@@ -291,7 +295,8 @@ def run_method(
         method (`Method`): what to run.
         target (`PreTrainedModel`): the target model.
         drafters (`dict[str, PreTrainedModel]`): registered drafter models by name.
-        inputs (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of shape `(1, prompt_length)`.
+        inputs (`dict[str, torch.Tensor]`): `input_ids` and `attention_mask` of shape `(batch_size, prompt_length)`,
+            left-padded when `batch_size > 1` (only greedy and cascade methods batch).
         generation_kwargs (`dict`): shared `generate` arguments (`max_new_tokens`, `do_sample=False`, `pad_token_id`).
         state (`MethodState`, *optional*): for methods with `Method.needs_state`: what the
             earlier prompts left; a fresh state when not given.
@@ -332,6 +337,18 @@ def run_method(
     if state is not None:
         state.end_run(suffix_generator)
     sequences = out.sequences if method.kind == "cascade" else out
-    ids = sequences[0, inputs["input_ids"].shape[1] :].tolist()
     levels = out.cascade_stats.to_dict()["levels"] if method.kind == "cascade" else []
-    return Run(seconds, len(ids), ids, dict(timer.passes), dict(timer.seconds), levels)
+    new = sequences[:, inputs["input_ids"].shape[1] :].tolist()
+    if len(new) == 1:
+        return Run(seconds, len(new[0]), new[0], dict(timer.passes), dict(timer.seconds), levels)
+    eos = kwargs.get("eos_token_id", target.generation_config.eos_token_id)
+    eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    rows = [_up_to_eos(row, eos) for row in new]
+    ids = [t for row in rows for t in row]
+    return Run(seconds, len(ids), ids, dict(timer.passes), dict(timer.seconds), levels, rows)
+
+
+def _up_to_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """`tokens` up to and including the first EOS (a batch row's new tokens without the padding after its end)."""
+    end = next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+    return tokens[:end]

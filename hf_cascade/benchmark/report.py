@@ -34,6 +34,7 @@ __all__ = [
     "cost_table",
     "fmt",
     "memory_label",
+    "not_run_text",
     "summarize",
     "summary_table",
     "to_json_dict",
@@ -277,7 +278,7 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
     return SummaryRow(
         method=label,
         category=category,
-        prompts=len(prompts),
+        prompts=sum(p.prompt_count for p in prompts),
         new_tokens=int(tokens),
         seconds=seconds,
         tokens_per_s=tokens / seconds if seconds else None,
@@ -340,13 +341,30 @@ def to_json_dict(result: BenchmarkResult) -> dict[str, Any]:
                 "turn": p.turn,
                 "category": p.prompt.category,
                 "prompt_tokens": p.prompt_tokens,
-                "runs": {label: [asdict(r) for r in runs] for label, runs in p.runs.items()},
+                "runs": {label: [_run_dict(r) for r in runs] for label, runs in p.runs.items()},
+                **({"batch": [q.id for q in p.batch]} if p.batch else {}),
             }
             for p in result.prompts
         ],
         "summary": [row.to_dict() for row in summarize(result)],
         "mismatches": [str(m) for m in result.mismatches],
+        **({"not_run": result.not_run} if result.not_run else {}),
     }
+
+
+def _run_dict(run: Any) -> dict[str, Any]:
+    """A run as `results.json` records it (`rows` only for a batch, so one-prompt files keep their keys)."""
+    d = asdict(run)
+    if not d["rows"]:
+        del d["rows"]
+    return d
+
+
+def _batch_size(result: BenchmarkResult) -> int:
+    return result.settings.get("batch_size", 1)
+
+
+THROUGHPUT = "throughput (tok/s over the batch)"
 
 
 def _duration(seconds: float) -> str:
@@ -357,10 +375,11 @@ def _packing(settings: dict) -> str:
     return " (linear layers packed for oneDNN, all methods)" if settings.get("onednn_linear") else ""
 
 
-def summary_table(rows: list[SummaryRow]) -> list[str]:
-    """The Markdown table of `summarize` rows (category, method, tok/s, speedup, forwards, SWI, identical), as lines."""
+def summary_table(rows: list[SummaryRow], rate: str = "tok/s") -> list[str]:
+    """The Markdown table of `summarize` rows (category, method, tok/s, speedup, forwards, SWI, identical), as lines;
+    `rate` heads the tok/s column (`THROUGHPUT` for batches)."""
     lines = [
-        "| category | method | prompts | tok/s | speedup (geomean) | target fwd | tok/target fwd | SWI params "
+        f"| category | method | prompts | {rate} | speedup (geomean) | target fwd | tok/target fwd | SWI params "
         "| SWI latency | outside fwd | identical |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -410,21 +429,34 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         + (", ".join(f"`{k}` = `{v}`" for k, v in s.get("drafters", {}).items()) or "none"),
         f"- {s.get('dtype')} on {s.get('device')}{_packing(s)}, greedy, up to {s.get('max_new_tokens')} new tokens, "
         f"chat template {'on' if s.get('chat_template', True) else 'off'}; {s.get('repeats')} interleaved timed "
-        f"repeat(s) per prompt after a warm-up, medians; {len(result.prompts)} prompts; "
+        f"repeat(s) per prompt after a warm-up, medians; {sum(p.prompt_count for p in result.prompts)} prompts; "
         f"benchmark wall time {_duration(result.wall_time_s)}",
         *(
             [f"- warm start: the methods that remember started from the Max-Gram memory `{s['memory']}`"]
             if s.get("memory")
             else []
         ),
+        *(
+            [
+                f"- batch size {_batch_size(result)}: each category's prompts in batches of {_batch_size(result)} "
+                "(in order, the last one smaller), left-padded, one `generate` call per batch and method; "
+                f"{THROUGHPUT} = new tokens of all rows (each up to and including its EOS) / the batch's wall time; "
+                "speedup = throughput over plain batched greedy's; every row checked against greedy's row"
+            ]
+            if _batch_size(result) > 1
+            else []
+        ),
         "",
     ]
+    if result.not_run:
+        lines += ["## Not run", "", *[f"- {name}: {not_run_text(why)}" for name, why in result.not_run.items()], ""]
     if result.mismatches:
         lines += ["## OUTPUT MISMATCHES", "", *[f"- {m}" for m in result.mismatches], ""]
     else:
         lines += ["Every run of every method produced exactly greedy's tokens.", ""]
     rows = summarize(result)
-    lines += ["## Summary", "", *summary_table(rows)]
+    rate = THROUGHPUT if _batch_size(result) > 1 else "tok/s"
+    lines += ["## Summary", "", *summary_table(rows, rate)]
     lines += [
         "",
         "## Where the time goes (all prompts)",
@@ -472,6 +504,11 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         )
     lines += ["", "Definitions: see `hf_cascade/benchmark/report.py` and docs/benchmarks.md.", ""]
     return "\n".join(lines)
+
+
+def not_run_text(reason: str) -> str:
+    """How reports and stdout say that a method or prompt was left out of a batched benchmark."""
+    return f"not run: cannot batch ({reason})"
 
 
 def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> None:

@@ -27,6 +27,9 @@ __all__ = [
     "Mismatch",
     "ModelCost",
     "PromptResult",
+    "batch_groups",
+    "batch_inputs",
+    "cannot_batch",
     "first_difference",
     "measure_cost",
     "run_benchmark",
@@ -87,17 +90,28 @@ class PromptResult:
         prompt_tokens (`int`): its length in tokens (after the chat template; for a later turn, with the history).
         runs (`dict[str, list[Run]]`): method label -> timed runs, in order.
         turn (`int`, *optional*): which user turn (1-based) of a multi-turn prompt; `None` for a single-turn one.
+        batch (`list[Prompt]`): with `run_benchmark(batch_size=B > 1)`, the prompts generated together in one call
+            (`prompt` is the first; `prompt_tokens` the padded width); empty for one prompt per call.
     """
 
     prompt: Prompt
     prompt_tokens: int
     runs: dict[str, list[Run]] = field(default_factory=dict)
     turn: int | None = None
+    batch: list[Prompt] = field(default_factory=list)
 
     @property
     def id(self) -> str:
-        """The prompt's id, with `/turnN` for a turn of a multi-turn prompt (how reports name the row)."""
+        """The prompt's id, with `/turnN` for a turn of a multi-turn prompt, or the batch's ids joined by `+` (how
+        reports name the row)."""
+        if self.batch:
+            return "+".join(p.id for p in self.batch)
         return self.prompt.id if self.turn is None else f"{self.prompt.id}/turn{self.turn}"
+
+    @property
+    def prompt_count(self) -> int:
+        """How many prompts the row covers (the batch's size, else 1)."""
+        return len(self.batch) or 1
 
     def median_run(self, label: str) -> Run:
         """The run of `label` with the median wall time (the lower middle one for an even count), so that its
@@ -118,6 +132,8 @@ class BenchmarkResult:
         machine (`dict`): `machine_info()` of the machine it ran on.
         mismatches (`list[Mismatch]`): every run whose tokens differ from greedy's (an error, not a footnote).
         wall_time_s (`float`): total time of the benchmark, warm-up and cost measurement included.
+        not_run (`dict[str, str]`): with batches, what was left out and why (`cannot_batch`): method label or
+            `prompt ID` -> reason; empty for one prompt per call.
     """
 
     methods: list[Method]
@@ -127,6 +143,7 @@ class BenchmarkResult:
     machine: dict[str, Any]
     mismatches: list[Mismatch] = field(default_factory=list)
     wall_time_s: float = 0.0
+    not_run: dict[str, str] = field(default_factory=dict)
 
 
 def first_difference(a: list[int], b: list[int]) -> int:
@@ -195,6 +212,58 @@ class ChatTurns:
     decode: Callable[[list[int]], str]
 
 
+_CANNOT_BATCH = {
+    "prompt-lookup": "transformers' prompt lookup refuses batches of more than one prompt",
+    "assisted": "transformers' assisted generation refuses batches of more than one prompt",
+    "suffix": "SuffixDecoding (arctic_inference's suffix tree per request) is run one prompt at a time here",
+}
+_MULTI_TURN = "a later turn is built from each method's own earlier answer, so the methods' inputs differ"
+
+
+def cannot_batch(methods: list[Method], prompts: list[Prompt], batch_size: int) -> dict[str, str]:
+    """What a benchmark with `batch_size` leaves out, and why: method label or `prompt ID` -> reason.
+
+    Nothing for `batch_size == 1`. Otherwise transformers' prompt lookup and assisted generation (both refuse
+    batch > 1), `suffix` (batch 1 only here) and multi-turn prompts (each method's later turn holds its own answers,
+    so the methods would not generate the same batch). `cascade+memory` batches: the memory serves every row of a
+    batch and learns each row's answer after the batch.
+    """
+    if batch_size == 1:
+        return {}
+    out = {m.label: _CANNOT_BATCH[m.kind] for m in methods if m.kind in _CANNOT_BATCH}
+    out.update({f"prompt {p.id}": _MULTI_TURN for p in prompts if p.followups})
+    return out
+
+
+def batch_inputs(rows: list[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One-row inputs left-padded into one batch, as a tokenizer with `padding_side="left"` pads them.
+
+    Args:
+        rows (`list[dict]`): `input_ids` and `attention_mask` of shape `(1, n_i)` each (unpadded).
+        pad_token_id (`int`): the id padding positions hold (masked out).
+
+    Returns:
+        `dict` with `input_ids` and `attention_mask` of shape `(len(rows), max n_i)`.
+    """
+    width = max(r["input_ids"].shape[1] for r in rows)
+    ids, masks = [], []
+    for r in rows:
+        pad = width - r["input_ids"].shape[1]
+        ids.append(torch.nn.functional.pad(r["input_ids"], (pad, 0), value=pad_token_id))
+        mask = r.get("attention_mask", torch.ones_like(r["input_ids"]))
+        masks.append(torch.nn.functional.pad(mask, (pad, 0), value=0))
+    return {"input_ids": torch.cat(ids), "attention_mask": torch.cat(masks)}
+
+
+def batch_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
+    """Indices of `prompts` in batches: each category's prompts in order, `batch_size` at a time (a category's last
+    batch may be smaller), categories in order of first appearance."""
+    by_category: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_category.setdefault(prompt.category, []).append(i)
+    return [items[i : i + batch_size] for items in by_category.values() for i in range(0, len(items), batch_size)]
+
+
 def run_benchmark(
     target: torch.nn.Module,
     encoded: list[tuple[Prompt, dict[str, torch.Tensor]]],
@@ -211,6 +280,7 @@ def run_benchmark(
     status: Callable[[str], Any] | None = None,
     chat_turns: ChatTurns | None = None,
     memory: MaxGramMemory | None = None,
+    batch_size: int = 1,
 ) -> BenchmarkResult:
     """Benchmark `methods` on `encoded` prompts.
 
@@ -237,6 +307,11 @@ def run_benchmark(
         memory (`MaxGramMemory`, *optional*): a warm start: every `cascade+memory` method starts from a copy of it,
             and `suffix` (with its global tree) starts with its documents as earlier responses (`MethodState`).
             Never changed here.
+        batch_size (`int`): prompts per `generate` call. Above 1, each category's prompts are generated in batches
+            of this size in order (left-padded with `generation_kwargs["pad_token_id"]`; one `PromptResult` per
+            batch, whose runs count the new tokens of all rows, each up to and including its EOS), every row is
+            checked against greedy's batched row, and the methods and prompts `cannot_batch` names are left out
+            (`BenchmarkResult.not_run`).
 
     Returns:
         `BenchmarkResult`
@@ -253,6 +328,17 @@ def run_benchmark(
         )
     if repeats < 1:
         raise CascadeValueError(f"repeats must be >= 1, got {repeats}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CascadeValueError(f"batch_size must be an integer >= 1, got {batch_size!r}; 1 runs one prompt per call")
+    not_run = cannot_batch(methods, [p for p, _ in encoded], batch_size)
+    if batch_size > 1:
+        if generation_kwargs.get("pad_token_id") is None:
+            raise CascadeValueError(
+                f"batch_size={batch_size} needs generation_kwargs['pad_token_id'] to left-pad the prompts with"
+            )
+        methods = [m for m in methods if m.label not in not_run]
+        labels = [m.label for m in methods]
+        encoded = [(p, e) for p, e in encoded if f"prompt {p.id}" not in not_run]
     multi_turn = [prompt.id for prompt, _ in encoded if prompt.followups]
     if multi_turn and chat_turns is None:
         raise CascadeValueError(
@@ -272,18 +358,52 @@ def run_benchmark(
             say(f"measuring forward-pass cost {i}/{len(models)}: {name} ({', '.join(map(str, COST_KS))} tokens)")
             costs[name] = measure_cost(model, context)
 
+    batches = (
+        [[encoded[i] for i in g] for g in batch_groups([p for p, _ in encoded], batch_size)] if batch_size > 1 else []
+    )
+    pad = generation_kwargs.get("pad_token_id")
     if encoded and warmup_tokens > 0:  # first calls allocate memory and pick kernels
         warm = {**generation_kwargs, "max_new_tokens": warmup_tokens}
+        first = batch_inputs([e for _, e in batches[0]], pad) if batches else encoded[0][1]
+        where = "the first batch" if batches else "the first prompt"
         for i, method in enumerate(methods, 1):
-            say(f"warm-up {i}/{len(methods)}: {method.label} on the first prompt ({warmup_tokens} tokens, untimed)")
-            run_method(method, target, drafters, encoded[0][1], warm)  # a fresh state: remembers nothing after
+            say(f"warm-up {i}/{len(methods)}: {method.label} on {where} ({warmup_tokens} tokens, untimed)")
+            run_method(method, target, drafters, first, warm)  # a fresh state: remembers nothing after
 
     states = {m.label: MethodState(m, vocab_size, memory) for m in methods if m.needs_state}
     results = []
     mismatches = []
     if progress is not None:
         progress(0)
-    for prompt, first_inputs in encoded:
+    for batch in batches:
+        inputs = batch_inputs([e for _, e in batch], pad)
+        result = PromptResult(
+            batch[0][0], inputs["input_ids"].shape[1], {m.label: [] for m in methods}, batch=[p for p, _ in batch]
+        )
+        _timed_runs(
+            result,
+            methods,
+            target,
+            drafters,
+            dict.fromkeys(labels, inputs),
+            generation_kwargs,
+            states,
+            repeats,
+            progress,
+        )
+        reference = _row_ids(result.runs[labels[0]][0])
+        for state in states.values():  # the memory serves every row of a batch and learns after the batch
+            for answer in reference:
+                state.end_prompt(answer)
+        for method in methods:
+            for i, run in enumerate(result.runs[method.label]):
+                for (prompt, _), row, ref in zip(batch, _row_ids(run), reference, strict=True):
+                    if row != ref:
+                        mismatches.append(
+                            Mismatch(prompt.id, method.label, method.kind, first_difference(row, ref), i + 1)
+                        )
+        results.append(result)
+    for prompt, first_inputs in [] if batches else encoded:
         histories: dict[str, list[dict[str, str]]] = {label: [] for label in labels}  # each method's chat so far
         for turn, text in enumerate(prompt.turns):
             if turn == 0:
@@ -298,14 +418,7 @@ def run_benchmark(
                 {label: [] for label in labels},
                 turn + 1 if prompt.followups else None,
             )
-            for _ in range(repeats):
-                for method in methods:  # interleaved: A B C A B C
-                    run = run_method(
-                        method, target, drafters, inputs[method.label], generation_kwargs, states.get(method.label)
-                    )
-                    result.runs[method.label].append(run)
-                    if progress is not None:
-                        progress(1)
+            _timed_runs(result, methods, target, drafters, inputs, generation_kwargs, states, repeats, progress)
             reference = result.runs[labels[0]][0].ids
             for state in states.values():  # remembering methods learn each answer once, after all its runs
                 state.end_prompt(reference)
@@ -330,4 +443,33 @@ def run_benchmark(
         machine=dict(machine or {}),
         mismatches=mismatches,
         wall_time_s=time.perf_counter() - t_start,
+        not_run=not_run,
     )
+
+
+def _row_ids(run: Run) -> list[list[int]]:
+    """Each row's new tokens of a batched run (a last batch of one prompt is a plain run, which stops at EOS)."""
+    return run.rows or [run.ids]
+
+
+def _timed_runs(
+    result: PromptResult,
+    methods: list[Method],
+    target: torch.nn.Module,
+    drafters: dict[str, torch.nn.Module],
+    inputs: dict[str, dict[str, torch.Tensor]],
+    generation_kwargs: dict[str, Any],
+    states: dict[str, MethodState],
+    repeats: int,
+    progress: Callable[[int], Any] | None,
+) -> None:
+    """`repeats` timed runs of every method on one prompt or batch (`inputs`: per method label), interleaved
+    (A B C A B C), appended to `result.runs`."""
+    for _ in range(repeats):
+        for method in methods:
+            run = run_method(
+                method, target, drafters, inputs[method.label], generation_kwargs, states.get(method.label)
+            )
+            result.runs[method.label].append(run)
+            if progress is not None:
+                progress(1)

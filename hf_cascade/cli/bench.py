@@ -14,7 +14,9 @@ from typing import Any
 from ..benchmark import (
     ChatTurns,
     Method,
+    batch_groups,
     busy_warning,
+    cannot_batch,
     describe_machine,
     fmt,
     machine_info,
@@ -23,12 +25,13 @@ from ..benchmark import (
     summarize,
     write_reports,
 )
+from ..benchmark.report import THROUGHPUT, not_run_text
 from ..benchmark.suffix import suffix_available
 from ..checks import vocab_size
 from ..config import CONFIG_NAME, CascadeConfig
 from ..errors import CascadeError
 from ..memory import MaxGramMemory
-from ._args import add_loading_args, add_model_source_args
+from ._args import add_loading_args, add_model_source_args, positive_int
 from ._inputs import (
     add_drafter_arg,
     add_prompt_args,
@@ -85,6 +88,17 @@ def add_parser(sub: Any) -> None:
     run_group = p.add_argument_group("running")
     add_run_args(
         run_group, max_new_tokens=128, repeats=3, repeats_help="timed runs per method and prompt", warmup_tokens=16
+    )
+    run_group.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=1,
+        metavar="B",
+        help=(
+            "prompts per generate call (default: 1). Above 1, each category's prompts run in left-padded batches of B "
+            "and the report gives throughput (new tokens per second over the batch) against plain batched greedy; "
+            "prompt-lookup, assisted, suffix and multi-turn prompts cannot batch and are listed as not run"
+        ),
     )
     add_loading_args(
         run_group, dtype_help="parameter dtype (default: float32; exactness checks need float32, see docs/lossless.md)"
@@ -213,18 +227,33 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     pad = pad_token_id(target, tokenizer)
     if pad is not None:
         generation_kwargs["pad_token_id"] = pad
+    elif args.batch_size > 1:
+        parser.error(f"--batch-size {args.batch_size}: the model and tokenizer have no pad or EOS token to pad with")
     settings = {
         **run_settings(args, target_path, gguf, drafter_paths, chat),
         "tuned": args.tuned,
         "memory": args.memory,
+        # One prompt per call leaves results.json as it was; batches record their size.
+        **({"batch_size": args.batch_size} if args.batch_size > 1 else {}),
     }
-    turns = sum(len(p.turns) for p in prompts)
-    total = turns * len(methods) * args.repeats
-    log(
-        f"{len(prompts)} prompts ({turns} turns) x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
-        if turns > len(prompts)
-        else f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
-    )
+    not_run = cannot_batch(methods, prompts, args.batch_size)
+    for name, why in not_run.items():
+        log(f"{name}: {not_run_text(why)}")
+    if args.batch_size > 1:
+        methods_run = len([m for m in methods if m.label not in not_run])
+        batches = len(batch_groups([p for p in prompts if f"prompt {p.id}" not in not_run], args.batch_size))
+        total = batches * methods_run * args.repeats
+        log(
+            f"{batches} batches of up to {args.batch_size} x {methods_run} methods x {args.repeats} repeats = {total} timed runs"
+        )
+    else:
+        turns = sum(len(p.turns) for p in prompts)
+        total = turns * len(methods) * args.repeats
+        log(
+            f"{len(prompts)} prompts ({turns} turns) x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
+            if turns > len(prompts)
+            else f"{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats = {total} timed runs"
+        )
     bar = None
 
     def progress(n: int) -> None:
@@ -253,6 +282,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             status=log,
             chat_turns=chat_turns,
             memory=memory,
+            batch_size=args.batch_size,
         )
     finally:
         if bar is not None:
@@ -270,6 +300,10 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def _print_summary(result: Any) -> None:
+    if result.settings.get("batch_size", 1) > 1:
+        print(f"batch size {result.settings['batch_size']}: tok/s is {THROUGHPUT}, speedup over plain batched greedy")
+        for name, why in result.not_run.items():
+            print(f"{name}: {not_run_text(why)}")
     print(f"{'category':<14}{'method':<28}{'tok/s':>8}{'speedup':>9}{'tok/fwd':>9}{'outside':>9}  identical")
     for r in summarize(result):
         print(
