@@ -48,8 +48,8 @@ __all__ = [
 TIMING_CPU = "cpu-wall"  # host wall time (CPU, or a model accelerate offloads to CPU/disk: the host waits anyway)
 TIMING_CUDA = "cuda-events"  # CUDA events recorded around the forward, read after the review synchronised
 TIMING_PRIOR = "prior"  # not timed: configured relative costs, absolute scale from `forward_parameters`
-# The prior's nominal speed: a forward costs 2 FLOPs per parameter it multiplies and token at this rate. Only ratios between the
-# models of one call matter (all of them are then on the prior), so the value itself is arbitrary.
+# The prior's nominal speed: a forward costs 2 FLOPs per parameter it multiplies and token at this rate. Only ratios
+# between the models of one call matter (all of them are then on the prior), so the value itself is arbitrary.
 _PRIOR_FLOPS = 1e11
 
 # Bounds of the fitted costs: a draft token always costs something (a zero cost would make every draft "free"), and
@@ -158,7 +158,9 @@ def _skipped_modules(model: torch.nn.Module) -> set[int]:
     does the same): it holds all the target's parameters but runs only its first layers.
     """
     base = getattr(model, "base_model", model)
-    config = getattr(base, "config", None) or getattr(model, "config", None)
+    config = getattr(base, "config", None)
+    if config is None:
+        config = getattr(model, "config", None)
     run = getattr(config, "num_hidden_layers", None)
     for owner in (base, model):
         for name in ("layers", "h", "blocks"):

@@ -151,6 +151,9 @@ def test_an_untimed_drafter_is_tried_before_its_prior_can_skip_it():
     drafter.charge(1)
     ctl.record_review(1, started, 1)
     assert not ctl.untried(0) and not ctl.extend(0, 0, [], 0, 8)
+    # A drafter that never completes a review (non-finite logits) is forced twice at most, not every step.
+    broken = DraftController([target, ForwardCostModel(0.3, 0.05, prior_unit_s=0.9)], [False, False])
+    assert [broken.extend(0, 0, [], 0, 8) for _ in range(3)] == [True, True, False]
     # On the prior (sampling, measure_cost=False) nothing is measured, so nothing is tried: the prior decides.
     untimed = DraftController([curve(1.0, 0.3, 0.05), curve(0.9, 0.3, 0.05)], [False, False])
     assert not untimed.untried(0) and not untimed.extend(0, 0, [], 0, 8)
