@@ -290,7 +290,8 @@ class CascadeConfig(PushToHubMixin):
             first review does not pay. The k-matrix entries are upper bounds. Forwards are timed with host wall time
             on CPU (and for models accelerate offloads), CUDA events on a GPU; when sampling, with
             `MaxGramConfig.measure_cost=False` or on a device that cannot be timed, the configured costs and a prior
-            proportional to each model's parameter count apply, so a seeded sampled call stays reproducible.
+            proportional to the parameters each model's forward multiplies per token apply, so a seeded sampled call
+            stays reproducible. A timed drafter reviews at least once before it can be skipped.
             Output never changes. `False` drafts exactly the k-matrix entries (the fixed lengths of the paper).
     """
 

@@ -12,7 +12,8 @@ by model `r`. Drafter `c` adds tokens to level `r`'s draft (`r <= c`) one review
 built at level `c + 1` and keeps the accepted prefix plus one token of its own.
 
 - `S_m(n)`: seconds of a forward of model `m` over `n` tokens (`ForwardCostModel.seconds`: fitted to its timed
-  forwards, or the prior: the configured relative costs scaled by the parameter count). A timed model with no
+  forwards, or the prior: the configured relative costs scaled by the parameters the forward multiplies per token,
+  `cost.forward_parameters`, the same count for the target and every drafter). A timed model with no
   timing yet takes its prior times the measured-over-prior ratio of a model that has some, so that one clock never
   mixes measured seconds with the prior's nominal ones.
 - `a = a(r, c)`: the geometric acceptance rate of drafter `c`'s tokens by the reviewer of level `r`,
@@ -42,7 +43,10 @@ So drafts grow long where verification is flat in the number of tokens and the d
 where each token is expensive to verify. When the rule refuses drafter `c`'s first review at level `r`, drafter
 `c` is skipped there (`LevelStats.skipped`) and the next, smaller drafter of the row (Max-Gram last) drafts for the
 level with the remaining budget; every `PROBE_EVERY`-th consecutive skip is overruled once, so a drafter whose
-acceptance was unlucky early gets measured again.
+acceptance was unlucky early gets measured again. A drafter whose forwards are timed is never skipped before it has
+reviewed once and has a timed forward (`DraftController.untried`, two forced reviews at most): until then its cost is
+a prior (proportional to the parameters its forward multiplies, `cost.forward_parameters`), and a call must not drop
+a drafter the prior misjudges (a layer-skip drafter, a drafter on a faster device) without measuring it.
 
 Exactness: the decisions depend on the tokens drafted and reviewed so far, never on the tokens still to come, so
 each draft length is a stopping time of the draft and the target's review stays exact, greedy or sampling. When
@@ -74,6 +78,10 @@ ACCEPTANCE_PRIOR = 0.8
 PRIOR_STRENGTH = 4.0
 # Every PROBE_EVERY-th consecutive skip of a drafter at a level is overruled once, to measure it again.
 PROBE_EVERY = 16
+# Reviews forced on a timed drafter its prior would skip, until one gave a timed forward: two cover a first forward too
+# long to be kept (a prefill); the cap keeps a drafter that never completes a review (non-finite logits) from running
+# every step.
+_MAX_TRIES = 2
 
 
 def expected_accepted(alpha: float, tokens: float) -> float:
@@ -134,6 +142,7 @@ class DraftController:
         self._prior_draft = [1.0 if below else 0.0 for below in has_drafts_below]
         self._reviews = [[0, 0.0, 0.0] for _ in self.costs]  # per model: reviews, seconds, tokens kept
         self._skips: dict[tuple[int, int], int] = {}
+        self._tries: dict[int, int] = {}  # per drafter: reviews forced by `untried`
 
     def seconds(self, model: int, num_tokens: float) -> float:
         """`S_m(n)`: seconds of a forward of `model` over `num_tokens` tokens (see the module docstring)."""
@@ -175,6 +184,15 @@ class DraftController:
         plain = 1.0 / self.seconds(model, 1)
         return max(tokens / seconds, plain) if count and seconds > 0 else plain
 
+    def untried(self, drafter: int) -> bool:
+        """Whether `drafter`'s forwards are timed (`ForwardCostModel.measured`) but it has not reviewed yet, or none
+        of its forwards was timed yet (a prefill longer than a review is not kept): its cost is still the prior's.
+        `False` after `_MAX_TRIES` forced reviews."""
+        cost = self.costs[drafter + 1]
+        if not cost.measured or self._tries.get(drafter, 0) >= _MAX_TRIES:
+            return False
+        return not self._reviews[drafter + 1][0] or not cost.has_timings
+
     def survival(self, level: int, owners: Sequence[int]) -> float:
         """Probability that a draft at `level` by `owners` (one per token) is accepted whole."""
         return math.prod(self.acceptance.rate((level, owner)) for owner in owners)
@@ -205,6 +223,9 @@ class DraftController:
         )
         if own:
             return pays
+        if not pays and self.untried(drafter):
+            self._tries[drafter] = self._tries.get(drafter, 0) + 1
+            return True  # measure it first: its cost so far is a prior, and a prior alone must not skip it
         key = (level, drafter)
         skips = 0 if pays else self._skips.get(key, 0) + 1
         if skips >= PROBE_EVERY:

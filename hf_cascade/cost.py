@@ -14,12 +14,14 @@ drafter's forward against its reviewer's: `ForwardCostModel.absolute()` is the c
 `seconds(n) = base_s + token_s * (n - 1)` for `n >= 2`, fitted to the same timings. How forwards are timed depends on
 where the model runs (`timing_kind`): host wall time on CPU and for models accelerate offloads to CPU or disk, CUDA
 events on a GPU (read only once the review that follows the forward has synchronised), and not at all elsewhere or
-when sampling (`"prior"`): then the configured relative costs and a prior proportional to the parameter count apply.
+when sampling (`"prior"`): then the configured relative costs and a prior proportional to the parameters a forward
+multiplies per token (`forward_parameters`) apply.
 """
 
 from __future__ import annotations
 
 import statistics
+import warnings
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from .config import MaxGramConfig
+from .cpu import OneDNNLinear
 
 __all__ = [
     "TIMING_CPU",
@@ -37,15 +40,16 @@ __all__ = [
     "fit_draft_costs",
     "fit_seconds",
     "forward_cost_model",
+    "forward_parameters",
     "prior_unit_seconds",
     "timing_kind",
 ]
 
 TIMING_CPU = "cpu-wall"  # host wall time (CPU, or a model accelerate offloads to CPU/disk: the host waits anyway)
 TIMING_CUDA = "cuda-events"  # CUDA events recorded around the forward, read after the review synchronised
-TIMING_PRIOR = "prior"  # not timed: configured relative costs, absolute scale from the parameter count
-# The prior's nominal speed: a forward costs 2 FLOPs per parameter and token at this rate. Only ratios between the
-# models of one call matter (all of them are then on the prior), so the value itself is arbitrary.
+TIMING_PRIOR = "prior"  # not timed: configured relative costs, absolute scale from `forward_parameters`
+# The prior's nominal speed: a forward costs 2 FLOPs per parameter it multiplies and token at this rate. Only ratios
+# between the models of one call matter (all of them are then on the prior), so the value itself is arbitrary.
 _PRIOR_FLOPS = 1e11
 
 # Bounds of the fitted costs: a draft token always costs something (a zero cost would make every draft "free"), and
@@ -145,12 +149,76 @@ def fit_seconds(
     return unit, unit * (1 + draft_cost), unit * token_cost
 
 
+def _skipped_modules(model: torch.nn.Module) -> set[int]:
+    """Ids of the modules of the decoder layers the forward does not run, `layers[config.num_hidden_layers:]` of the
+    base model (a module also part of a layer that runs excepted).
+
+    transformers' decoder models run `self.layers[: self.config.num_hidden_layers]`, so a layer-skip drafter can share
+    every module with its target and lower `num_hidden_layers` in its own config (transformers' early-exit assistant
+    does the same): it holds all the target's parameters but runs only its first layers.
+    """
+    base = getattr(model, "base_model", model)
+    config = getattr(base, "config", None)
+    if config is None:
+        config = getattr(model, "config", None)
+    run = getattr(config, "num_hidden_layers", None)
+    for owner in (base, model):
+        for name in ("layers", "h", "blocks"):
+            layers = getattr(owner, name, None)
+            if isinstance(layers, torch.nn.ModuleList) and isinstance(run, int) and 0 <= run < len(layers):
+                kept = {id(m) for layer in layers[:run] for m in layer.modules()}
+                return {id(m) for layer in layers[run:] for m in layer.modules()} - kept
+    return set()
+
+
+def forward_parameters(model: torch.nn.Module) -> int:
+    """The parameters a forward of `model` multiplies per token: what its compute per token is proportional to.
+
+    Counted: every parameter of the modules the forward runs, once (a weight shared by two modules, e.g. an output
+    head tied to the input embeddings, counts once), and the weights that `OneDNNLinear` layers hold outside
+    `parameters()`. Not counted: embedding tables other than the output head (a lookup costs next to nothing) and the
+    decoder layers past `config.num_hidden_layers` that a layer-skip drafter holds but does not run
+    (`_skipped_modules`). So a drafter that runs half of its target's layers costs about half of the target's layers
+    plus the whole output head, whether it shares the target's modules or holds a truncated copy.
+
+    Args:
+        model (`torch.nn.Module`): the model (a `PreTrainedModel` or any module).
+
+    Returns:
+        `int`: the parameter count.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head_params = {id(p) for p in head.parameters()} if isinstance(head, torch.nn.Module) else set()
+    skipped = _skipped_modules(model)
+    seen: set[int] = set()
+    total = 0
+    stack = [model]
+    visited: set[int] = set()
+    while stack:
+        module = stack.pop()
+        if id(module) in visited or id(module) in skipped:
+            continue
+        visited.add(id(module))
+        stack.extend(module.children())
+        if isinstance(module, OneDNNLinear):
+            total += module.in_features * module.out_features + (0 if module.bias is None else module.out_features)
+            continue
+        lookup = isinstance(module, torch.nn.Embedding)
+        for p in module.parameters(recurse=False):
+            if id(p) in seen or (lookup and id(p) not in head_params):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
 def prior_unit_seconds(model: torch.nn.Module | None) -> float:
-    """The prior seconds of a one-token forward of `model`: proportional to its parameter count (`1.0` without a
-    model). Only the ratios between the models of a call matter."""
+    """The prior seconds of a one-token forward of `model`: 2 FLOPs per parameter it multiplies
+    (`forward_parameters`) at a nominal speed (`1.0` without a model). Only the ratios between the models of a call
+    matter."""
     if model is None:
         return 1.0
-    return max(2.0 * sum(p.numel() for p in model.parameters()) / _PRIOR_FLOPS, 1e-9)
+    return max(2.0 * forward_parameters(model) / _PRIOR_FLOPS, 1e-9)
 
 
 class ForwardCostModel:
@@ -300,7 +368,7 @@ def timing_kind(model_or_device: Any, measure: bool = True, do_sample: bool = Fa
 
 def forward_cost_model(model: torch.nn.Module | None, max_gram: MaxGramConfig, do_sample: bool) -> ForwardCostModel:
     """The `ForwardCostModel` of one model of a call: timed as `timing_kind` says, prior from `max_gram`'s
-    `draft_cost`/`token_cost` and the parameter count (`None`: a model run by someone else, e.g. the target of
+    `draft_cost`/`token_cost` and `forward_parameters` (`None`: a model run by someone else, e.g. the target of
     transformers' own assisted loop, never timed)."""
     timing = timing_kind(model, max_gram.measure_cost, do_sample) if model is not None else TIMING_PRIOR
     return ForwardCostModel(
@@ -309,9 +377,19 @@ def forward_cost_model(model: torch.nn.Module | None, max_gram: MaxGramConfig, d
 
 
 def cost_model_for(device: torch.device, max_gram: MaxGramConfig, do_sample: bool = False) -> ForwardCostModel | None:
-    """A measuring `ForwardCostModel` for a reviewer on `device`, or `None` where Max-Gram's configured costs apply:
+    """Deprecated: use `forward_cost_model(model, max_gram, do_sample)`, which every model of a call gets (timed or
+    on the prior; `ForwardCostModel.measured` says which). Emits a `FutureWarning`; to be removed in a later release.
+
+    A measuring `ForwardCostModel` for a reviewer on `device`, or `None` where Max-Gram's configured costs apply:
     measuring is off (`max_gram.measure_cost`, `max_gram.adaptive_length`), the call samples, or the device cannot
     be timed (`timing_kind`). On CUDA the passes are timed with CUDA events."""
+    warnings.warn(
+        "hf_cascade.cost.cost_model_for is deprecated and will be removed; use "
+        "hf_cascade.cost.forward_cost_model(model, max_gram, do_sample) (ForwardCostModel.measured says whether it "
+        "times the forwards).",
+        FutureWarning,
+        stacklevel=2,
+    )
     timing = timing_kind(device, max_gram.measure_cost, do_sample)
     if not max_gram.adaptive_length or timing == TIMING_PRIOR:
         return None

@@ -7,6 +7,7 @@ timing of every device, the placement flags of the command line.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 import types
@@ -33,7 +34,8 @@ from hf_cascade import cost
 from hf_cascade.cli._args import device_map_arg, max_memory_arg
 from hf_cascade.config import ADAPTIVE_NEURAL_TOKENS, default_k_matrix
 from hf_cascade.controller import PROBE_EVERY, DraftController, expected_accepted, extension_pays
-from hf_cascade.cost import ForwardCostModel, fit_seconds, timing_kind
+from hf_cascade.cost import ForwardCostModel, fit_seconds, forward_parameters, prior_unit_seconds, timing_kind
+from hf_cascade.cpu import onednn_linear_available
 
 from conftest import build, llama_config, perturbed
 
@@ -134,6 +136,73 @@ def test_prior_cost_model_ignores_timings_and_charges_prior_seconds():
     assert model.elapsed == pytest.approx(2.0 + 2.0 * (1 + 0.5 + 0.1 * 2))
 
 
+def test_an_untimed_drafter_is_tried_before_its_prior_can_skip_it():
+    """With timing on, a drafter that has not reviewed yet is tried once even when its prior says it does not pay;
+    once measured (a review, a timed forward) the cost decides."""
+    target = ForwardCostModel(0.3, 0.05, prior_unit_s=1.0, refit_every=1)
+    drafter = ForwardCostModel(0.3, 0.05, prior_unit_s=0.9, refit_every=1)  # its prior: 90% of the target
+    for _ in range(3):
+        target.record(1, 0.02)
+    ctl = DraftController([target, drafter], [False, False])
+    assert ctl.untried(0) and ctl.extend(0, 0, [], 0, 8)
+    started = ctl.clock()
+    for _ in range(3):
+        drafter.record(1, 0.018)  # measured: as costly as its prior said
+    drafter.charge(1)
+    ctl.record_review(1, started, 1)
+    assert not ctl.untried(0) and not ctl.extend(0, 0, [], 0, 8)
+    # A drafter that never completes a review (non-finite logits) is forced twice at most, not every step.
+    broken = DraftController([target, ForwardCostModel(0.3, 0.05, prior_unit_s=0.9)], [False, False])
+    assert [broken.extend(0, 0, [], 0, 8) for _ in range(3)] == [True, True, False]
+    # On the prior (sampling, measure_cost=False) nothing is measured, so nothing is tried: the prior decides.
+    untimed = DraftController([curve(1.0, 0.3, 0.05), curve(0.9, 0.3, 0.05)], [False, False])
+    assert not untimed.untried(0) and not untimed.extend(0, 0, [], 0, 8)
+
+
+# ------------------------------------------------------------------------------------------------ the prior
+def shared_layer_skip(target: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
+    """A layer-skip drafter sharing every module with `target` (as transformers' early-exit assistant): its own
+    config runs only the first `layers` decoder layers of the target's."""
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = layers
+    drafter = LlamaForCausalLM(config).eval().to(target.dtype)
+    drafter.model.embed_tokens, drafter.model.layers = target.model.embed_tokens, target.model.layers
+    drafter.model.norm, drafter.lm_head = target.model.norm, target.lm_head
+    return drafter
+
+
+def truncated_layer_skip(target: LlamaForCausalLM, layers: int) -> LlamaForCausalLM:
+    """A layer-skip drafter holding a copy of the target's first `layers` decoder layers (tests/test_real_model.py)."""
+    drafter = copy.deepcopy(target)
+    drafter.model.layers = drafter.model.layers[:layers]
+    drafter.config.num_hidden_layers = layers
+    return drafter
+
+
+@pytest.mark.parametrize("make", [shared_layer_skip, truncated_layer_skip])
+@pytest.mark.parametrize("tied", [False, True])
+def test_prior_of_a_layer_skip_drafter_is_its_share_of_the_compute(make, tied):
+    """The prior counts what a forward multiplies per token: the layers it runs and the output head, not embedding
+    lookups nor the layers it holds but skips. A drafter running half the layers costs half the layers plus the
+    head, relative to its target, however it was built."""
+    target = build(LlamaForCausalLM, llama_config(num_hidden_layers=4, tie_word_embeddings=tied), seed=0)
+    drafter = make(target, 2)
+    layer = sum(p.numel() for p in target.model.layers[0].parameters())
+    rest = target.lm_head.weight.numel() + target.model.norm.weight.numel()
+    assert forward_parameters(target) == 4 * layer + rest
+    assert forward_parameters(drafter) == 2 * layer + rest
+    ratio = prior_unit_seconds(drafter) / prior_unit_seconds(target)
+    assert ratio == pytest.approx((2 * layer + rest) / (4 * layer + rest))
+    assert 0.5 < ratio < 0.6  # the layer fraction plus the head's share
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason="needs oneDNN's packed linear ops")
+def test_prior_of_a_packed_model_counts_its_packed_weights(llama):
+    packed = perturbed(llama, 0.0, 0).to(torch.float32)
+    hf_cascade.use_onednn_linear(packed)
+    assert forward_parameters(packed) == forward_parameters(llama)
+
+
 # ------------------------------------------------------------------------------------------------ timing kinds
 def test_timing_kind_per_device():
     assert timing_kind(torch.device("cpu")) == cost.TIMING_CPU
@@ -228,8 +297,35 @@ def test_greedy_identical_with_measured_costs(llama, llama_drafters, prompt):
     out = generate(slow, prompt, [exact, partial], max_new_tokens=24, do_sample=False)
     assert torch.equal(out.sequences, expected)
     target = out.cascade_stats.target
-    assert target.timing == "cpu-wall" and target.forward_s > 0.02 and target.extra_token_s > 0
+    assert target.timing == "cpu-wall" and target.forward_s > 0 and target.extra_token_s > 0
+    # Every pass sleeps 20 ms. (`forward_s` is the fitted 1-token cost: with the drafters tried, and cheaper than the
+    # slow target, the target may run multi-token reviews only, and the 1-token cost is then extrapolated.)
+    assert target.forward_time_s / target.forward_passes > 0.02
+    assert out.cascade_stats.levels[1].drafted > 0  # the drafters, 20 ms cheaper per forward, draft
     assert "forward cost fitted per model: target" in out.cascade_stats.summary()
+
+
+def test_an_unmeasured_cheap_drafter_drafts_on_the_first_step(prompt):
+    """A layer-skip drafter sharing the target's modules, timed (the default config): it drafts before the target's
+    second forward, and greedy output is the target's. Before, its prior (every parameter it holds: the target's)
+    made it as costly as the target, and the controller skipped it without ever timing it."""
+    target = build(LlamaForCausalLM, llama_config(num_hidden_layers=4), seed=0)
+    drafter = shared_layer_skip(target, 2)
+    expected = target.generate(prompt, max_new_tokens=8, do_sample=False)
+    calls: list[str] = []
+    handles = [
+        model.register_forward_pre_hook(lambda *_, name=name: calls.append(name))
+        for model, name in ((target, "target"), (drafter, "drafter"))
+    ]
+    try:
+        out = generate(target, prompt, [drafter], max_new_tokens=8, do_sample=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(out.sequences, expected)
+    assert out.cascade_stats.levels[1].timing == "cpu-wall"
+    assert "drafter" in calls and calls.index("drafter") < [i for i, c in enumerate(calls) if c == "target"][1]
+    assert out.cascade_stats.levels[1].drafted > 0
 
 
 def test_controller_skips_a_drafter_as_costly_as_its_target(llama, llama_drafters, prompt):

@@ -78,6 +78,7 @@ def test_cost_model_window_forgets_old_passes():
     assert list(model._seconds[1]) == [0.01] * 4
 
 
+@pytest.mark.filterwarnings("ignore:hf_cascade.cost.cost_model_for is deprecated:FutureWarning")
 def test_cost_model_for():
     cpu = torch.device("cpu")
     assert isinstance(cost_model_for(cpu, MaxGramConfig()), ForwardCostModel)
@@ -87,6 +88,11 @@ def test_cost_model_for():
     # CUDA: timed with CUDA events (host wall time of an async launch says nothing), where CUDA is there.
     assert (cost_model_for(torch.device("cuda"), MaxGramConfig()) is None) == (not torch.cuda.is_available())
     assert cost_model_for(torch.device("meta"), MaxGramConfig()) is None
+
+
+def test_cost_model_for_is_deprecated():
+    with pytest.warns(FutureWarning, match=r"cost_model_for is deprecated .* use hf_cascade.cost.forward_cost_model"):
+        cost_model_for(torch.device("cpu"), MaxGramConfig())
 
 
 def test_measured_costs_are_reported_and_output_unchanged(llama, prompt):

@@ -130,17 +130,14 @@ def test_greedy_identity_max_gram(smollm, encoded, greedy, name):
 @pytest.mark.parametrize("name", list(PROMPTS))
 @pytest.mark.parametrize("adaptive", [False, True])
 def test_greedy_identity_with_layer_skip_drafter(smollm, drafter, encoded, greedy, name, adaptive):
-    """Fixed lengths make the layer-skip drafter draft; the controller may skip it (its prior cost, from its parameter
-    count, is close to the target's): greedy identity either way."""
+    """Fixed lengths make the layer-skip drafter draft, and so does the controller at least once (a timed drafter is
+    measured before its prior can skip it); greedy identity either way."""
     config = hf_cascade.CascadeConfig(adaptive_drafters=adaptive)
     ids, stats = cascade(smollm[0], encoded[name], [drafter], cascade_config=config)
     assert ids == greedy[name]
     assistant = stats.levels[1]
     assert assistant.name == "assistant_0"
-    if not adaptive:
-        assert assistant.forward_passes > 0 and assistant.drafted > 0
-    else:
-        assert assistant.forward_passes > 0 or assistant.skipped > 0
+    assert assistant.forward_passes > 0 and assistant.drafted > 0
 
 
 def test_greedy_identity_drafter_only_lenient(smollm, drafter, encoded, greedy):

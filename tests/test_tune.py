@@ -17,6 +17,7 @@ import hf_cascade
 from hf_cascade import CascadeConfig, CascadeTypeError, CascadeValueError
 from hf_cascade.cpu import onednn_linear_available
 from hf_cascade.tuning import TuneResult, tune
+from hf_cascade.tuning.bound import compute_bound, oracle_speedup, verdict
 from hf_cascade.tuning.ewif import CostCurve, geometric_acceptance, predict, search_k_matrices
 from hf_cascade.tuning.measure import _chain_pairs, chains
 
@@ -92,6 +93,63 @@ def test_search_errors():
         search_k_matrices({}, [FLAT], 1.0, num_columns=0, max_gram_column=None)
 
 
+# ------------------------------------------------------------------------------------------------ the bound
+TARGET = CostCurve.from_forward_s({1: 0.05, 2: 0.08, 4: 0.10, 8: 0.15, 16: 0.25})
+DRAFTER = CostCurve.from_forward_s({1: 0.02, 2: 0.03, 4: 0.035, 8: 0.05, 16: 0.08})
+RATES = {1.0: {(0, 0): 0.8, (0, 1): 0.5, (1, 1): 0.55}, 2.0: {(0, 0): 0.8, (0, 1): 0.5, (1, 1): 0.65}}
+MODEL = dict(num_columns=2, max_gram_column=1, max_gram_seconds=0.001, overhead=0.002)
+
+
+def test_bound_is_at_least_every_searched_prediction():
+    searched = [
+        p for value, rates in RATES.items()
+        for p in search_k_matrices(rates, [TARGET, DRAFTER], 0.052, **MODEL, lenience=value)
+    ]  # fmt: skip
+    bound = compute_bound(RATES, [TARGET, DRAFTER], 0.052, **MODEL, column_names=["small", "max_gram"])
+    assert bound.fixed_speedup >= max(p.speedup for p in searched) - 1e-12
+    assert bound.oracle_speedup >= bound.fixed_speedup
+    assert bound.max_neural == 16 and bound.max_gram_max == 16 and bound.oracle_source in ("fixed", "small", "max_gram")
+    again = predict(bound.fixed_k_matrix, RATES[bound.fixed_lenience], [TARGET, DRAFTER], 0.052,
+                    max_gram_column=1, max_gram_seconds=0.001, overhead=0.002)  # fmt: skip
+    assert again.speedup == pytest.approx(bound.fixed_speedup)  # the bound is a config's prediction
+    # A search made elsewhere that found more (here: a made-up prediction) raises the bound to it.
+    better = searched[0].__class__([[1, 1], [0, 1]], 1.0, 9.0, 2.0, 0.1)
+    assert compute_bound(RATES, [TARGET, DRAFTER], 0.052, **MODEL, searched=[better]).fixed_speedup == 9.0
+    with pytest.raises(CascadeValueError, match="compute_bound: acceptance is empty"):
+        compute_bound({}, [TARGET, DRAFTER], 0.052, **MODEL)
+
+
+def test_flat_verification_gives_a_higher_bound_than_steep():
+    rates = {1.0: {(0, 0): 0.8}}
+    flat = compute_bound(rates, [FLAT], 1.0, num_columns=1, max_gram_column=0)
+    steep = compute_bound(rates, [STEEP], 1.0, num_columns=1, max_gram_column=0)
+    assert flat.fixed_speedup > steep.fixed_speedup and flat.oracle_speedup > steep.oracle_speedup
+    assert flat.fixed_k_matrix == [[16]] and steep.fixed_speedup < 1.0  # every token costs a forward: none pays
+    assert steep.oracle_speedup == pytest.approx(1.0)  # the oracle then drafts nothing: greedy
+
+
+def test_bound_of_a_two_level_cascade_by_hand():
+    """Target (1 s per forward, any size) and one drafter (0.1 s per forward), a = 0.5, no Max-Gram, no overhead.
+
+    Fixed `[[k]]`: the drafter decodes k tokens (0.1 s each) and the target accepts `1 - 2^-k` of them on average,
+    so the speedup is `(2 - 2^-k) / (1 + 0.1 k)`: 1.364 (k = 1), 35/24 = 1.458 (k = 2), 1.442 (k = 3): k = 2 is best.
+    Oracle: drafting one more token that will be accepted gains 1 token for 0.1 s, always worth it below 10 tokens
+    per second, so each step drafts exactly the `A` tokens accepted (at most 16): `E[1 + A] = 2 - 2^-16` tokens in
+    `1 + 0.1 E[A] = 1.1 - 0.1 * 2^-16` seconds.
+    """
+    bound = compute_bound(
+        {1.0: {(0, 0): 0.5}}, [FLAT, CostCurve.flat(0.1)], 1.0, num_columns=1, max_gram_column=None,
+        column_names=["small"],
+    )  # fmt: skip
+    assert bound.fixed_k_matrix == [[2]] and bound.fixed_speedup == pytest.approx(35 / 24)
+    assert bound.oracle_speedup == pytest.approx((2 - 2**-16) / (1.1 - 0.1 * 2**-16), rel=1e-9)
+    assert bound.oracle_source == "small" and bound.max_gram_max is None
+    # With Max-Gram below it, the drafter could at best draft all its tokens in one 0.1 s forward.
+    assert oracle_speedup(0.5, lambda n: 0.1, FLAT, 1.0) == pytest.approx((2 - 2**-16) / 1.05, rel=1e-9)
+    assert verdict(1.25, bound) == "achieved 1.25x of a 1.46x bound: 86% (per-step oracle 1.82x: 69%)"
+    assert verdict(None, bound, predicted=1.4).startswith("predicted (not timed) 1.40x of a 1.46x bound: 96%")
+
+
 def test_geometric_acceptance_inverts_the_expected_accepted_tokens():
     a, k, reviews = 0.7, 6, 1000
     accepted = round(reviews * a * (1 - a**k) / (1 - a))
@@ -149,6 +207,32 @@ def test_placement_notes_say_what_the_numbers_mean(tiny):
         and "| 1 | target | small | 10 | 40 | 5 |" in report
     )
     assert "| tuned-2 | `[[1, 0], [0, 1]]` | 1 | - | - | - | **NO** |  |" in report
+    assert "## Bound" not in report  # no bound computed: no section
+
+    # The bound section: both bounds, the chosen and default configurations next to them, the verdict.
+    from hf_cascade.tuning import Bound
+    from hf_cascade.tuning.report import to_dict
+
+    result.candidates.append(Candidate("default", [[8, 2], [0, 16]], 1.0, confirmed_speedup=1.0, identical=True))
+    result.bound = Bound(1.25, [[4, 2], [0, 16]], 2.0, 1.6, "small", 16, 16)
+    report = to_markdown(result)
+    assert "## Bound" in report
+    assert (
+        "| any fixed k-matrix (neural entries 0..16, Max-Gram 0..16) | 1.25x | `[[4, 2], [0, 16]]`, lenience 2 |"
+        in report
+    )
+    assert (
+        "| per-step oracle (each step drafts only tokens that will be accepted) | 1.60x | drafts from `small` |"
+        in report
+    )
+    assert (
+        "| tuned-1 (chosen) | 1.20x | 1.10x | 88% | 69% |" in report and "| default | - | 1.00x | 80% | 62% |" in report
+    )
+    assert "Verdict: achieved 1.10x of a 1.25x bound: 88% (per-step oracle 1.60x: 69%)." in report
+    data = json.loads(json.dumps(to_dict(result)))
+    assert data["bound"]["fixed_speedup"] == 1.25 and data["bound"]["oracle_speedup"] == 1.6
+    assert data["achieved_speedup"] == 1.1 and data["achieved_of_bound"] == pytest.approx(0.88)
+    assert data["verdict"].startswith("achieved 1.10x of a 1.25x bound") and data["chosen"] == "tuned-1"
 
 
 # ------------------------------------------------------------------------------------------------ tiny models
@@ -199,6 +283,13 @@ def test_tune_python_confirms_and_round_trips_its_config(tiny, tmp_path):
     assert "`use_onednn_linear`, measured on a copy of the target" in report
     assert re.search(r"\| tuned-1 \| `\[\[\d+, \d+\], \[0, \d+\]\]` \| 1 \| \d+\.\d\dx \|", report), report
     assert str(tmp_path / "confirm" / "results.json") in paths
+    # The bound: at least every prediction, written into the report and tune_result.json.
+    bound = result.bound
+    assert bound.oracle_speedup >= bound.fixed_speedup >= max(c.predicted_speedup or 0 for c in result.candidates)
+    assert "## Bound" in report and "Verdict: achieved " in report
+    data = json.loads((tmp_path / "tune_result.json").read_text())
+    assert data["bound"] == bound.to_dict() and data["chosen"] == result.chosen
+    assert data["achieved_of_bound"] == pytest.approx(chosen.confirmed_speedup / bound.fixed_speedup)
     # The greedy output of the chosen config is plain greedy's.
     inputs = tokenizer(PROMPTS[0], return_tensors="pt")
     plain = target.generate(**inputs, max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -300,6 +391,8 @@ def test_cli_tune_then_bench_tuned(tiny, prompt_file, tmp_path, capsys):
         r"\d+\.\d\dx greedy measured",
         stdout,
     ), stdout
+    assert re.search(r"\nbound: achieved \d+\.\d\dx of a \d+\.\d\dx bound: \d+% \(per-step oracle", stdout), stdout
+    assert json.loads((out / "tune_result.json").read_text())["command"].startswith("hf-cascade tune --target")
     report = (out / "tune_report.md").read_text()
     assert "hf-cascade tune --target" in report and "| 2 | d | max_gram |" in report  # both lenience values measured
     assert "timing forwards 1/2: target (1, 2, 4, 8, 16 tokens)" in err

@@ -2,7 +2,8 @@
 
 Times every model's forward pass, reads each drafter's acceptance from cascade runs on the prompts, searches
 k-matrices and lenience with the expected-walltime model (`hf_cascade.tuning.ewif`), confirms the best few by
-interleaved timed runs against greedy, and writes `cascade_config.json` and `tune_report.md` (`hf_cascade.tune`).
+interleaved timed runs against greedy, and writes `cascade_config.json`, `tune_report.md` and `tune_result.json`
+(`hf_cascade.tune`); prints the chosen configuration and how close it came to the bound (`hf_cascade.tuning.bound`).
 """
 
 from __future__ import annotations
@@ -44,8 +45,9 @@ def add_parser(sub: Any) -> None:
         description=(
             "Time each model's forward pass over 1-16 new tokens, read each drafter's acceptance from cascade runs "
             "on the prompts, search k-matrices and lenience with an expected-walltime model, confirm the best by "
-            f"timed runs interleaved with greedy (identical output required), and write {CONFIG_NAME} and "
-            "tune_report.md into --out. Use the config with `hf-cascade bench --tuned` and the same --drafter list."
+            f"timed runs interleaved with greedy (identical output required), and write {CONFIG_NAME}, "
+            "tune_report.md and tune_result.json (with the bound: the best speedup any draft-length policy could "
+            "reach here) into --out. Use the config with `hf-cascade bench --tuned` and the same --drafter list."
         ),
     )
     add_model_source_args(p, "--target", "target model", embedded_default=True)
@@ -84,13 +86,14 @@ def add_parser(sub: Any) -> None:
         "--out",
         default="tune-results",
         metavar="DIR",
-        help=f"where {CONFIG_NAME} and tune_report.md go (default: ./tune-results)",
+        help=f"where {CONFIG_NAME}, tune_report.md and tune_result.json go (default: ./tune-results)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from ..tuning import tune
+    from ..tuning.bound import verdict
     from ..tuning.report import describe_chosen
 
     drafter_paths = parse_drafters(args, parser)
@@ -143,6 +146,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     chosen = next(c for c in result.candidates if c.label == result.chosen)
     speedup = f"{chosen.confirmed_speedup:.2f}x greedy measured" if chosen.confirmed_speedup else "not confirmed"
     print(f"{describe_chosen(chosen)}: {speedup}")
+    if result.bound is not None:
+        print(f"bound: {verdict(chosen.confirmed_speedup, result.bound, chosen.predicted_speedup)}")
     for note in result.notes:
         print(f"- {note}")
     log("wrote " + ", ".join(paths))

@@ -7,7 +7,10 @@
 3. Search k-matrices with the expected-walltime model (`ewif`: the paper's EWIF with measured costs).
 4. Confirm the best few by timing real interleaved runs against greedy (`benchmark.run_benchmark`); a candidate whose
    greedy output differs from plain greedy's is refused (that would be a bug, never a trade-off).
-5. Keep the fastest confirmed configuration; `TuneResult.save` writes `cascade_config.json` and `tune_report.md`.
+5. Keep the fastest confirmed configuration; `TuneResult.save` writes `cascade_config.json`, `tune_report.md` and
+   `tune_result.json`.
+6. Put it in perspective: the bound (`bound`), the best speedup any fixed k-matrix of a generous grid, and a per-step
+   oracle, could reach with the measured costs and acceptance, next to the confirmed speedups.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from ..benchmark import Method, ModelCost, Prompt, run_benchmark, summarize
 from ..benchmark.runner import BenchmarkResult
 from ..config import CascadeConfig
 from ..errors import CascadeTypeError, CascadeValueError
+from .bound import BOUND_MAX_NEURAL, Bound, compute_bound
 from .ewif import MAX_GRAM_GRID, CostCurve, Prediction, search_k_matrices
 from .measure import (
     AcceptanceCount,
@@ -32,7 +36,7 @@ from .measure import (
     probe_onednn,
 )
 
-__all__ = ["DEFAULT_LABEL", "Candidate", "TuneResult", "tune"]
+__all__ = ["DEFAULT_LABEL", "Bound", "Candidate", "TuneResult", "tune"]
 
 DEFAULT_LABEL = "default"  # the base configuration, timed next to the candidates
 
@@ -85,6 +89,8 @@ class TuneResult:
         settings (`dict`): how it was run (recorded in the report).
         sampled (`bool`): the runs sampled (`generation_kwargs={"do_sample": True, ...}`): speedups are against plain
             sampling, and outputs were not compared.
+        bound (`Bound`, *optional*): the best predicted speedups of any fixed k-matrix of a generous grid and of a
+            per-step oracle (`hf_cascade.tuning.bound`).
     """
 
     config: CascadeConfig
@@ -100,10 +106,12 @@ class TuneResult:
     confirmation: BenchmarkResult | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     sampled: bool = False
+    bound: Bound | None = None
 
     def save(self, out_dir: str, command: str | None = None) -> list[str]:
-        """Write `cascade_config.json`, `tune_report.md` and (after confirmation) the confirmation runs' bench
-        reports under `confirm/` into `out_dir`; returns the paths written."""
+        """Write `cascade_config.json`, `tune_report.md`, `tune_result.json` (the candidates and the bound) and
+        (after confirmation) the confirmation runs' bench reports under `confirm/` into `out_dir`; returns the paths
+        written."""
         from .report import save
 
         return save(self, out_dir, command)
@@ -311,15 +319,22 @@ def tune(
     max_gram_column = num_assistants if use_max_gram else None
     greedy_s = costs["target"].forward_s[1] + timings.overhead_s
     curves = [CostCurve.from_forward_s(costs[name].forward_s) for name in ["target", *drafters]]
+    rates = {value: {pair: c.rate or 0.0 for pair, c in counts.items()} for value, counts in acceptance.items()}
+    model = dict(
+        num_columns=num_assistants + int(use_max_gram), max_gram_column=max_gram_column,
+        max_gram_seconds=timings.max_gram_s, overhead=timings.overhead_s,
+    )  # fmt: skip
     predictions: list[Prediction] = []
-    for value, counts in acceptance.items():
-        rates = {pair: count.rate or 0.0 for pair, count in counts.items()}
+    for value, pairs in rates.items():
         predictions += search_k_matrices(
-            rates, curves, greedy_s, num_columns=num_assistants + int(use_max_gram), max_gram_column=max_gram_column,
-            max_gram_seconds=timings.max_gram_s, overhead=timings.overhead_s, lenience=value, max_neural=max_neural,
-            max_gram_grid=max_gram_grid,
-        )  # fmt: skip
+            pairs, curves, greedy_s, **model, lenience=value, max_neural=max_neural, max_gram_grid=max_gram_grid
+        )
     say(f"searched {len(predictions)} k-matrix/lenience combinations with the expected-walltime model")
+    bound = compute_bound(
+        rates, curves, greedy_s, **model, max_neural=max(BOUND_MAX_NEURAL, max_neural),
+        max_gram_max=max(max_gram_grid), searched=predictions, column_names=[*drafters, "max_gram"],
+    )  # fmt: skip
+    say(f"bound: {bound.fixed_speedup:.2f}x greedy for any fixed k-matrix, {bound.oracle_speedup:.2f}x per-step oracle")
     candidates = [
         Candidate(f"tuned-{i}", p.k_matrix, p.lenience, p.speedup, p.tokens_per_target_forward)
         for i, p in enumerate(_pick(predictions, max(confirm, 1), num_assistants), 1)
@@ -351,6 +366,7 @@ def tune(
         confirmation=confirmation,
         settings=dict(settings or {}),
         sampled=sampling,
+        bound=bound,
     )
     result.notes = placement_notes(result, target, packed=is_packed(target), used=_used_columns(chosen.k_matrix))
     return result

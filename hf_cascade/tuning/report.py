@@ -1,25 +1,31 @@
-"""`tune_report.md` and the placement notes of a `TuneResult`: what was measured, what was chosen, and why.
+"""`tune_report.md`, `tune_result.json` and the placement notes of a `TuneResult`: what was measured, what was
+chosen, why, and how far it is from the bound.
 
 Tables shared with `hf-cascade bench` (forward costs, the timed summary) come from `hf_cascade.benchmark.report`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..benchmark.machine import describe_machine
 from ..benchmark.report import cost_table, fmt, summarize, summary_table, write_reports
+from .bound import verdict
 from .measure import cost_ratio
 
 if TYPE_CHECKING:
     from . import TuneResult
 
-__all__ = ["REPORT_NAME", "describe_chosen", "placement_notes", "save", "to_markdown"]
+__all__ = ["REPORT_NAME", "RESULT_NAME", "bound_section", "describe_chosen", "placement_notes", "save", "to_dict",
+           "to_markdown"]  # fmt: skip
 
 REPORT_NAME = "tune_report.md"
+RESULT_NAME = "tune_result.json"
 _SAMPLED = (
     "The runs sampled (`do_sample=True`): `greedy` is plain sampling, speedups are against it, and outputs are not "
     "compared (no `confirm/` bench report: its tables are for greedy runs)."
@@ -164,6 +170,69 @@ def _candidate_table(result: TuneResult) -> list[str]:
     return lines
 
 
+def _share(value: float | None, of: float) -> str:
+    return f"{value / of:.0%}" if value is not None and of > 0 else "-"
+
+
+def bound_section(result: TuneResult) -> list[str]:
+    """The "Bound" section: the fixed-policy and per-step oracle bounds, the chosen and default configurations'
+    speedups next to them, and the verdict line (empty without a bound)."""
+    from . import DEFAULT_LABEL
+
+    bound = result.bound
+    if bound is None:
+        return []
+    chosen = next(c for c in result.candidates if c.label == result.chosen)
+    max_gram = f", Max-Gram 0..{bound.max_gram_max}" if bound.max_gram_max is not None else ""
+    lines = [
+        "## Bound",
+        "",
+        "The best speedup over greedy a draft-length policy could reach with the costs and acceptance measured above, "
+        "by the same expected-walltime model as the predictions (`hf_cascade.tuning.bound`). A tuner that reaches "
+        "the fixed k-matrix bound has nothing left to find on this machine; the oracle is an optimistic ceiling for "
+        "draft lengths chosen per step (the controller's), knowing the future.",
+        "",
+        "| bound | speedup over greedy | reached by |",
+        "|---|---:|---|",
+        f"| any fixed k-matrix (neural entries 0..{bound.max_neural}{max_gram}) | {bound.fixed_speedup:.2f}x "
+        f"| `{bound.fixed_k_matrix}`, lenience {bound.fixed_lenience:g} |",
+        f"| per-step oracle (each step drafts only tokens that will be accepted) | {bound.oracle_speedup:.2f}x "
+        f"| {bound.oracle_source if bound.oracle_source == 'fixed' else f'drafts from `{bound.oracle_source}`'} |",
+        "",
+        "| configuration | predicted | confirmed | confirmed / fixed bound | confirmed / oracle bound |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    shown = [c for c in result.candidates if c.label in (result.chosen, DEFAULT_LABEL)]
+    for c in shown:
+        label = f"{c.label} (chosen)" if c.label == result.chosen else c.label
+        lines.append(
+            f"| {label} | {fmt(c.predicted_speedup, '.2f', 'x')} | {fmt(c.confirmed_speedup, '.2f', 'x')} "
+            f"| {_share(c.confirmed_speedup, bound.fixed_speedup)} | {_share(c.confirmed_speedup, bound.oracle_speedup)} |"
+        )
+    lines += ["", f"Verdict: {verdict(chosen.confirmed_speedup, bound, chosen.predicted_speedup)}.", ""]
+    return lines
+
+
+def to_dict(result: TuneResult) -> dict[str, Any]:
+    """What `tune_result.json` holds: the chosen config and label, every candidate, the bound and the verdict."""
+    chosen = next(c for c in result.candidates if c.label == result.chosen)
+    bound = result.bound
+    return {
+        "chosen": result.chosen,
+        "config": result.config.to_dict(),
+        "drafters": result.drafters,
+        "greedy_step_s": result.greedy_step_s,
+        "sampled": result.sampled,
+        "candidates": [asdict(c) for c in result.candidates],
+        "bound": None if bound is None else bound.to_dict(),
+        "achieved_speedup": chosen.confirmed_speedup,
+        "achieved_of_bound": None
+        if bound is None or chosen.confirmed_speedup is None
+        else chosen.confirmed_speedup / bound.fixed_speedup,
+        "verdict": None if bound is None else verdict(chosen.confirmed_speedup, bound, chosen.predicted_speedup),
+    }
+
+
 def to_markdown(result: TuneResult, command: str | None = None) -> str:
     """The report: settings, the chosen configuration, placement notes, costs, acceptance, candidates, timed runs."""
     s = result.settings
@@ -192,6 +261,7 @@ def to_markdown(result: TuneResult, command: str | None = None) -> str:
         _bench_command(result),
         "```",
         "",
+        *bound_section(result),
         "## Placement",
         "",
         *[f"- {note}" for note in result.notes],
@@ -223,12 +293,15 @@ def to_markdown(result: TuneResult, command: str | None = None) -> str:
 
 
 def save(result: TuneResult, out_dir: str | os.PathLike, command: str | None = None) -> list[str]:
-    """Write `cascade_config.json`, `tune_report.md` and the confirmation's `confirm/results.json` and
-    `confirm/report.md` into `out_dir` (created if missing); returns the paths."""
+    """Write `cascade_config.json`, `tune_report.md`, `tune_result.json` (`to_dict`) and the confirmation's
+    `confirm/results.json` and `confirm/report.md` into `out_dir` (created if missing); returns the paths."""
     paths = [result.config.save_pretrained(out_dir)]
     paths.append(os.path.join(out_dir, REPORT_NAME))
     with open(paths[-1], "w", encoding="utf-8") as f:
         f.write(to_markdown(result, command))
+    paths.append(os.path.join(out_dir, RESULT_NAME))
+    with open(paths[-1], "w", encoding="utf-8") as f:
+        json.dump({**to_dict(result), "command": command}, f, indent=2)
     if result.confirmation is not None and not result.sampled:
         paths += write_reports(result.confirmation, os.path.join(out_dir, "confirm"), command, plot=False)
     return paths
