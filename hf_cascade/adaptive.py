@@ -34,12 +34,14 @@ __all__ = [
     "MATCH_PRIOR",
     "AcceptanceTracker",
     "adaptive_proposal",
+    "batch_draft_length",
     "cut_length",
     "draft_length",
     "match_bucket",
     "match_prior",
     "max_gram_tracker",
     "proposal_gain",
+    "scored_proposal",
 ]
 
 # The third element of a tracker key whose proposal came from a `MaxGramMemory` (earlier calls), not the call itself.
@@ -189,7 +191,7 @@ def adaptive_proposal(
     memory: MaxGramMemory | None = None,
 ) -> tuple[list[int], tuple[int, ...]]:
     """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
-    replays) for the model reviewing `level`.
+    replays) for the model reviewing `level`. `scored_proposal` without the chances.
 
     Args:
         index (`MaxGramIndex`): the row's index.
@@ -210,6 +212,29 @@ def adaptive_proposal(
         the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
         cut (and stops proposing) on its own record without making the call's own matches look worse.
     """
+    tokens, key, _ = scored_proposal(index, context, num_tokens, level, tracker, costs, bigram, memory)
+    return tokens, key
+
+
+def scored_proposal(
+    index: MaxGramIndex,
+    context: Sequence[int],
+    num_tokens: int,
+    level: int,
+    tracker: AcceptanceTracker | None,
+    costs: tuple[float, float],
+    bigram: BigramTable | None = None,
+    memory: MaxGramMemory | None = None,
+) -> tuple[list[int], tuple[int, ...], list[float] | None]:
+    """`adaptive_proposal` (same arguments) with the chance of each prefix of the proposal being accepted.
+
+    The batched cascade proposes uncut (`costs=(0.0, 0.0)`) and cuts every row's draft at once with these chances
+    (`batch_draft_length`): in a batch one row's longer draft widens the forward pass of all rows.
+
+    Returns:
+        `(tokens, key, chances)`: as `adaptive_proposal`, and `chances[k - 1]` the chance that the first `k` tokens
+        are all accepted (`acceptance_chances`, one per token), `None` without a `tracker`.
+    """
     tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
     key: tuple[int | str, ...] = (level, match_bucket(match_length))
     remembered: list[int] = []
@@ -218,13 +243,43 @@ def adaptive_proposal(
         memory_key = (level, match_bucket(remembered_length), MEMORY)
     if tracker is None:  # fixed length, as prompt lookup: the longer match wins
         if remembered and remembered_length > match_length:
-            return remembered, memory_key
-        return tokens, key
+            return remembered, memory_key, None
+        return tokens, key, None
     own = acceptance_chances(tracker.rate(key), [1.0] * len(tokens))
     k = cut_length(own, costs[1], costs[0])
     if remembered:
         chances = acceptance_chances(tracker.rate(memory_key), shares)
         m = cut_length(chances, costs[1], costs[0])
         if proposal_gain(chances, m, costs) > proposal_gain(own, k, costs):
-            return remembered[:m], memory_key
-    return tokens[:k], key
+            return remembered[:m], memory_key, chances[:m]
+    return tokens[:k], key, own[:k]
+
+
+def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, float]) -> int:
+    """How many draft tokens the rows of a batch may give the target's next forward pass: the `k` maximising the
+    batch's expected tokens per unit of cost, `(rows + sum over rows of chances[r][0] + ... + chances[r][k - 1]) /
+    (1 + draft_cost + token_cost * k)` (`1` for `k = 0`).
+
+    Every row is fed as wide as the longest draft (padded), so a row's extra token costs the forward pass of all
+    rows; cutting each row alone by its own chances (`cut_length`) lets one confident row widen the pass for rows
+    whose drafts are short or unsure. Each row then drafts `min(len(chances[r]), k)` tokens. Ties go to the shorter
+    draft.
+
+    Args:
+        chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
+            tokens are all accepted (non-increasing; `scored_proposal`); its length is the row's longest draft.
+        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the batched target forward pass relative to a
+            one-token pass of the same rows (`ForwardCostModel.costs` of the batch's target).
+
+    Returns:
+        `int`: the draft length `k >= 0` (the forward pass then feeds `k + 1` tokens per row).
+    """
+    draft_cost, token_cost = costs
+    expected = float(len(chances))  # the target's own token of every row
+    best, best_rate = 0, expected
+    for k in range(1, max((len(row) for row in chances), default=0) + 1):
+        expected += sum(row[k - 1] for row in chances if len(row) >= k)
+        rate = expected / (1.0 + draft_cost + token_cost * k)
+        if rate > best_rate:
+            best, best_rate = k, rate
+    return best
