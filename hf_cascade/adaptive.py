@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .max_gram import BigramTable, MaxGramIndex
 
@@ -180,7 +180,20 @@ def max_gram_tracker(max_weight: float | None = None) -> AcceptanceTracker:
     return AcceptanceTracker(match_prior, prior_strength=4.0, max_weight=max_weight)
 
 
-def adaptive_proposal(
+def adaptive_proposal(*args: Any, **kwargs: Any) -> tuple[list[int], tuple[int, ...]]:
+    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
+    replays) for the model reviewing `level`. `scored_proposal` (same arguments) without the chances.
+
+    Returns:
+        `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
+        the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
+        cut (and stops proposing) on its own record without making the call's own matches look worse.
+    """
+    tokens, key, _ = scored_proposal(*args, **kwargs)
+    return tokens, key
+
+
+def scored_proposal(
     index: MaxGramIndex,
     context: Sequence[int],
     num_tokens: int,
@@ -189,9 +202,11 @@ def adaptive_proposal(
     costs: tuple[float, float],
     bigram: BigramTable | None = None,
     memory: MaxGramMemory | None = None,
-) -> tuple[list[int], tuple[int, ...]]:
-    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
-    replays) for the model reviewing `level`. `scored_proposal` without the chances.
+) -> tuple[list[int], tuple[int, ...], list[float] | None]:
+    """`adaptive_proposal` with the chance of each prefix of the proposal being accepted.
+
+    The batched cascade proposes uncut (`costs=(0.0, 0.0)`) and cuts every row's draft at once with these chances
+    (`batch_draft_length`): in a batch one row's longer draft widens the forward pass of all rows.
 
     Args:
         index (`MaxGramIndex`): the row's index.
@@ -206,30 +221,6 @@ def adaptive_proposal(
             proposal replaces the call's own when its expected accepted tokens less their cost (`proposal_gain`,
             with the memory's per-token shares, `acceptance_chances`) are larger; without, when it matched a longer
             suffix (the call's own text wins ties).
-
-    Returns:
-        `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
-        the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
-        cut (and stops proposing) on its own record without making the call's own matches look worse.
-    """
-    tokens, key, _ = scored_proposal(index, context, num_tokens, level, tracker, costs, bigram, memory)
-    return tokens, key
-
-
-def scored_proposal(
-    index: MaxGramIndex,
-    context: Sequence[int],
-    num_tokens: int,
-    level: int,
-    tracker: AcceptanceTracker | None,
-    costs: tuple[float, float],
-    bigram: BigramTable | None = None,
-    memory: MaxGramMemory | None = None,
-) -> tuple[list[int], tuple[int, ...], list[float] | None]:
-    """`adaptive_proposal` (same arguments) with the chance of each prefix of the proposal being accepted.
-
-    The batched cascade proposes uncut (`costs=(0.0, 0.0)`) and cuts every row's draft at once with these chances
-    (`batch_draft_length`): in a batch one row's longer draft widens the forward pass of all rows.
 
     Returns:
         `(tokens, key, chances)`: as `adaptive_proposal`, and `chances[k - 1]` the chance that the first `k` tokens
