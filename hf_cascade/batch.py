@@ -388,9 +388,9 @@ def generate_batch(
         if cut_together:
             # A pass of fewer rows shares its weight reads among fewer tokens: a draft token costs relatively less,
             # so each number of rows has its own timings (and prior). The last rows left draft as in batch 1.
-            target.cost = costs_by_rows.setdefault(
-                len(active), forward_cost_model(model, settings.max_gram, do_sample, rows=len(active))
-            )
+            if len(active) not in costs_by_rows:
+                costs_by_rows[len(active)] = forward_cost_model(model, settings.max_gram, do_sample, rows=len(active))
+            target.cost = costs_by_rows[len(active)]
             drafts = _cut_drafts(drafts, drafters, target.cost.costs())
         logits = target.logits(
             {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
