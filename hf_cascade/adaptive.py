@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .max_gram import BigramTable, MaxGramIndex
 
@@ -34,12 +34,14 @@ __all__ = [
     "MATCH_PRIOR",
     "AcceptanceTracker",
     "adaptive_proposal",
+    "batch_draft_length",
     "cut_length",
     "draft_length",
     "match_bucket",
     "match_prior",
     "max_gram_tracker",
     "proposal_gain",
+    "scored_proposal",
 ]
 
 # The third element of a tracker key whose proposal came from a `MaxGramMemory` (earlier calls), not the call itself.
@@ -178,7 +180,20 @@ def max_gram_tracker(max_weight: float | None = None) -> AcceptanceTracker:
     return AcceptanceTracker(match_prior, prior_strength=4.0, max_weight=max_weight)
 
 
-def adaptive_proposal(
+def adaptive_proposal(*args: Any, **kwargs: Any) -> tuple[list[int], tuple[int, ...]]:
+    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
+    replays) for the model reviewing `level`. `scored_proposal` (same arguments) without the chances.
+
+    Returns:
+        `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
+        the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
+        cut (and stops proposing) on its own record without making the call's own matches look worse.
+    """
+    tokens, key, _ = scored_proposal(*args, **kwargs)
+    return tokens, key
+
+
+def scored_proposal(
     index: MaxGramIndex,
     context: Sequence[int],
     num_tokens: int,
@@ -187,9 +202,11 @@ def adaptive_proposal(
     costs: tuple[float, float],
     bigram: BigramTable | None = None,
     memory: MaxGramMemory | None = None,
-) -> tuple[list[int], tuple[int, ...]]:
-    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
-    replays) for the model reviewing `level`.
+) -> tuple[list[int], tuple[int, ...], list[float] | None]:
+    """`adaptive_proposal` with the chance of each prefix of the proposal being accepted.
+
+    The batched cascade proposes uncut (`costs=(0.0, 0.0)`) and cuts every row's draft at once with these chances
+    (`batch_draft_length`): in a batch one row's longer draft widens the forward pass of all rows.
 
     Args:
         index (`MaxGramIndex`): the row's index.
@@ -206,9 +223,8 @@ def adaptive_proposal(
             suffix (the call's own text wins ties).
 
     Returns:
-        `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
-        the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
-        cut (and stops proposing) on its own record without making the call's own matches look worse.
+        `(tokens, key, chances)`: as `adaptive_proposal`, and `chances[k - 1]` the chance that the first `k` tokens
+        are all accepted (`acceptance_chances`, one per token), `None` without a `tracker`.
     """
     tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
     key: tuple[int | str, ...] = (level, match_bucket(match_length))
@@ -218,13 +234,43 @@ def adaptive_proposal(
         memory_key = (level, match_bucket(remembered_length), MEMORY)
     if tracker is None:  # fixed length, as prompt lookup: the longer match wins
         if remembered and remembered_length > match_length:
-            return remembered, memory_key
-        return tokens, key
+            return remembered, memory_key, None
+        return tokens, key, None
     own = acceptance_chances(tracker.rate(key), [1.0] * len(tokens))
     k = cut_length(own, costs[1], costs[0])
     if remembered:
         chances = acceptance_chances(tracker.rate(memory_key), shares)
         m = cut_length(chances, costs[1], costs[0])
         if proposal_gain(chances, m, costs) > proposal_gain(own, k, costs):
-            return remembered[:m], memory_key
-    return tokens[:k], key
+            return remembered[:m], memory_key, chances[:m]
+    return tokens[:k], key, own[:k]
+
+
+def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, float]) -> int:
+    """How many draft tokens the rows of a batch may give the target's next forward pass: the `k` maximising the
+    batch's expected tokens per unit of cost, `(rows + sum over rows of chances[r][0] + ... + chances[r][k - 1]) /
+    (1 + draft_cost + token_cost * k)` (`1` for `k = 0`).
+
+    Every row is fed as wide as the longest draft (padded), so a row's extra token costs the forward pass of all
+    rows; cutting each row alone by its own chances (`cut_length`) lets one confident row widen the pass for rows
+    whose drafts are short or unsure. Each row then drafts `min(len(chances[r]), k)` tokens. Ties go to the shorter
+    draft.
+
+    Args:
+        chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
+            tokens are all accepted (non-increasing; `scored_proposal`); its length is the row's longest draft.
+        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the batched target forward pass relative to a
+            one-token pass of the same rows (`ForwardCostModel.costs` of the batch's target).
+
+    Returns:
+        `int`: the draft length `k >= 0` (the forward pass then feeds `k + 1` tokens per row).
+    """
+    draft_cost, token_cost = costs
+    expected = float(len(chances))  # the target's own token of every row
+    best, best_rate = 0, expected
+    for k in range(1, max((len(row) for row in chances), default=0) + 1):
+        expected += sum(row[k - 1] for row in chances if len(row) >= k)
+        rate = expected / (1.0 + draft_cost + token_cost * k)
+        if rate > best_rate:
+            best, best_rate = k, rate
+    return best

@@ -28,6 +28,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
+from .adaptive import batch_draft_length, max_gram_tracker
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
 from .cost import forward_cost_model
@@ -233,6 +234,34 @@ def draft_rows(
     return results
 
 
+def _cut_drafts(
+    drafts: Mapping[int, tuple[list[int], torch.Tensor | None]],
+    drafters: Mapping[int, CascadeDrafter],
+    costs: tuple[float, float],
+) -> dict[int, tuple[list[int], torch.Tensor | None]]:
+    """Cut every row's uncut Max-Gram draft to the length that maximises the batch's expected tokens per cost of
+    the target forward pass (`batch_draft_length`): all rows are fed as wide as the longest draft.
+
+    Args:
+        drafts (`Mapping[int, tuple[list[int], torch.FloatTensor | None]]`): row -> `(tokens, q)` as `draft_rows`
+            returns them (`q` of shape `(len(tokens), vocab_size)` when sampling).
+        drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter (built with `uncut_target_drafts`), whose
+            draft is truncated in place.
+        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the batched target forward pass.
+
+    Returns:
+        `dict[int, tuple[list[int], torch.FloatTensor | None]]`: the cut drafts.
+    """
+    k = batch_draft_length([drafters[r].target_chances or [] for r in drafts], costs)
+    cut = {}
+    for r, (tokens, q) in drafts.items():
+        if len(tokens) > k:
+            drafters[r].truncate(drafters[r].committed + k)
+            tokens, q = tokens[:k], q[:k] if q is not None else None
+        cut[r] = (tokens, q)
+    return cut
+
+
 def _total(name: str, kind: str, rows: Sequence[LevelStats], shared: LevelStats | None = None) -> LevelStats:
     """The batch's record of one model: its shared forward passes plus what the rows drafted and accepted."""
     total = shared if shared is not None else LevelStats(name, kind)
@@ -293,13 +322,18 @@ def generate_batch(
     encoder_mask = mask if is_encoder_decoder else None
     do_sample = settings.do_sample
 
+    # Max-Gram alone drafts for the target: the rows' drafts are cut together, by the batch's throughput
+    # (`_cut_drafts`). With neural drafters each row keeps its own cut (their drafts carry no acceptance chances).
+    cut_together = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
     target = BatchRunner(
         model,
         LevelStats("target", "target"),
         rows,
         encoder_outputs=model_kwargs.get("encoder_outputs"),
         encoder_attention_mask=encoder_mask,
-        cost=forward_cost_model(model, settings.max_gram, do_sample),
+        # Cut together, the drafts are priced as passes of the whole batch (`batch_prior`): a draft token costs
+        # every row's forward, which the one-row prior underrates until the batch's own passes are timed.
+        cost=forward_cost_model(model, settings.max_gram, do_sample, rows=batch if cut_together else 1),
         pad_token_id=pad_token_id,
     )
     runners = []
@@ -317,6 +351,10 @@ def generate_batch(
             )
         )
     bigram = load_bigram(settings.max_gram.bigram_table, settings.vocab_size) if settings.use_max_gram else None
+    # The rows share one acceptance record (as they share a memory's): the same model reviews all of them, and four
+    # rows learn how far their copies hold four times as fast as one (a prior too hopeful for the workload costs
+    # every row's forward pass while it lasts).
+    tracker = memory.tracker if memory is not None else max_gram_tracker()
     drafters: dict[int, CascadeDrafter] = {}
     targets = {}
     for r in rows:
@@ -334,6 +372,8 @@ def generate_batch(
             memory=memory,
             padding=input_ids[r, : padding[r]].tolist(),
             logits_processor=row_processors(settings.logits_processor, r),
+            uncut_target_drafts=cut_together,
+            tracker=tracker,
         )
         targets[r] = target.view(r, LevelStats("target", "target"))
     prompt_lengths = {r: len(drafters[r].ids) for r in rows}
@@ -341,9 +381,17 @@ def generate_batch(
     max_lengths = {r: generation_config.max_length - padding[r] for r in rows}
 
     active = [r for r in rows if prompt_lengths[r] < max_lengths[r]]
+    costs_by_rows = {batch: target.cost}
     while active:
         # The target adds one token: drafts stay within max_length - 1.
         drafts = draft_rows({r: drafters[r].drafting(max_lengths[r] - 1) for r in active}, runners, drafters)
+        if cut_together:
+            # A pass of fewer rows shares its weight reads among fewer tokens: a draft token costs relatively less,
+            # so each number of rows has its own timings (and prior). The last rows left draft as in batch 1.
+            if len(active) not in costs_by_rows:
+                costs_by_rows[len(active)] = forward_cost_model(model, settings.max_gram, do_sample, rows=len(active))
+            target.cost = costs_by_rows[len(active)]
+            drafts = _cut_drafts(drafts, drafters, target.cost.costs())
         logits = target.logits(
             {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
         )

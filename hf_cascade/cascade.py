@@ -32,7 +32,7 @@ from transformers import GenerationConfig, PreTrainedModel
 from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
-from .adaptive import MEMORY, adaptive_proposal, max_gram_tracker
+from .adaptive import MEMORY, AcceptanceTracker, max_gram_tracker, scored_proposal
 from .config import CascadeConfig, MaxGramConfig
 from .controller import DraftController
 from .cost import TIMING_PRIOR, ForwardCostModel, forward_cost_model
@@ -376,6 +376,11 @@ class CascadeDrafter:
             Max-Gram never does.
         logits_processor (`LogitsProcessorList`, *optional*): this row's processors, when they differ from
             `settings.logits_processor` (a batched call's processors keep per-row state: `hf_cascade.batch`).
+        uncut_target_drafts (`bool`, *optional*, defaults to `False`): propose Max-Gram drafts for the target uncut
+            and keep their chances in `target_chances`: the batched cascade cuts all rows' drafts at once
+            (`hf_cascade.adaptive.batch_draft_length`), as a row's draft widens the forward pass of every row.
+        tracker (`AcceptanceTracker`, *optional*): the Max-Gram acceptance record to use (and update), shared with
+            the other rows of a batch; by default the memory's (`MaxGramMemory.tracker`), else a new one.
 
     Attributes:
         buffer (`DraftBuffer`): the sequence and the current draft.
@@ -393,8 +398,13 @@ class CascadeDrafter:
         memory: MaxGramMemory | None = None,
         padding: Sequence[int] = (),
         logits_processor: LogitsProcessorList | None = None,
+        uncut_target_drafts: bool = False,
+        tracker: AcceptanceTracker | None = None,
     ):
         self.buffer = DraftBuffer.from_prompt(prompt_ids)
+        self.uncut_target_drafts = uncut_target_drafts
+        # With `uncut_target_drafts`: the chances of the current draft (one per token) for the batch to cut it.
+        self.target_chances: list[float] | None = None
         self.padding = list(padding)
         self.runners = runners
         self.settings = settings
@@ -416,7 +426,7 @@ class CascadeDrafter:
             self.index = MaxGramIndex(max_gram.max_ngram_size, max_gram.min_ngram_size, corpus, max_gram.occurrence)
             self.index.extend(self.buffer.ids)
             if max_gram.adaptive_length:  # a memory carries the acceptance record of earlier calls (its tracker)
-                self.tracker = self.memory.tracker if self.memory is not None else max_gram_tracker()
+                self.tracker = tracker or (self.memory.tracker if self.memory is not None else max_gram_tracker())
             self.max_gram_column = len(runners)
             self.stats.append(LevelStats("max_gram", "max_gram"))
         self.num_drafters = len(self.stats)
@@ -525,6 +535,7 @@ class CascadeDrafter:
         """`draft(cap)` as a generator of the forward passes it needs (see `ForwardRequest`); returns what `draft`
         returns."""
         start = len(self.buffer)
+        self.target_chances = [] if self.uncut_target_drafts else None
         if self.controller is not None:
             self._step_started = self.controller.clock()
         if self.num_drafters:
@@ -680,10 +691,14 @@ class CascadeDrafter:
 
     def _propose_max_gram(self, num_tokens: int, level: int) -> None:
         t0 = time.perf_counter()
-        tokens, tag = adaptive_proposal(
-            self.index, self.ids, num_tokens, level, self.tracker, self._costs(level), self.bigram, self.memory
+        uncut = self.uncut_target_drafts and level == 0
+        costs = (0.0, 0.0) if uncut else self._costs(level)  # uncut: the batch cuts every row's draft at once
+        tokens, tag, chances = scored_proposal(
+            self.index, self.ids, num_tokens, level, self.tracker, costs, self.bigram, self.memory
         )
         tokens = self._admissible_prefix(tokens)
+        if uncut:
+            self.target_chances = chances[: len(tokens)] if chances is not None else None
         self.buffer.append(tokens, [None] * len(tokens), owner=self.max_gram_column, tag=tag)
         stats = self.stats[self.max_gram_column]
         stats.propose_calls += 1

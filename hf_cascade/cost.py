@@ -36,6 +36,7 @@ __all__ = [
     "TIMING_CUDA",
     "TIMING_PRIOR",
     "ForwardCostModel",
+    "batch_prior",
     "cost_model_for",
     "fit_draft_costs",
     "fit_seconds",
@@ -366,13 +367,37 @@ def timing_kind(model_or_device: Any, measure: bool = True, do_sample: bool = Fa
     return TIMING_PRIOR
 
 
-def forward_cost_model(model: torch.nn.Module | None, max_gram: MaxGramConfig, do_sample: bool) -> ForwardCostModel:
+def batch_prior(draft_cost: float, token_cost: float, rows: int) -> tuple[float, float]:
+    """The prior `(draft_cost, token_cost)` of a forward pass over `rows` rows, relative to a one-token pass of the
+    same rows, from the one-row prior.
+
+    A pass feeding `w` tokens to each of `rows` rows is priced as one row's pass over all `rows * w` tokens: `c(n) =
+    1 + draft_cost + token_cost * (n - 1)` one-token passes for `n >= 2`, `c(1) = 1`. Relative to `c(rows)`, that is
+    `1 + token_cost * rows * k / c(rows)` for `k = w - 1` draft tokens: no fixed cost (a batch already feeds several
+    tokens) and a token cost `rows` times larger, over `c(rows)`. One row gives the prior back.
+
+    Args:
+        draft_cost (`float`): the one-row `draft_cost` (`MaxGramConfig.draft_cost`), `>= 0`.
+        token_cost (`float`): the one-row `token_cost` (`MaxGramConfig.token_cost`), `> 0`.
+        rows (`int`): rows fed together, `>= 1`.
+    """
+    if rows <= 1:
+        return draft_cost, token_cost
+    unit = 1.0 + draft_cost + token_cost * (rows - 1)
+    return 0.0, min(max(token_cost * rows / unit, _MIN_TOKEN_COST), _MAX_TOKEN_COST)
+
+
+def forward_cost_model(
+    model: torch.nn.Module | None, max_gram: MaxGramConfig, do_sample: bool, rows: int = 1
+) -> ForwardCostModel:
     """The `ForwardCostModel` of one model of a call: timed as `timing_kind` says, prior from `max_gram`'s
-    `draft_cost`/`token_cost` and `forward_parameters` (`None`: a model run by someone else, e.g. the target of
-    transformers' own assisted loop, never timed)."""
+    `draft_cost`/`token_cost` (for passes over `rows` rows: `batch_prior`) and `forward_parameters` (`None`: a model
+    run by someone else, e.g. the target of transformers' own assisted loop, never timed)."""
     timing = timing_kind(model, max_gram.measure_cost, do_sample) if model is not None else TIMING_PRIOR
     return ForwardCostModel(
-        max_gram.draft_cost, max_gram.token_cost, timing=timing, prior_unit_s=prior_unit_seconds(model)
+        *batch_prior(max_gram.draft_cost, max_gram.token_cost, rows),
+        timing=timing,
+        prior_unit_s=prior_unit_seconds(model),
     )
 
 

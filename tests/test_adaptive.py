@@ -11,11 +11,13 @@ from hf_cascade.adaptive import (
     AcceptanceTracker,
     acceptance_chances,
     adaptive_proposal,
+    batch_draft_length,
     cut_length,
     draft_length,
     match_bucket,
     max_gram_tracker,
     proposal_gain,
+    scored_proposal,
 )
 
 from conftest import max_gram_generate
@@ -143,3 +145,43 @@ def test_the_calls_own_proposal_wins_when_it_is_worth_more():
     memory.add([3, 41])
     tokens, key = adaptive_proposal(index, [1, 2, 3], 6, 0, max_gram_tracker(), (0.5, 0.035), memory=memory)
     assert key == (0, 3) and tokens == [4, 5, 6, 7, 8, 9]
+
+
+@pytest.mark.parametrize(
+    "chances, costs, expected",
+    [
+        # One confident row among four: alone it would draft all 4 tokens (0.66 >= 0.2), but for the batch only its
+        # first token pays: (4 + 0.9) / 1.2 = 4.08 beats k = 2 (5.71 / 1.4 = 4.08, just less) and k = 4 (3.94).
+        ([[0.9, 0.81, 0.73, 0.66], [], [], []], (0.0, 0.2), 1),
+        ([[0.9, 0.81, 0.73, 0.66], [], [], []], (0.0, 0.05), 4),  # (4 + 3.1) / 1.2 = 5.92 > 4
+        # Every row confident: the whole drafts pay even at 0.2 per token: (4 + 4 * 3.1) / 1.8 = 9.1.
+        ([[0.9, 0.81, 0.73, 0.66]] * 4, (0.0, 0.2), 4),
+        # Two confident rows of four: their first two tokens pay, the rest does not: (4 + 2 * 1.71) / 1.4 = 5.3.
+        ([[0.9, 0.81, 0.3, 0.1], [0.9, 0.81, 0.3, 0.1], [], []], (0.0, 0.2), 2),
+        # A fixed cost of widening at all: one row's 0.5 does not pay for it, four rows' do.
+        ([[0.5], [], [], []], (0.3, 0.01), 0),
+        ([[0.5], [0.5], [0.5], [0.5]], (0.3, 0.01), 1),
+        ([[], []], (0.0, 0.05), 0),  # no drafts
+        ([], (0.0, 0.05), 0),  # no rows
+        ([[0.5, 0.25]], (0.0, 0.5), 0),  # ties go to the shorter draft: 1.5 / 1.5 = 1
+    ],
+)
+def test_batch_draft_length_maximises_the_batch_throughput(chances, costs, expected):
+    assert batch_draft_length(chances, costs) == expected
+
+
+def test_scored_proposal_uncut_keeps_the_whole_proposal_with_its_chances():
+    from hf_cascade.max_gram import MaxGramIndex
+
+    index = MaxGramIndex(8, 1)
+    index.extend([1, 2, 3, 4, 5, 6, 7, 1, 2])
+    tracker = max_gram_tracker()
+    rate = tracker.rate((0, 2))  # the prior of a 2-token match
+    tokens, key, chances = scored_proposal(index, [1, 2], 5, 0, tracker, (0.0, 0.0))
+    assert tokens == [3, 4, 5, 6, 7] and key == (0, 2)
+    assert chances == pytest.approx([rate**k for k in range(1, 6)])
+    # Cut alone at a steep token cost, the same proposal keeps only the tokens that pay (rate ** k >= 0.3).
+    cut, _, cut_chances = scored_proposal(index, [1, 2], 5, 0, tracker, (0.0, 0.3))
+    assert cut == tokens[: len(cut_chances)] and len(cut) == sum(rate**k >= 0.3 for k in range(1, 6)) < 5
+    assert adaptive_proposal(index, [1, 2], 5, 0, tracker, (0.0, 0.3)) == (cut, key)
+    assert scored_proposal(index, [1, 2], 5, 0, None, (0.0, 0.3))[2] is None  # fixed length: no chances

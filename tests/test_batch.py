@@ -186,7 +186,7 @@ def test_compaction_keeps_rows_exact(llama, llama_drafters, monkeypatch):
 
     monkeypatch.setattr(BatchRunner, "compact", spy)
     monkeypatch.setattr(BatchRunner, "compact_ratio", 0.5)  # compact at nearly every pass: holes are gathered early
-    config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False)
+    config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False, adaptive_drafters=False)
     out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=20, cascade_config=config)
     assert torch.equal(out.sequences, plain)
     assert any(shrunk)  # the holes were gathered away at least once
@@ -404,3 +404,27 @@ def test_level_stats_of_a_row_count_its_forwards(llama, llama_drafters):
     for row in out.cascade_stats.rows:
         assert isinstance(row.levels[0], LevelStats) and 0 < row.levels[0].forward_passes <= target.forward_passes
     assert "row 1:" in out.cascade_stats.summary()
+
+
+def test_a_confident_row_does_not_widen_the_forward_pass_of_the_batch(llama, monkeypatch):
+    # Row 0 ends with a repeated 6-token phrase: Max-Gram copies 16 tokens at the 4+-token match prior 0.85, and alone
+    # it would draft the 7 tokens with 0.85 ** k >= 0.3 (a 30% cost per token). Rows 1-3 hold no repeated token, so
+    # they have nothing to draft: widening the pass for row 0's first token gains (4 + 0.85) / 1.3 = 3.7 tokens per
+    # unit of cost, less than the 4 of a one-token pass, so the batch drafts nothing in its first step.
+    monkeypatch.setattr(hf_cascade.cost.ForwardCostModel, "costs", lambda self: (0.0, 0.3))
+    phrase = [40, 41, 42, 43, 44, 45]
+    rows = [[2, 3, 4, 5, *phrase, 6, 7, *phrase], list(range(10, 22)), list(range(50, 60)), list(range(70, 84))]
+    ids, mask = left_pad(rows)
+    widths = []
+    logits = BatchRunner.logits
+
+    def spy(self, requests):
+        widths.append(max(end - first for _, first, end in requests.values()))
+        return logits(self, requests)
+
+    monkeypatch.setattr(BatchRunner, "logits", spy)
+    out = cascade(llama, ids, mask, [], max_new_tokens=NEW)
+    monkeypatch.undo()
+    plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
+    assert torch.equal(out.sequences, plain)
+    assert widths[0] == 1  # the first review: each row's last prompt token, no draft

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_cascade.config import MaxGramConfig
-from hf_cascade.cost import ForwardCostModel, cost_model_for, fit_draft_costs
+from hf_cascade.cost import ForwardCostModel, batch_prior, cost_model_for, fit_draft_costs, forward_cost_model
 
 from conftest import max_gram_generate
 
@@ -135,3 +135,11 @@ def test_sampling_keeps_the_configured_costs(llama, prompt, monkeypatch):
         runs.append(sequences)
         assert stats.target.draft_cost is None and stats.levels[-1].drafted > 0
     assert torch.equal(runs[0], runs[1])
+
+
+def test_batch_prior_prices_a_draft_token_for_every_row():
+    assert batch_prior(0.3, 0.05, 1) == (0.3, 0.05)  # one row: the configured prior
+    # Four rows: a (4, 1) pass is c(4) = 1.3 + 0.15 = 1.45 one-token passes; each draft token adds 4 * 0.05.
+    assert batch_prior(0.3, 0.05, 4) == pytest.approx((0.0, 0.2 / 1.45))
+    assert batch_prior(0.0, 0.9, 8) == (0.0, 0.95)  # capped as fitted costs are
+    assert forward_cost_model(None, MaxGramConfig(), False, rows=4).prior == pytest.approx((0.0, 0.2 / 1.45))
