@@ -29,7 +29,6 @@ from typing import Any
 import torch
 
 from .config import MaxGramConfig
-from .cpu import OneDNNLinear
 
 __all__ = [
     "TIMING_CPU",
@@ -201,7 +200,9 @@ def forward_parameters(model: torch.nn.Module) -> int:
             continue
         visited.add(id(module))
         stack.extend(module.children())
-        if isinstance(module, OneDNNLinear):
+        # `hf_cascade.cpu.OneDNNLinear`, recognised by its packed weight rather than imported: this module is
+        # bundled into Hub exports, which carry only what generation imports (no CPU packing code).
+        if hasattr(module, "packed_weight") and hasattr(module, "in_features"):
             total += module.in_features * module.out_features + (0 if module.bias is None else module.out_features)
             continue
         lookup = isinstance(module, torch.nn.Embedding)
