@@ -426,7 +426,9 @@ class CascadeDrafter:
             self.index = MaxGramIndex(max_gram.max_ngram_size, max_gram.min_ngram_size, corpus, max_gram.occurrence)
             self.index.extend(self.buffer.ids)
             if max_gram.adaptive_length:  # a memory carries the acceptance record of earlier calls (its tracker)
-                self.tracker = tracker or (self.memory.tracker if self.memory is not None else max_gram_tracker())
+                if tracker is None:
+                    tracker = self.memory.tracker if self.memory is not None else max_gram_tracker()
+                self.tracker = tracker
             self.max_gram_column = len(runners)
             self.stats.append(LevelStats("max_gram", "max_gram"))
         self.num_drafters = len(self.stats)

@@ -200,10 +200,11 @@ def forward_parameters(model: torch.nn.Module) -> int:
             continue
         visited.add(id(module))
         stack.extend(module.children())
-        # `hf_cascade.cpu.OneDNNLinear`, recognised by its packed weight rather than imported: this module is
+        # `hf_cascade.cpu.OneDNNLinear`, recognised by its `packed_numel` rather than imported: this module is
         # bundled into Hub exports, which carry only what generation imports (no CPU packing code).
-        if hasattr(module, "packed_weight") and hasattr(module, "in_features"):
-            total += module.in_features * module.out_features + (0 if module.bias is None else module.out_features)
+        packed_numel = getattr(module, "packed_numel", None)
+        if callable(packed_numel):
+            total += packed_numel()
             continue
         lookup = isinstance(module, torch.nn.Embedding)
         for p in module.parameters(recurse=False):

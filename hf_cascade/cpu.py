@@ -60,6 +60,11 @@ class OneDNNLinear(nn.Module):
         """`x @ W.T + b` for `x` of shape `(..., in_features)`."""
         return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
 
+    def packed_numel(self) -> int:
+        """Elements of the packed weight and the bias: the parameters this layer multiplies per token, which
+        `parameters()` does not list (read by `count_parameters` and `hf_cascade.cost.forward_parameters`)."""
+        return self.in_features * self.out_features + (0 if self.bias is None else self.out_features)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -70,9 +75,7 @@ def count_parameters(model: nn.Module) -> int:
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         if isinstance(module, OneDNNLinear):
-            total += (0 if module.tied else module.in_features * module.out_features) + (
-                0 if module.bias is None else module.out_features
-            )
+            total += module.packed_numel() - (module.in_features * module.out_features if module.tied else 0)
     return total
 
 
