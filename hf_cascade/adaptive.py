@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .max_gram import BigramTable, MaxGramIndex
 
@@ -180,16 +180,26 @@ def max_gram_tracker(max_weight: float | None = None) -> AcceptanceTracker:
     return AcceptanceTracker(match_prior, prior_strength=4.0, max_weight=max_weight)
 
 
-def adaptive_proposal(*args: Any, **kwargs: Any) -> tuple[list[int], tuple[int, ...]]:
+def adaptive_proposal(
+    index: MaxGramIndex,
+    context: Sequence[int],
+    num_tokens: int,
+    level: int,
+    tracker: AcceptanceTracker | None,
+    costs: tuple[float, float],
+    bigram: BigramTable | None = None,
+    memory: MaxGramMemory | None = None,
+) -> tuple[list[int], tuple[int, ...]]:
     """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
-    replays) for the model reviewing `level`. `scored_proposal` (same arguments) without the chances.
+    replays) for the model reviewing `level`: `scored_proposal` (same arguments, documented there) without the
+    chances.
 
     Returns:
         `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
         the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
         cut (and stops proposing) on its own record without making the call's own matches look worse.
     """
-    tokens, key, _ = scored_proposal(*args, **kwargs)
+    tokens, key, _ = scored_proposal(index, context, num_tokens, level, tracker, costs, bigram, memory)
     return tokens, key
 
 
@@ -203,7 +213,8 @@ def scored_proposal(
     bigram: BigramTable | None = None,
     memory: MaxGramMemory | None = None,
 ) -> tuple[list[int], tuple[int, ...], list[float] | None]:
-    """`adaptive_proposal` with the chance of each prefix of the proposal being accepted.
+    """One Max-Gram proposal cut by its tracked acceptance (`adaptive_proposal`), with the chance of each prefix of
+    the proposal being accepted.
 
     The batched cascade proposes uncut (`costs=(0.0, 0.0)`) and cuts every row's draft at once with these chances
     (`batch_draft_length`): in a batch one row's longer draft widens the forward pass of all rows.
