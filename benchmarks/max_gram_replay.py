@@ -7,7 +7,7 @@ many policies in seconds, which a wall-clock benchmark (noise of a few percent p
 Python overhead (about 1% of wall time in `hf-cascade bench`), so compare policies with it, then confirm the chosen
 one with `hf-cascade bench`.
 
-The replay uses hf_cascade's own `MaxGramIndex`, `AcceptanceTracker` and `adaptive_proposal`, the same calls the
+The replay uses hf_cascade's own `MaxGramIndex`, `AcceptanceTracker` and `scored_proposal`, the same calls the
 cascade makes for a Max-Gram-only configuration (reviewer = target, one proposal per review), and transformers'
 prompt lookup algorithm (`prompt_lookup_num_tokens=10`, n-grams of 2 then 1, first match) for reference.
 
@@ -28,7 +28,7 @@ import math
 import statistics
 from collections.abc import Callable
 
-from hf_cascade.adaptive import AcceptanceTracker, adaptive_proposal, max_gram_tracker
+from hf_cascade.adaptive import AcceptanceTracker, max_gram_tracker, scored_proposal
 from hf_cascade.max_gram import MaxGramIndex
 
 MAX_NEW_TOKENS = 96
@@ -60,7 +60,7 @@ class MaxGramPolicy:
 
     def draft(self, context: list[int]) -> list[int]:
         costs = (self.draft_cost, self.token_cost)
-        tokens, self.key = adaptive_proposal(self.index, context, self.num_tokens, 0, self.tracker, costs)
+        tokens, self.key, _ = scored_proposal(self.index, context, self.num_tokens, 0, self.tracker, costs)
         return tokens
 
     def feedback(self, draft: list[int], accepted: int, kept: list[int]) -> None:

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_cascade.adaptive import adaptive_proposal, max_gram_tracker
+from hf_cascade.adaptive import max_gram_tracker, scored_proposal
 from hf_cascade.max_gram import MaxGramIndex
 from hf_cascade.memory import MaxGramMemory
 
@@ -47,7 +47,7 @@ class MemoryPolicy:
         self.key = (0, 0)
 
     def draft(self, context: list[int]) -> list[int]:
-        tokens, self.key = adaptive_proposal(self.index, context, 16, 0, self.tracker, COSTS, memory=self.memory)
+        tokens, self.key, _ = scored_proposal(self.index, context, 16, 0, self.tracker, COSTS, memory=self.memory)
         return tokens
 
     def feedback(self, draft: list[int], accepted: int, kept: list[int]) -> None:

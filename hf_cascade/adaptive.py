@@ -33,7 +33,6 @@ __all__ = [
     "MEMORY",
     "MATCH_PRIOR",
     "AcceptanceTracker",
-    "adaptive_proposal",
     "batch_draft_length",
     "cut_length",
     "draft_length",
@@ -180,29 +179,6 @@ def max_gram_tracker(max_weight: float | None = None) -> AcceptanceTracker:
     return AcceptanceTracker(match_prior, prior_strength=4.0, max_weight=max_weight)
 
 
-def adaptive_proposal(
-    index: MaxGramIndex,
-    context: Sequence[int],
-    num_tokens: int,
-    level: int,
-    tracker: AcceptanceTracker | None,
-    costs: tuple[float, float],
-    bigram: BigramTable | None = None,
-    memory: MaxGramMemory | None = None,
-) -> tuple[list[int], tuple[int, ...]]:
-    """One Max-Gram proposal, cut by its tracked acceptance: what the cascade drafts (and the replay benchmark
-    replays) for the model reviewing `level`: `scored_proposal` (same arguments, documented there) without the
-    chances.
-
-    Returns:
-        `(tokens, key)`: the proposal and its tracker key, to `update` with the review: `(level, match bucket)` for
-        the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory is
-        cut (and stops proposing) on its own record without making the call's own matches look worse.
-    """
-    tokens, key, _ = scored_proposal(index, context, num_tokens, level, tracker, costs, bigram, memory)
-    return tokens, key
-
-
 def scored_proposal(
     index: MaxGramIndex,
     context: Sequence[int],
@@ -213,8 +189,8 @@ def scored_proposal(
     bigram: BigramTable | None = None,
     memory: MaxGramMemory | None = None,
 ) -> tuple[list[int], tuple[int, ...], list[float] | None]:
-    """One Max-Gram proposal cut by its tracked acceptance (`adaptive_proposal`), with the chance of each prefix of
-    the proposal being accepted.
+    """One Max-Gram proposal, cut by its tracked acceptance, with the chance of each prefix of it being accepted:
+    what the cascade drafts (and the replay benchmarks replay) for the model reviewing `level`.
 
     The batched cascade proposes uncut (`costs=(0.0, 0.0)`) and cuts every row's draft at once with these chances
     (`batch_draft_length`): in a batch one row's longer draft widens the forward pass of all rows.
@@ -234,8 +210,10 @@ def scored_proposal(
             suffix (the call's own text wins ties).
 
     Returns:
-        `(tokens, key, chances)`: as `adaptive_proposal`, and `chances[k - 1]` the chance that the first `k` tokens
-        are all accepted (`acceptance_chances`, one per token), `None` without a `tracker`.
+        `(tokens, key, chances)`: the proposal; its tracker key, to `update` with the review: `(level, match bucket)`
+        for the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory
+        is cut (and stops proposing) on its own record without making the call's own matches look worse; and
+        `chances[k - 1]` the chance that the first `k` tokens are all accepted (`acceptance_chances`, one per token), `None` without a `tracker`.
     """
     tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
     key: tuple[int | str, ...] = (level, match_bucket(match_length))

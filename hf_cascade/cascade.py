@@ -370,7 +370,7 @@ class CascadeDrafter:
             (`MaxGramConfig.measure_cost`) and gives the draft-length controller its costs
             (`CascadeConfig.adaptive_drafters`). Without it (the target runs elsewhere, e.g. in transformers'
             assisted loop) the target is put on a prior four times the largest drafter's cost.
-        memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`adaptive_proposal`).
+        memory (`MaxGramMemory`, *optional*): earlier sequences Max-Gram also copies from (`scored_proposal`).
         padding (`Sequence[int]`, *optional*): the row's left padding in a batched call. Logits processors and
             stopping criteria see it before the sequence, as plain batched `generate` shows them the padded row;
             Max-Gram never does.

@@ -10,7 +10,6 @@ from hf_cascade.adaptive import (
     MEMORY,
     AcceptanceTracker,
     acceptance_chances,
-    adaptive_proposal,
     batch_draft_length,
     cut_length,
     draft_length,
@@ -124,13 +123,13 @@ def test_a_memory_proposal_is_drafted_only_while_its_followers_are_frequent_enou
     for value in range(20):  # twenty records "60 61 62 <value> 63": the key always the same, the value never
         memory.add([60, 61, 62, 70 + value, 63])
     tracker = max_gram_tracker()
-    tokens, key = adaptive_proposal(index, [60, 61], 16, 0, tracker, (0.5, 0.035), memory=memory)
+    tokens, key, _ = scored_proposal(index, [60, 61], 16, 0, tracker, (0.5, 0.035), memory=memory)
     assert key == (0, 2, MEMORY)
     assert tokens == [62]  # the value after 62 is a one-in-twenty guess: not worth verifying
     # Without the shares (one occurrence each), the whole remembered record would have been drafted.
     single = MaxGramMemory(min_ngram_size=1)
     single.add([60, 61, 62, 70, 63])
-    tokens, _ = adaptive_proposal(index, [60, 61], 16, 0, tracker, (0.5, 0.035), memory=single)
+    tokens, _, _ = scored_proposal(index, [60, 61], 16, 0, tracker, (0.5, 0.035), memory=single)
     assert tokens == [62, 70, 63]
 
 
@@ -143,7 +142,7 @@ def test_the_calls_own_proposal_wins_when_it_is_worth_more():
     memory = MaxGramMemory(min_ngram_size=1)
     memory.add([3, 40])
     memory.add([3, 41])
-    tokens, key = adaptive_proposal(index, [1, 2, 3], 6, 0, max_gram_tracker(), (0.5, 0.035), memory=memory)
+    tokens, key, _ = scored_proposal(index, [1, 2, 3], 6, 0, max_gram_tracker(), (0.5, 0.035), memory=memory)
     assert key == (0, 3) and tokens == [4, 5, 6, 7, 8, 9]
 
 
@@ -181,7 +180,7 @@ def test_scored_proposal_uncut_keeps_the_whole_proposal_with_its_chances():
     assert tokens == [3, 4, 5, 6, 7] and key == (0, 2)
     assert chances == pytest.approx([rate**k for k in range(1, 6)])
     # Cut alone at a steep token cost, the same proposal keeps only the tokens that pay (rate ** k >= 0.3).
-    cut, _, cut_chances = scored_proposal(index, [1, 2], 5, 0, tracker, (0.0, 0.3))
+    cut, cut_key, cut_chances = scored_proposal(index, [1, 2], 5, 0, tracker, (0.0, 0.3))
     assert cut == tokens[: len(cut_chances)] and len(cut) == sum(rate**k >= 0.3 for k in range(1, 6)) < 5
-    assert adaptive_proposal(index, [1, 2], 5, 0, tracker, (0.0, 0.3)) == (cut, key)
+    assert cut_key == key  # the same match, whatever the cut
     assert scored_proposal(index, [1, 2], 5, 0, None, (0.0, 0.3))[2] is None  # fixed length: no chances
