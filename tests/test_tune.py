@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import test_bench
@@ -19,7 +20,7 @@ from hf_cascade.cpu import onednn_linear_available
 from hf_cascade.tuning import TuneResult, tune
 from hf_cascade.tuning.bound import compute_bound, oracle_speedup, verdict
 from hf_cascade.tuning.ewif import CostCurve, geometric_acceptance, predict, search_k_matrices
-from hf_cascade.tuning.measure import _chain_pairs, chains
+from hf_cascade.tuning.measure import TUNE_KS, _chain_pairs, chains
 
 PROMPTS = ["w1 w2 w3 w4 w5 w9 w1 w2 w3 w4 w5 w7 w1 w2 w3", "w7 w8 w9 w7 w8 w9 w7 w8"]
 FLAT = CostCurve.flat(1.0)
@@ -200,6 +201,12 @@ def test_placement_notes_say_what_the_numbers_mean(tiny):
     assert "its 1-token forward costs 0.90x the target's. The chosen k-matrix gives it no tokens" in text
     assert "2.00 ms per forward pass, 2% of a 1-token target forward" in text
     assert notes[-1].startswith("REFUSED tuned-2 (k_matrix [[1, 0], [0, 1]], lenience 1)")
+    assert "costs less than no draft" not in text  # every size costs more than one token here
+    # A size cheaper than one token (oneDNN picks its kernel by size) is said, with its ratio.
+    dip = replace(result, costs={**result.costs, "target": ModelCost(1000, {1: 0.1, 2: 0.12, 4: 0.075, 8: 0.1})})
+    assert "A 4-token forward of the target costs 0.75x a 1-token one here" in "\n".join(
+        placement_notes(dip, tiny[0], packed=True, used={1})
+    )
     result.notes = notes
     report = to_markdown(result)
     assert (
@@ -264,7 +271,7 @@ def test_tune_python_confirms_and_round_trips_its_config(tiny, tmp_path):
     target, drafter, tokenizer, *_ = tiny
     result = tune(target, {"d": drafter}, tokenizer, PROMPTS, **{**FAST, "onednn_probe": True})
     assert isinstance(result, TuneResult) and result.drafters == ["d"]
-    assert set(result.costs) == {"target", "d"} and set(result.costs["target"].forward_s) == {1, 2, 4, 8, 16}
+    assert set(result.costs) == {"target", "d"} and set(result.costs["target"].forward_s) == set(TUNE_KS)
     assert set(result.acceptance[1.0]) == {(0, 0), (0, 1), (1, 1)}
     assert result.timings.overhead_s > 0 and result.timings.max_gram_s > 0
     assert result.greedy_step_s == pytest.approx(result.costs["target"].forward_s[1] + result.timings.overhead_s)
@@ -277,6 +284,13 @@ def test_tune_python_confirms_and_round_trips_its_config(tiny, tmp_path):
     assert CascadeConfig.from_pretrained(str(tmp_path)) == result.config
     chosen = next(c for c in result.candidates if c.label == result.chosen)
     assert result.config.resolved_k_matrix(1) == chosen.k_matrix  # k_matrix None when the base config won
+    # A searched candidate is confirmed as the fixed policy the model predicted; the base config runs as it is.
+    methods = {m.label: m.cascade_config for m in result.confirmation.methods if m.kind == "cascade"}
+    fixed = methods["tuned-1"]
+    assert fixed.k_matrix == result.candidates[0].k_matrix
+    assert not fixed.adaptive_drafters and not fixed.max_gram.adaptive_length
+    assert methods["default"] == CascadeConfig()
+    assert (result.config == CascadeConfig()) == (result.chosen == "default")
     report = (tmp_path / "tune_report.md").read_text()
     for heading in ("## Chosen configuration", "## Placement", "## Cost of a forward pass", "## Acceptance"):
         assert heading in report
@@ -395,7 +409,7 @@ def test_cli_tune_then_bench_tuned(tiny, prompt_file, tmp_path, capsys):
     assert json.loads((out / "tune_result.json").read_text())["command"].startswith("hf-cascade tune --target")
     report = (out / "tune_report.md").read_text()
     assert "hf-cascade tune --target" in report and "| 2 | d | max_gram |" in report  # both lenience values measured
-    assert "timing forwards 1/2: target (1, 2, 4, 8, 16 tokens)" in err
+    assert "timing forwards 1/2: target (1-16 tokens)" in err
     assert f"hf-cascade bench --target {target_dir} --drafter d={drafter_dir} --tuned DIR/cascade_config.json" in report
     bench_out = tmp_path / "bench"
     argv = ["bench", "--target", target_dir, "--drafter", f"d={drafter_dir}", "--prompts", prompt_file]

@@ -1,12 +1,13 @@
 """`hf_cascade.tune`: measure this machine and these models, then pick the cascade's k-matrix and lenience.
 
-1. Time every model's forward pass over 1, 2, 4, 8 and 16 new tokens on a real prompt with its KV cache
+1. Time every model's forward pass over 1 to 16 new tokens on a real prompt with its KV cache
    (`measure.measure_costs`).
 2. Run the cascade's chains on the prompts and read each (reviewer, drafter) pair's acceptance from `CascadeStats`
    (`measure.measure_acceptance`), per lenience value.
 3. Search k-matrices with the expected-walltime model (`ewif`: the paper's EWIF with measured costs).
-4. Confirm the best few by timing real interleaved runs against greedy (`benchmark.run_benchmark`); a candidate whose
-   greedy output differs from plain greedy's is refused (that would be a bug, never a trade-off).
+4. Confirm the best few by timing real interleaved runs against greedy (`benchmark.run_benchmark`), each run as the
+   fixed policy the model predicted (`_config`), next to the base configuration; a candidate whose greedy output
+   differs from plain greedy's is refused (that would be a bug, never a trade-off).
 5. Keep the fastest confirmed configuration; `TuneResult.save` writes `cascade_config.json`, `tune_report.md` and
    `tune_result.json`.
 6. Put it in perspective: the bound (`bound`), the best speedup any fixed k-matrix of a generous grid, and a per-step
@@ -71,8 +72,8 @@ class TuneResult:
     """What `tune` measured and chose.
 
     Args:
-        config (`CascadeConfig`): the chosen configuration (the user's base config with the chosen k-matrix and
-            lenience).
+        config (`CascadeConfig`): the chosen configuration: the user's base config as it is, or with the chosen
+            k-matrix and lenience as a fixed policy (`adaptive_drafters=False`, Max-Gram's `adaptive_length` off).
         chosen (`str`): the label of the chosen `Candidate`.
         drafters (`list[str]`): the drafter names, largest first (the k-matrix columns, then Max-Gram).
         costs (`dict[str, ModelCost]`): per model (`"target"`, then each drafter) the timed forward sizes.
@@ -171,11 +172,18 @@ def _pick(predictions: list[Prediction], count: int, num_assistants: int) -> lis
 
 
 def _config(candidate: Candidate, base: CascadeConfig) -> CascadeConfig:
-    """The candidate's config: the base config as it is for the default (`k_matrix=None` keeps its own meaning)."""
-    return (
-        base
-        if candidate.label == DEFAULT_LABEL
-        else replace(base, k_matrix=candidate.k_matrix, lenience=candidate.lenience)
+    """The candidate's config: the base config as it is for the default (`k_matrix=None` keeps its own meaning);
+    a searched candidate as the fixed policy the expected-walltime model predicted: its k-matrix entries are the
+    draft lengths (`adaptive_drafters=False`) and Max-Gram proposes them in full (`MaxGramConfig.adaptive_length`
+    off), so its confirmed speedup measures the prediction (and the bound) instead of the controller."""
+    if candidate.label == DEFAULT_LABEL:
+        return base
+    return replace(
+        base,
+        k_matrix=candidate.k_matrix,
+        lenience=candidate.lenience,
+        adaptive_drafters=False,
+        max_gram=replace(base.max_gram, adaptive_length=False),
     )
 
 

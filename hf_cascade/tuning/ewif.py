@@ -3,7 +3,7 @@
 The CS Drafting paper's EWIF (expected walltime improvement factor) counts each forward pass at a fixed cost (the
 parameter count) and assumes verifying `k` tokens costs what verifying one does. Here every model's cost is its own
 measured curve `cost_m(n)`: seconds of one forward over `n` new tokens with a warm KV cache (piecewise linear
-through the timed sizes 1, 2, 4, 8, 16, extended along the last segment), so a long draft costs what it costs on this
+through the timed sizes, `tune` times 1 to 16, extended along the last segment), so a long draft costs what it costs on this
 machine. Acceptance is the paper's i.i.d. model: a token drafted by drafter `c` and reviewed at level `r` (reviewer:
 the target for `r = 0`, drafter `r - 1` otherwise) is accepted with probability `a[r][c]`, given every earlier token of
 that draft was.
@@ -13,9 +13,9 @@ per-drafter increments; `G_c = K[r][r] + ... + K[r][c]`):
 
 - neural column `c`: while the draft is shorter than `G_c`, drafter `c` reviews the level `c + 1` draft below it and
   appends `Y_c = 1 + A_{c+1}` tokens (what it accepted plus its own token), at a cost of `T_{c+1}` seconds;
-- Max-Gram column: one proposal filling the draft up to `G_c` tokens (modelled at full length; with
-  `MaxGramConfig.adaptive_length` the entry is an upper bound and the confirmation runs time the real thing), at the
-  measured seconds per proposal `t_M`.
+- Max-Gram column: one proposal filling the draft up to `G_c` tokens (at full length: `tune` confirms a searched
+  k-matrix with `MaxGramConfig.adaptive_length` off and `CascadeConfig.adaptive_drafters` off, the policy modelled
+  here), at the measured seconds per proposal `t_M`.
 
 The draft length `L_r` evolves independently of the reviewer, so one pass over the lengths gives everything (exact
 under the model): with `p(l)` the probability that the draft reaches length `l` at some point and `w(l)` the

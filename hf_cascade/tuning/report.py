@@ -79,6 +79,12 @@ def placement_notes(result: TuneResult, target: torch.nn.Module, *, packed: bool
             f"Verification is nearly flat here (8 tokens cost {eight:.2f}x one): long drafts cost little, so the "
             "k-matrix drafts long."
         )
+    cheapest = min(target_cost.forward_s, key=target_cost.forward_s.__getitem__)
+    if cheapest > 1 and target_cost.forward_s[cheapest] < 0.95 * target_cost.forward_s[1]:
+        notes.append(
+            f"A {cheapest}-token forward of the target costs {cost_ratio(target_cost, cheapest):.2f}x a 1-token one "
+            "here (the kernels choose their algorithm by size): a draft that fills it costs less than no draft."
+        )
     probe = result.onednn_costs.get("target")
     if packed:
         notes.append("The linear layers are packed for oneDNN (`--onednn-linear` / `use_onednn_linear`): all costs "
