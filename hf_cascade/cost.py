@@ -10,8 +10,9 @@ The model: a forward over `1 + k` tokens (the reviewer's last token and `k` draf
 `1 + draft_cost + token_cost * k` one-token forwards.
 
 The draft-length controller (`hf_cascade.controller`) also needs every model's cost in absolute seconds, to weigh a
-drafter's forward against its reviewer's: `ForwardCostModel.absolute()` is the curve `seconds(1) = unit_s`,
-`seconds(n) = base_s + token_s * (n - 1)` for `n >= 2`, fitted to the same timings. How forwards are timed depends on
+drafter's forward against its reviewer's: `ForwardCostModel.seconds(n)` is the median of the timed passes of size
+`n` once there are a few (a curve need not be smooth), else the curve `absolute()`: `unit_s` for one token,
+`base_s + token_s * (n - 1)` for `n >= 2`, fitted to the same timings. How forwards are timed depends on
 where the model runs (`timing_kind`): host wall time on CPU and for models accelerate offloads to CPU or disk, CUDA
 events on a GPU (read only once the review that follows the forward has synchronised), and not at all elsewhere or
 when sampling (`"prior"`): then the configured relative costs and a prior proportional to the parameters a forward
@@ -20,6 +21,7 @@ multiplies per token (`forward_parameters`) apply.
 
 from __future__ import annotations
 
+import math
 import statistics
 import warnings
 from collections import deque
@@ -33,6 +35,7 @@ from .config import MaxGramConfig
 __all__ = [
     "TIMING_CPU",
     "TIMING_CUDA",
+    "MIN_SIZE_PASSES",
     "TIMING_PRIOR",
     "ForwardCostModel",
     "batch_prior",
@@ -58,6 +61,8 @@ _MIN_TOKEN_COST = 0.005
 _MAX_TOKEN_COST = 0.95
 # Chunk sizes past this are prompt prefills or catch-up passes, not reviews of a draft.
 _MAX_CHUNK = 64
+# Timed passes of one chunk size before their median replaces the fitted curve at that size (`seconds`).
+MIN_SIZE_PASSES = 3
 
 
 def fit_draft_costs(
@@ -262,6 +267,7 @@ class ForwardCostModel:
         self._absolute: tuple[float, float, float] | None = None
         self._pending: list[tuple[int, Any, Any]] = []  # CUDA (tokens, start event, end event) not yet read
         self._elapsed = 0.0
+        self._medians: dict[int, float] = {}  # per chunk size with MIN_SIZE_PASSES passes: their median (`seconds`)
         self.fitted = False  # whether `costs()` comes from timings (else it is the prior)
 
     @property
@@ -285,6 +291,7 @@ class ForwardCostModel:
         times.append(seconds)
         self._since_fit += 1
         self._absolute = None
+        self._medians.pop(num_tokens, None)
 
     def record_events(self, num_tokens: int, start: Any, end: Any) -> None:
         """Record a pass timed by two recorded `torch.cuda.Event`s; read later, once the GPU has passed `end`
@@ -331,8 +338,29 @@ class ForwardCostModel:
         return self._absolute
 
     def seconds(self, num_tokens: float) -> float:
-        """Seconds of a forward over `num_tokens` tokens on the current curve (`absolute()`)."""
-        return self._curve(num_tokens, self.absolute())
+        """Seconds of a forward over `num_tokens` tokens: for a size with `MIN_SIZE_PASSES` timed passes or more,
+        their median; for any other size, the fitted curve (`absolute()`). A fractional size (a mean) interpolates
+        between the two sizes around it.
+
+        A curve need not be smooth, or even increasing: oneDNN picks its kernel by size, and with packed weights a
+        4- to 6-token forward of Qwen2.5-Coder-1.5B cost 0.75-0.85x a 1-token one on our 2-core CPU (2 tokens:
+        1.22x). The straight line of `absolute()` cannot show such a dip; the sizes the call actually ran can.
+        """
+        low = max(math.floor(num_tokens), 1)
+        below = self._size_seconds(low)
+        frac = num_tokens - low
+        return below if frac <= 0 else below + frac * (self._size_seconds(low + 1) - below)
+
+    def _size_seconds(self, num_tokens: int) -> float:
+        median = self._medians.get(num_tokens)
+        if median is None:
+            self._resolve()
+            times = self._seconds.get(num_tokens, ())
+            if len(times) >= MIN_SIZE_PASSES:
+                median = self._medians[num_tokens] = statistics.median(times)
+            else:
+                return self._curve(num_tokens, self.absolute())
+        return median
 
     @staticmethod
     def _curve(num_tokens: float, curve: tuple[float, float, float]) -> float:

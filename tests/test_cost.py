@@ -6,7 +6,16 @@ import pytest
 import torch
 
 from hf_cascade.config import MaxGramConfig
-from hf_cascade.cost import ForwardCostModel, batch_prior, cost_model_for, fit_draft_costs, forward_cost_model
+from hf_cascade.controller import extension_pays
+from hf_cascade.cost import (
+    MIN_SIZE_PASSES,
+    TIMING_PRIOR,
+    ForwardCostModel,
+    batch_prior,
+    cost_model_for,
+    fit_draft_costs,
+    forward_cost_model,
+)
 
 from conftest import max_gram_generate
 
@@ -76,6 +85,40 @@ def test_cost_model_window_forgets_old_passes():
     for t in (1.0, 1.0, 1.0, 1.0, 0.01, 0.01, 0.01, 0.01):
         model.record(1, t)
     assert list(model._seconds[1]) == [0.01] * 4
+
+
+def test_seconds_follows_the_sizes_timed_often_enough():
+    # oneDNN-like curve: 2 tokens dearer than 1, 4 tokens cheaper than 1. A straight line cannot show the dip.
+    model = ForwardCostModel(0.3, 0.05, refit_every=1)
+    for _ in range(MIN_SIZE_PASSES):
+        model.record(1, 1.0)
+        model.record(2, 1.25)
+        model.record(4, 0.75)
+    model.record(8, 0.5)  # one pass: too few to stand for its size
+    fitted = model.absolute()
+    assert model.seconds(1) == 1.0 and model.seconds(2) == 1.25 and model.seconds(4) == 0.75
+    assert model.seconds(8) == pytest.approx(fitted[1] + 7 * fitted[2])  # the fitted curve
+    assert model.seconds(3) == pytest.approx(fitted[1] + 2 * fitted[2])
+    assert model.seconds(3.5) == pytest.approx((model.seconds(3) + 0.75) / 2)  # a mean size interpolates
+    assert model.seconds(0.5) == 1.0
+    for _ in range(MIN_SIZE_PASSES + 1):  # newer passes of a size move its median
+        model.record(4, 0.25)
+    assert model.seconds(4) == 0.25
+    # Not timed (sampling, `measure_cost=False`): nothing recorded, the prior curve everywhere.
+    prior = ForwardCostModel(0.3, 0.05, timing=TIMING_PRIOR)
+    for _ in range(MIN_SIZE_PASSES):
+        prior.record(4, 0.75)
+    assert prior.seconds(4) == pytest.approx(1 + 0.3 + 0.05 * 3)
+
+
+def test_extension_pays_into_a_cheaper_forward():
+    # Verifying 1 + 3 tokens costs less than verifying 1: a draft that fills the cheap size pays even when a
+    # straight-line curve of the same end points would not.
+    dip = {1: 1.0, 4: 0.8}
+    line = {1: 1.0, 4: 1.5}
+    args = dict(alpha=0.3, survival=1.0, tokens_per_review=3, review_s=0.1, drafted=0, threshold=1.0, max_reviews=1)
+    assert extension_pays(verify_s=lambda n: dip[n], **args)
+    assert not extension_pays(verify_s=lambda n: line[n], **args)
 
 
 @pytest.mark.filterwarnings("ignore:hf_cascade.cost.cost_model_for is deprecated:FutureWarning")
