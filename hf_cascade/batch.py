@@ -2,10 +2,13 @@
 
 Each row is a `CascadeDrafter` of its own (its unpadded prompt, its Max-Gram index, its draft), stepped exactly as in
 batch 1. Its drafting is a generator of `ForwardRequest`s; `draft_rows` advances every row's generator until it
-waits for a forward pass, runs ONE batched forward per model for all rows that wait on it (`BatchRunner`), hands
-each row its logits, and repeats until every row's draft is built. One batched target forward then scores every
-unfinished row, and each row is reviewed, cut and committed alone (`hf_cascade.step.target_step`). Finished rows
-leave every cache. The output is what plain batched `generate` returns: the left-padded prompts, each row's new
+waits for a forward pass, runs ONE batched forward per model for all rows that wait on it, hands each row its logits,
+and repeats until every row's draft is built. A model whose mask is all that places tokens (`packed_runner.packs`)
+keeps every row in one cache row and is fed only the real tokens of the rows that asked (`PackedRunner`); the others
+are fed every row padded to the widest chunk (`BatchRunner`). With Max-Gram alone drafting for the target, every
+row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded).
+One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
+(`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate` returns: the left-padded prompts, each row's new
 tokens, rows that stopped early right-padded with `pad_token_id`.
 """
 

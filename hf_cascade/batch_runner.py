@@ -1,4 +1,8 @@
-"""A neural model of the cascade running many rows at once over ONE transformers KV cache (batch size > 1).
+"""A neural model of the cascade running many rows at once over ONE transformers KV cache (batch size > 1), padded.
+
+The batched cascade runs a model this way when it cannot pack the rows into one cache row
+(`hf_cascade.packed_runner`, which feeds no padding): encoder-decoders (T5's relative positions), flash or flex
+attention, ALiBi, modeling code that does not take a 4D mask as given.
 
 Rows accept different numbers of tokens every step, so their sequences grow apart. They share one `DynamicCache`
 (one `EncoderDecoderCache` for encoder-decoders) whose slot dimension is common to all rows; a row's cached states
