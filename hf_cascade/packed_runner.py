@@ -15,10 +15,8 @@ slots (plus 8), the valid slots are gathered together, in order (`compact`).
 
 The trade-off: linear layers and the MLP cost follow the real tokens, but attention with the packed mask spans the
 slots of ALL rows (the mask hides the other rows' slots, the products are still computed): `O(rows x S)` per query
-instead of `O(S)`. So with sdpa, the pass runs attention row by row (`packed_sdpa_attention`, registered with
-transformers' `AttentionInterface` and named in the model's config only for the pass): each row's queries attend to
-its own slots, gathered per layer, at the price of one sdpa call per row and layer. Eager attention (whose numerics a
-user may have chosen it for) keeps the whole packed mask.
+instead of `O(S)`. For the short contexts and small batches a CPU runs, the linear layers dominate (see
+`docs/concepts.md`, "Batches"); per-row attention would need a custom attention function, which we leave out.
 
 Exact only where the custom mask is all the model uses (`packs`): decoder-only models that take `position_ids`,
 only full causal attention layers (a sliding window or chunked attention would be bypassed by the custom mask), no
@@ -29,14 +27,11 @@ a modeling module that builds its masks with `create_causal_mask`. The others ru
 from __future__ import annotations
 
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
 from transformers.cache_utils import get_layer_types_and_kwargs
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from .batch_runner import RowRequest, RowView, check_plain_layers, relative_positions
 from .cost import ForwardCostModel
@@ -50,7 +45,7 @@ from .runner import (
 )
 from .stats import LevelStats
 
-__all__ = ["PACKED_ATTENTION", "PACKED_SDPA", "PackedRunner", "packed_mask", "packed_sdpa_attention", "packs"]
+__all__ = ["PACKED_ATTENTION", "PackedRunner", "packed_mask", "packs"]
 
 # Attention implementations that apply a 4D mask as given: sdpa takes a boolean mask (True: attend), eager adds a
 # float mask to the scores. Flash kernels read only a 2D padding mask, flex attention needs a `BlockMask`.
@@ -108,65 +103,6 @@ def packed_mask(owner: torch.Tensor, new_rows: torch.Tensor, dtype: torch.dtype 
     return mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]
 
 
-class _RowPlan:
-    """Where each row of a packed sdpa pass reads: per row, its queries `start .. end - 1` of the pass, the key slots
-    it sees (`index`, into the cache slots followed by the pass's new tokens) and its mask among them (`None` for one
-    query, which sees all of them)."""
-
-    def __init__(self, width: int, rows: list[tuple[int, int, torch.Tensor, torch.Tensor | None]]):
-        self.width = width
-        self.rows = rows
-
-
-# The plan of the packed sdpa pass this thread runs now (`PackedRunner.logits` sets it around its forward pass).
-# Any other attention call that reaches `packed_sdpa_attention` (another thread's plain forward of the same model while
-# its config names it) finds no plan for its shapes and runs plain sdpa with its own mask: still exact.
-_STATE = threading.local()
-PACKED_SDPA = "hf_cascade_packed_sdpa"
-
-
-def packed_sdpa_attention(
-    module: torch.nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """transformers' sdpa attention, one row of a packed pass at a time: each row's queries attend to the row's own
-    key slots only (gathered), so attention costs each row its own context, not every row's. Without a plan for these
-    shapes (any other call), plain sdpa with the full packed mask, which computes the same.
-
-    Args:
-        module (`torch.nn.Module`): the attention module.
-        query (`torch.FloatTensor` of shape `(1, heads, tokens, head_dim)`): the pass's queries.
-        key, value (`torch.FloatTensor` of shape `(1, kv_heads, slots + tokens, head_dim)`): the cache and new states.
-        attention_mask (`torch.BoolTensor` of shape `(1, 1, tokens, slots + tokens)`): the packed mask.
-
-    Returns:
-        `(attn_output, None)`, `attn_output` of shape `(1, tokens, heads, head_dim)`.
-    """
-    plan: _RowPlan | None = getattr(_STATE, "plan", None)
-    if plan is None or query.shape[0] != 1 or key.shape[2] != plan.width or plan.rows[-1][1] != query.shape[2]:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    outputs = []
-    for start, end, index, mask in plan.rows:
-        index = index.to(key.device)  # a no-op unless the layer sits on another device than the model's first
-        out, _ = sdpa_attention_forward(
-            module,
-            query[:, :, start:end],
-            key.index_select(2, index),
-            value.index_select(2, index),
-            mask.to(key.device) if mask is not None else None,
-            **{**kwargs, "is_causal": False},
-        )
-        outputs.append(out)
-    return torch.cat(outputs, dim=1), None
-
-
-AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)
-
-
 class PackedRunner(RunnerBase):
     """Runs forward passes of one model for many rows, each over its own token sequence, packed into one cache row.
 
@@ -183,7 +119,6 @@ class PackedRunner(RunnerBase):
     """
 
     compact_ratio = 2.0
-    per_row_attention = True
 
     def __init__(
         self,
@@ -200,8 +135,6 @@ class PackedRunner(RunnerBase):
         self.owner = torch.zeros(0, dtype=torch.long, device=self.device)  # row of each slot, -1: a hole
         implementation = getattr(model.config, "_attn_implementation", None)
         self._mask_dtype = None if implementation == "sdpa" else model.dtype
-        # sdpa runs row by row (`packed_sdpa_attention`): attention then costs each row its own slots.
-        self._per_row = implementation == "sdpa" and self.per_row_attention
         self._row_stats: dict[int, LevelStats] = {}
 
     def view(self, row: int, stats: LevelStats) -> RowView:
@@ -254,24 +187,6 @@ class PackedRunner(RunnerBase):
             layer.values = layer.values.index_select(2, index)
         self.owner = self.owner[keep]
 
-    def _plan(self, chunks: list[tuple[int, list[int], int, int]], total: int) -> _RowPlan:
-        """Each row's queries, key slots and mask in the next pass (`packed_sdpa_attention`)."""
-        slots = self.owner.shape[0]
-        rows = []
-        start = 0
-        for row, new, _, _ in chunks:
-            end = start + len(new)
-            cached = (self.owner == row).nonzero().flatten()
-            index = torch.cat([cached, torch.arange(slots + start, slots + end, device=self.device)])
-            mask = None
-            if len(new) > 1:  # the row's new tokens see the row's cache and each other causally
-                mask = torch.ones(len(new), index.shape[0], dtype=torch.bool, device=self.device)
-                mask[:, cached.shape[0] :] = torch.ones(len(new), len(new), dtype=torch.bool, device=self.device).tril()
-                mask = mask[None, None]
-            rows.append((start, end, index, mask))
-            start = end
-        return _RowPlan(slots + total, rows)
-
     # ------------------------------------------------------------------ the forward pass
     @torch.no_grad()
     def logits(self, requests: Mapping[int, RowRequest]) -> dict[int, torch.Tensor]:
@@ -313,16 +228,7 @@ class PackedRunner(RunnerBase):
             kwargs["logits_to_keep"] = total - offset
         else:
             offset = 0
-        config = self.model.config
-        if self._per_row:  # the model's attention modules read the implementation from its config at every call
-            _STATE.plan = self._plan(chunks, total)
-            config._attn_implementation_internal = PACKED_SDPA
-        try:
-            out = timed_forward(self.model, kwargs, self.stats, self.cost, total, recorded=total - len(chunks) + 1)
-        finally:
-            if self._per_row:
-                config._attn_implementation_internal = "sdpa"
-                _STATE.plan = None
+        out = timed_forward(self.model, kwargs, self.stats, self.cost, total, recorded=total - len(chunks) + 1)
         if not self._checked_croppable:
             check_output_cache(out, self.model, self._label)
             check_plain_layers(out.cache, self.model, self._label)
