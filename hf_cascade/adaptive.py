@@ -39,6 +39,7 @@ __all__ = [
     "match_bucket",
     "match_prior",
     "max_gram_tracker",
+    "packed_draft_lengths",
     "proposal_gain",
     "scored_proposal",
 ]
@@ -263,3 +264,40 @@ def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, f
         if rate > best_rate:
             best, best_rate = k, rate
     return best
+
+
+def packed_draft_lengths(chances: Sequence[Sequence[float]], costs: tuple[float, float]) -> list[int]:
+    """How many draft tokens each row of a packed batch gives the target's next forward pass (`PackedRunner`: a pass
+    costs the tokens it really feeds, so rows draft different lengths).
+
+    A pass of `rows` rows feeding `K` draft tokens in all costs `1 + draft_cost + token_cost * K` passes in which every
+    row feeds only its own token (`1` for `K = 0`). For a given `K` the most expected tokens come from the `K` draft
+    tokens most likely to be accepted, and since each row's chances are non-increasing, taking tokens in descending
+    order of chance keeps every row's draft a prefix. So the tokens are taken in that order and the `K` maximising
+    `(rows + sum of the chances taken) / (1 + draft_cost + token_cost * K)` is kept; ties go to the shorter drafts. A
+    confident row drafts long without making the other rows feed anything.
+
+    Args:
+        chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
+            tokens are all accepted (non-increasing; `scored_proposal`); its length is the row's longest draft.
+        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the packed target pass relative to a pass in
+            which every row feeds one token (`ForwardCostModel.costs` of the packed target, `cost.packed_prior`).
+
+    Returns:
+        `list[int]`: per row, its draft length `0 <= k <= len(chances[r])`.
+    """
+    draft_cost, token_cost = costs
+    order = sorted(
+        ((-chance, r, k) for r, row in enumerate(chances) for k, chance in enumerate(row)),
+    )
+    expected = float(len(chances))  # the target's own token of every row
+    best, best_rate = 0, expected
+    for taken, (minus_chance, _, _) in enumerate(order, start=1):
+        expected -= minus_chance
+        rate = expected / (1.0 + draft_cost + token_cost * taken)
+        if rate > best_rate:
+            best, best_rate = taken, rate
+    lengths = [0] * len(chances)
+    for _, r, _ in order[:best]:
+        lengths[r] += 1
+    return lengths

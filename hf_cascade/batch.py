@@ -2,10 +2,13 @@
 
 Each row is a `CascadeDrafter` of its own (its unpadded prompt, its Max-Gram index, its draft), stepped exactly as in
 batch 1. Its drafting is a generator of `ForwardRequest`s; `draft_rows` advances every row's generator until it
-waits for a forward pass, runs ONE batched forward per model for all rows that wait on it (`BatchRunner`), hands
-each row its logits, and repeats until every row's draft is built. One batched target forward then scores every
-unfinished row, and each row is reviewed, cut and committed alone (`hf_cascade.step.target_step`). Finished rows
-leave every cache. The output is what plain batched `generate` returns: the left-padded prompts, each row's new
+waits for a forward pass, runs ONE batched forward per model for all rows that wait on it, hands each row its logits,
+and repeats until every row's draft is built. A model whose mask is all that places tokens (`packed_runner.packs`)
+keeps every row in one cache row and is fed only the real tokens of the rows that asked (`PackedRunner`); the others
+are fed every row padded to the widest chunk (`BatchRunner`). With Max-Gram alone drafting for the target, every
+row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded).
+One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
+(`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate` returns: the left-padded prompts, each row's new
 tokens, rows that stopped early right-padded with `pad_token_id`.
 """
 
@@ -28,12 +31,13 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-from .adaptive import batch_draft_length, max_gram_tracker
+from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
 from .cost import forward_cost_model
 from .errors import CascadeValueError
 from .memory import MaxGramMemory
+from .packed_runner import PackedRunner, packs
 from .runner import accepts_position_ids
 from .stats import CascadeStats, LevelStats
 from .step import target_step
@@ -192,7 +196,9 @@ def check_batch(
 
 
 def draft_rows(
-    steps: Mapping[int, Drafting[Any]], runners: Sequence[BatchRunner], drafters: Mapping[int, CascadeDrafter]
+    steps: Mapping[int, Drafting[Any]],
+    runners: Sequence[BatchRunner | PackedRunner],
+    drafters: Mapping[int, CascadeDrafter],
 ) -> dict[int, Any]:
     """Run every row's drafting to completion, batching the forward passes the rows wait for.
 
@@ -202,7 +208,7 @@ def draft_rows(
 
     Args:
         steps (`Mapping[int, Drafting]`): row -> its drafting generator (`CascadeDrafter.drafting`).
-        runners (`Sequence[BatchRunner]`): the neural drafters' batched runners, largest first.
+        runners (`Sequence[BatchRunner | PackedRunner]`): the neural drafters' batched runners, largest first.
         drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter (whose `ids` the forwards read).
 
     Returns:
@@ -238,9 +244,12 @@ def _cut_drafts(
     drafts: Mapping[int, tuple[list[int], torch.Tensor | None]],
     drafters: Mapping[int, CascadeDrafter],
     costs: tuple[float, float],
+    packed: bool = False,
 ) -> dict[int, tuple[list[int], torch.Tensor | None]]:
-    """Cut every row's uncut Max-Gram draft to the length that maximises the batch's expected tokens per cost of
-    the target forward pass (`batch_draft_length`): all rows are fed as wide as the longest draft.
+    """Cut every row's uncut Max-Gram draft so that the batch's expected tokens per cost of the target forward pass
+    are largest: padded (`BatchRunner`), all rows are fed as wide as the longest draft and share one length
+    (`batch_draft_length`); `packed` (`PackedRunner`), the pass costs the draft tokens in all and each row gets its own
+    length (`packed_draft_lengths`).
 
     Args:
         drafts (`Mapping[int, tuple[list[int], torch.FloatTensor | None]]`): row -> `(tokens, q)` as `draft_rows`
@@ -248,13 +257,19 @@ def _cut_drafts(
         drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter (built with `uncut_target_drafts`), whose
             draft is truncated in place.
         costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the batched target forward pass.
+        packed (`bool`, *optional*, defaults to `False`): whether the target runs packed.
 
     Returns:
         `dict[int, tuple[list[int], torch.FloatTensor | None]]`: the cut drafts.
     """
-    k = batch_draft_length([drafters[r].target_chances or [] for r in drafts], costs)
+    chances = [drafters[r].target_chances or [] for r in drafts]
+    if packed:
+        lengths = dict(zip(drafts, packed_draft_lengths(chances, costs), strict=True))
+    else:
+        lengths = dict.fromkeys(drafts, batch_draft_length(chances, costs))
     cut = {}
     for r, (tokens, q) in drafts.items():
+        k = lengths[r]
         if len(tokens) > k:
             drafters[r].truncate(drafters[r].committed + k)
             tokens, q = tokens[:k], q[:k] if q is not None else None
@@ -325,28 +340,45 @@ def generate_batch(
     # Max-Gram alone drafts for the target: the rows' drafts are cut together, by the batch's throughput
     # (`_cut_drafts`). With neural drafters each row keeps its own cut (their drafts carry no acceptance chances).
     cut_together = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
-    target = BatchRunner(
-        model,
-        LevelStats("target", "target"),
-        rows,
-        encoder_outputs=model_kwargs.get("encoder_outputs"),
-        encoder_attention_mask=encoder_mask,
-        # Cut together, the drafts are priced as passes of the whole batch (`batch_prior`): a draft token costs
-        # every row's forward, which the one-row prior underrates until the batch's own passes are timed.
-        cost=forward_cost_model(model, settings.max_gram, do_sample, rows=batch if cut_together else 1),
-        pad_token_id=pad_token_id,
-    )
-    runners = []
+    # Rows packed into one cache row feed only their real tokens (`PackedRunner`), where that is exact (`packs`);
+    # the other models run padded (`BatchRunner`).
+    target_packed = packs(model)
+    target_stats = LevelStats("target", "target")
+    if target_packed:
+        # Cut together, a packed pass is priced by its draft tokens in all (`packed_prior`), relative to a pass in
+        # which every row feeds its own token.
+        target_cost = forward_cost_model(
+            model, settings.max_gram, do_sample, rows=batch if cut_together else 1, packed=True
+        )
+        target: BatchRunner | PackedRunner = PackedRunner(model, target_stats, rows, cost=target_cost)
+    else:
+        target = BatchRunner(
+            model,
+            target_stats,
+            rows,
+            encoder_outputs=model_kwargs.get("encoder_outputs"),
+            encoder_attention_mask=encoder_mask,
+            # Cut together, the drafts are priced as passes of the whole batch (`batch_prior`): a draft token costs
+            # every row's forward, which the one-row prior underrates until the batch's own passes are timed.
+            cost=forward_cost_model(model, settings.max_gram, do_sample, rows=batch if cut_together else 1),
+            pad_token_id=pad_token_id,
+        )
+    runners: list[BatchRunner | PackedRunner] = []
     for i, assistant in enumerate(assistants):
+        level_stats = LevelStats(f"assistant_{i}", "assistant")
+        cost = forward_cost_model(assistant, settings.max_gram, do_sample)
+        if packs(assistant):  # idle rows feed nothing
+            runners.append(PackedRunner(assistant, level_stats, rows, cost=cost))
+            continue
         encoded, assistant_mask = encode(assistant, inputs_tensor, encoder_mask) if is_encoder_decoder else (None, None)
         runners.append(
             BatchRunner(
                 assistant,
-                LevelStats(f"assistant_{i}", "assistant"),
+                level_stats,
                 rows,
                 encoder_outputs=encoded,
                 encoder_attention_mask=assistant_mask,
-                cost=forward_cost_model(assistant, settings.max_gram, do_sample),
+                cost=cost,
                 pad_token_id=pad_token_id,
             )
         )
@@ -389,9 +421,11 @@ def generate_batch(
             # A pass of fewer rows shares its weight reads among fewer tokens: a draft token costs relatively less,
             # so each number of rows has its own timings (and prior). The last rows left draft as in batch 1.
             if len(active) not in costs_by_rows:
-                costs_by_rows[len(active)] = forward_cost_model(model, settings.max_gram, do_sample, rows=len(active))
+                costs_by_rows[len(active)] = forward_cost_model(
+                    model, settings.max_gram, do_sample, rows=len(active), packed=target_packed
+                )
             target.cost = costs_by_rows[len(active)]
-            drafts = _cut_drafts(drafts, drafters, target.cost.costs())
+            drafts = _cut_drafts(drafts, drafters, target.cost.costs(), packed=target_packed)
         logits = target.logits(
             {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
         )

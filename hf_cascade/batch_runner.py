@@ -1,4 +1,8 @@
-"""A neural model of the cascade running many rows at once over ONE transformers KV cache (batch size > 1).
+"""A neural model of the cascade running many rows at once over ONE transformers KV cache (batch size > 1), padded.
+
+The batched cascade runs a model this way when it cannot pack the rows into one cache row
+(`hf_cascade.packed_runner`, which feeds no padding): encoder-decoders (T5's relative positions), flash or flex
+attention, ALiBi, modeling code that does not take a 4D mask as given.
 
 Rows accept different numbers of tokens every step, so their sequences grow apart. They share one `DynamicCache`
 (one `EncoderDecoderCache` for encoder-decoders) whose slot dimension is common to all rows; a row's cached states
@@ -32,7 +36,7 @@ from .errors import CascadeValueError
 from .runner import RunnerBase, check_output_cache, new_cache, self_attention_layers, timed_forward
 from .stats import LevelStats
 
-__all__ = ["BatchRunner", "RowView", "relative_positions"]
+__all__ = ["BatchRunner", "RowRequest", "RowView", "check_plain_layers", "relative_positions"]
 
 # A forward pass of one row: `(ids, first, end)`: logits at positions `first .. end - 1` of the row's sequence `ids`.
 RowRequest = tuple[Sequence[int], int, int]
@@ -42,6 +46,17 @@ def relative_positions(model: torch.nn.Module) -> bool:
     """Whether `model`'s decoder places tokens by relative slot distance (T5 family): it then works batched only with
     each row's states contiguous and right-aligned (see the module docstring)."""
     return getattr(model.config, "relative_attention_num_buckets", None) is not None
+
+
+def check_plain_layers(cache: Any, model: torch.nn.Module, label: str) -> None:
+    """Refuse a cache whose self-attention layers keep other state than plain keys/values: they cannot be gathered
+    or cropped per row."""
+    odd = sorted({type(layer).__name__ for layer in self_attention_layers(cache)} - {"DynamicLayer"})
+    if odd:
+        raise CascadeValueError(
+            f"{label} ({type(model).__name__}) caches with {', '.join(odd)} layers; the batched cascade needs plain "
+            "DynamicCache layers. Batch size 1 works with it: call generate once per prompt."
+        )
 
 
 class BatchRunner(RunnerBase):
@@ -207,13 +222,7 @@ class BatchRunner(RunnerBase):
         out = timed_forward(self.model, kwargs, self.stats, self.cost, width)
         if not self._checked_croppable:
             check_output_cache(out, self.model, self._label)
-            odd = sorted({type(layer).__name__ for layer in self_attention_layers(out.cache)} - {"DynamicLayer"})
-            if odd:  # a layer keeping other state than plain keys/values cannot be gathered or cropped per row
-                raise CascadeValueError(
-                    f"{self._label} ({type(self.model).__name__}) caches with {', '.join(odd)} layers; the batched "
-                    "cascade needs plain DynamicCache layers. Batch size 1 works with it: call generate once per "
-                    "prompt."
-                )
+            check_plain_layers(out.cache, self.model, self._label)
             self._checked_croppable = True
         self.cache = out.cache
         self.slot_mask = torch.cat([self.slot_mask, fed_t], dim=1)
@@ -230,16 +239,16 @@ class BatchRunner(RunnerBase):
 
 
 class RowView:
-    """One row's handle on a `BatchRunner`: what `CascadeDrafter` and the generation loop call on a runner
+    """One row's handle on a `BatchRunner` or `PackedRunner` (`hf_cascade.packed_runner`): what `CascadeDrafter` and the generation loop call on a runner
     (`truncate_to`, `commit`, `stats`, `cost`) for that row alone.
 
     Args:
-        runner (`BatchRunner`): the shared runner.
+        runner (`BatchRunner` or `PackedRunner`): the shared runner.
         row (`int`): the row.
         stats (`LevelStats`): the row's own record (drafted/accepted by this model for this row).
     """
 
-    def __init__(self, runner: BatchRunner, row: int, stats: LevelStats):
+    def __init__(self, runner: Any, row: int, stats: LevelStats):
         self.runner = runner
         self.row = row
         self.stats = stats

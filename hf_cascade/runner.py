@@ -258,8 +258,9 @@ def timed_forward(
     cost: ForwardCostModel | None,
     num_tokens: int,
     charged: int | None = None,
+    recorded: int | None = None,
 ) -> Any:
-    """`model(**kwargs)`, its time and `num_tokens` (tokens per row fed) counted in `stats` and `cost`.
+    """`model(**kwargs)`, its time and `num_tokens` (tokens fed) counted in `stats` and `cost`.
 
     Timed by host wall time, or with CUDA events read later (no synchronisation here) when `cost.timing` says so.
 
@@ -268,9 +269,11 @@ def timed_forward(
         kwargs (`dict`): its forward arguments.
         stats (`LevelStats`): where the pass, its tokens and time are counted.
         cost (`ForwardCostModel`, *optional*): the model's cost curve, fitted to the timed passes.
-        num_tokens (`int`): tokens fed per row.
+        num_tokens (`int`): tokens fed (per row in a padded batch, in all in a packed pass).
         charged (`int`, *optional*): tokens the draft-length controller's clock charges the pass for (the rows
-            whose logits are read); defaults to `num_tokens`.
+            whose logits are read); defaults to `recorded`.
+        recorded (`int`, *optional*): the chunk size `cost` records the pass under; defaults to `num_tokens` (a
+            packed pass of several rows records its tokens beyond one per row, plus one: `PackedRunner`).
 
     Returns:
         The model's output.
@@ -280,14 +283,15 @@ def timed_forward(
     out = model(**kwargs)
     elapsed = time.perf_counter() - t0
     stats.forward_time_s += elapsed
+    recorded = num_tokens if recorded is None else recorded
     if cost is not None:
         # The first pass reads the prompt and warms the kernels up: it says little about later passes.
         if events is not None and stats.forward_passes:
             events[1].record(torch.cuda.current_stream(model.device))
-            cost.record_events(num_tokens, *events)
+            cost.record_events(recorded, *events)
         elif stats.forward_passes:
-            cost.record(num_tokens, elapsed)
-        cost.charge(num_tokens if charged is None else charged)
+            cost.record(recorded, elapsed)
+        cost.charge(recorded if charged is None else charged)
         _report_costs(cost, stats)
     stats.forward_passes += 1
     stats.forward_tokens += num_tokens

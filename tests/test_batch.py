@@ -27,6 +27,7 @@ from transformers.generation.stopping_criteria import StoppingCriteria, Stopping
 
 import hf_cascade
 from hf_cascade.batch_runner import BatchRunner
+from hf_cascade.packed_runner import PackedRunner
 from hf_cascade.stats import LevelStats
 
 from conftest import DECODER_KWARGS, VOCAB, build, llama_config, perturbed, word_tokenizer
@@ -88,9 +89,12 @@ LLAMA_CASES = {
 }
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
 @pytest.mark.parametrize("case", list(LLAMA_CASES))
-def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case):
+def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case, layout, monkeypatch):
     num_rows, which, use_max_gram, with_memory = LLAMA_CASES[case]
+    if layout == "padded":  # every model runs padded (`BatchRunner`), as models that do not pack do
+        monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: False)
     ids, mask = left_pad(rows_of(LENGTHS[:num_rows]))
     eos = early_eos(llama, ids, mask)
     plain = llama.generate(
@@ -171,21 +175,27 @@ def test_fp64_each_row_equals_the_row_alone(llama, llama_drafters):
         assert out[i, ids.shape[1] :].tolist() == alone[0, len(row) :].tolist()
 
 
-def test_compaction_keeps_rows_exact(llama, llama_drafters, monkeypatch):
+@pytest.mark.parametrize("runner", [BatchRunner, PackedRunner])
+def test_compaction_keeps_rows_exact(llama, llama_drafters, monkeypatch, runner):
     """Rows accepting different numbers of tokens leave holes in the caches; compacted (here at every hole), the rows
-    stay exact."""
+    stay exact, padded or packed."""
     ids, mask = left_pad(rows_of((4, 11, 7)))
     plain = llama.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=PAD)
     shrunk = []
-    compact = BatchRunner.compact
+    compact = runner.compact
+
+    def width(self) -> int:
+        return self.slot_mask.shape[1] if runner is BatchRunner else self.owner.shape[0]
 
     def spy(self):
-        width = self.slot_mask.shape[1]
+        before = width(self)
         compact(self)
-        shrunk.append(self.slot_mask.shape[1] < width)
+        shrunk.append(width(self) < before)
 
-    monkeypatch.setattr(BatchRunner, "compact", spy)
-    monkeypatch.setattr(BatchRunner, "compact_ratio", 0.5)  # compact at nearly every pass: holes are gathered early
+    if runner is BatchRunner:
+        monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: False)
+    monkeypatch.setattr(runner, "compact", spy)
+    monkeypatch.setattr(runner, "compact_ratio", 0.5)  # compact at nearly every pass: holes are gathered early
     config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False, adaptive_drafters=False)
     out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=20, cascade_config=config)
     assert torch.equal(out.sequences, plain)
@@ -407,6 +417,8 @@ def test_level_stats_of_a_row_count_its_forwards(llama, llama_drafters):
 
 
 def test_a_confident_row_does_not_widen_the_forward_pass_of_the_batch(llama, monkeypatch):
+    # Padded (a model that does not pack): packed rows draft apart (`test_batch_packed.py`).
+    monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: False)
     # Row 0 ends with a repeated 6-token phrase: Max-Gram copies 16 tokens at the 4+-token match prior 0.85, and alone
     # it would draft the 7 tokens with 0.85 ** k >= 0.3 (a 30% cost per token). Rows 1-3 hold no repeated token, so
     # they have nothing to draft: widening the pass for row 0's first token gains (4 + 0.85) / 1.3 = 3.7 tokens per
