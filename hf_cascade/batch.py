@@ -340,9 +340,10 @@ def generate_batch(
     # Max-Gram alone drafts for the target: the rows' drafts are cut together, by the batch's throughput
     # (`_cut_drafts`). With neural drafters each row keeps its own cut (their drafts carry no acceptance chances).
     cut_together = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
-    # Rows packed into one cache row feed only their real tokens (`PackedRunner`), where that is exact (`packs`);
-    # the other models run padded (`BatchRunner`).
-    target_packed = packs(model)
+    # With `batch_layout="packed"`, rows packed into one cache row feed only their real tokens (`PackedRunner`), where
+    # that is exact (`packs`); the other models, and every model by default, run padded (`BatchRunner`).
+    packed = settings.batch_layout == "packed"
+    target_packed = packed and packs(model)
     target_stats = LevelStats("target", "target")
     if target_packed:
         # Cut together, a packed pass is priced by its draft tokens in all (`packed_prior`), relative to a pass in
@@ -367,7 +368,7 @@ def generate_batch(
     for i, assistant in enumerate(assistants):
         level_stats = LevelStats(f"assistant_{i}", "assistant")
         cost = forward_cost_model(assistant, settings.max_gram, do_sample)
-        if packs(assistant):  # idle rows feed nothing
+        if packed and packs(assistant):  # idle rows feed nothing
             runners.append(PackedRunner(assistant, level_stats, rows, cost=cost))
             continue
         encoded, assistant_mask = encode(assistant, inputs_tensor, encoder_mask) if is_encoder_decoder else (None, None)

@@ -276,6 +276,7 @@ class DraftSettings:
         vocab_size (`int`): size of the target's logits.
         device (`torch.device`): where scores are processed and reviewed (the target's input device).
         adaptive_drafters (`bool`, *optional*, defaults to `False`): see `CascadeConfig.adaptive_drafters`.
+        batch_layout (`str`, *optional*, defaults to `"padded"`): see `CascadeConfig.batch_layout`.
     """
 
     k_matrix: list[list[int]]
@@ -289,6 +290,7 @@ class DraftSettings:
     vocab_size: int
     device: torch.device
     adaptive_drafters: bool = False
+    batch_layout: str = "padded"
 
     @classmethod
     def from_config(
@@ -313,6 +315,7 @@ class DraftSettings:
             vocab_size=vocab_size,
             device=device,
             adaptive_drafters=config.adaptive_drafters,
+            batch_layout=config.batch_layout,
         )
 
 

@@ -16,6 +16,7 @@ from .errors import CascadeTypeError, CascadeValueError
 
 __all__ = [
     "ADAPTIVE_NEURAL_TOKENS",
+    "BATCH_LAYOUTS",
     "CONFIG_NAME",
     "MAX_NGRAM_SIZE_LIMIT",
     "CascadeConfig",
@@ -33,6 +34,8 @@ MAX_NGRAM_SIZE_LIMIT = 64
 # without it (fixed lengths, `benchmarks/results/k_defaults.md`).
 ADAPTIVE_NEURAL_TOKENS = 8
 _FIXED_NEURAL_TOKENS = 4
+# `CascadeConfig.batch_layout` values: rows in their own cache rows, or packed into one (`hf_cascade.packed_runner`).
+BATCH_LAYOUTS = ("padded", "packed")
 _VERSION_KEY = "hf_cascade_version"  # recorded by to_dict, read only to explain unknown keys on load
 _INT_LIST = re.compile(r"\[\s*(-?\d+(?:,\s*-?\d+)*)\s*\]")  # a JSON list of ints spread over lines by indent=2
 
@@ -293,6 +296,15 @@ class CascadeConfig(PushToHubMixin):
             proportional to the parameters each model's forward multiplies per token apply, so a seeded sampled call
             stays reproducible. A timed drafter reviews at least once before it can be skipped.
             Output never changes. `False` drafts exactly the k-matrix entries (the fixed lengths of the paper).
+        batch_layout (`str`, *optional*, defaults to `"padded"`):
+            How the rows of a batch (batch size > 1) share each model's KV cache. `"padded"`: one cache row per row,
+            every row fed as wide as the widest row of the pass (rows that wait feed masked padding), Max-Gram drafts
+            cut to one length for the batch. `"packed"`: all rows in one cache row, each pass fed only the rows' real
+            tokens (with `position_ids` and a 4D block mask), each row with its own Max-Gram draft length; exact only
+            for decoder-only models with full causal attention under `sdpa` or `eager` attention, so other models
+            run padded. Packed passes cost the real tokens in the linear layers but attend over every row's cache, so
+            they gain with few rows or idle rows and lose with many rows (see `docs/concepts.md`, "Batches").
+            Output never changes.
     """
 
     k_matrix: list[list[int]] | None = None
@@ -301,6 +313,7 @@ class CascadeConfig(PushToHubMixin):
     max_gram: MaxGramConfig | dict | None = field(default_factory=MaxGramConfig)
     confidence_threshold: float = 0.0
     adaptive_drafters: bool = True
+    batch_layout: str = "padded"
 
     def __post_init__(self) -> None:
         if self.max_gram is None:
@@ -334,6 +347,11 @@ class CascadeConfig(PushToHubMixin):
             )
         if self.k_matrix is not None:
             self.k_matrix = _validated_k_matrix(self.k_matrix)
+        if self.batch_layout not in BATCH_LAYOUTS:
+            raise CascadeValueError(
+                f"CascadeConfig.batch_layout must be one of {', '.join(map(repr, BATCH_LAYOUTS))}, got "
+                f"{_short(self.batch_layout)}."
+            )
 
     def resolved_k_matrix(self, num_assistants: int) -> list[list[int]]:
         """The k-matrix for a cascade with `num_assistants` neural drafters, checked against that number.

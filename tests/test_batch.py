@@ -93,8 +93,6 @@ LLAMA_CASES = {
 @pytest.mark.parametrize("case", list(LLAMA_CASES))
 def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case, layout, monkeypatch):
     num_rows, which, use_max_gram, with_memory = LLAMA_CASES[case]
-    if layout == "padded":  # every model runs padded (`BatchRunner`), as models that do not pack do
-        monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: False)
     ids, mask = left_pad(rows_of(LENGTHS[:num_rows]))
     eos = early_eos(llama, ids, mask)
     plain = llama.generate(
@@ -103,7 +101,7 @@ def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case, la
     memory = hf_cascade.MaxGramMemory() if with_memory else None
     if memory is not None:
         memory.add(rows_of([12], seed=3)[0])
-    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram)
+    config = hf_cascade.CascadeConfig(use_max_gram=use_max_gram, batch_layout=layout)
     out = cascade(
         llama,
         ids,
@@ -192,11 +190,10 @@ def test_compaction_keeps_rows_exact(llama, llama_drafters, monkeypatch, runner)
         compact(self)
         shrunk.append(width(self) < before)
 
-    if runner is BatchRunner:
-        monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: False)
     monkeypatch.setattr(runner, "compact", spy)
     monkeypatch.setattr(runner, "compact_ratio", 0.5)  # compact at nearly every pass: holes are gathered early
-    config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False, adaptive_drafters=False)
+    layout = "padded" if runner is BatchRunner else "packed"
+    config = hf_cascade.CascadeConfig(k_matrix=[[6]], use_max_gram=False, adaptive_drafters=False, batch_layout=layout)
     out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=20, cascade_config=config)
     assert torch.equal(out.sequences, plain)
     assert any(shrunk)  # the holes were gathered away at least once

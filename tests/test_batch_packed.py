@@ -17,6 +17,8 @@ from hf_cascade.stats import LevelStats
 
 from conftest import DECODER_KWARGS, build, llama_config, perturbed
 
+PACKED = hf_cascade.CascadeConfig(batch_layout="packed")
+
 
 def runners_used(monkeypatch) -> list[str]:
     """Record the class of every runner the batched cascade builds."""
@@ -160,7 +162,9 @@ def test_t5_runs_padded(t5, monkeypatch):
     built = runners_used(monkeypatch)
     ids = torch.tensor(rows_of((6, 6)))
     plain = t5.generate(ids, max_new_tokens=4, do_sample=False)
-    out = t5.generate(ids, max_new_tokens=4, do_sample=False, custom_generate=hf_cascade.generate)
+    out = t5.generate(
+        ids, max_new_tokens=4, do_sample=False, custom_generate=hf_cascade.generate, cascade_config=PACKED
+    )
     assert torch.equal(out, plain) and built == ["BatchRunner"]
 
 
@@ -171,7 +175,7 @@ def test_non_packing_attention_runs_padded_and_exact(llama, monkeypatch):
     built = runners_used(monkeypatch)
     monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: model is not llama and packs(model))
     drafter = perturbed(llama, 0.3, 8)
-    out = cascade(llama, ids, mask, [drafter], max_new_tokens=NEW)
+    out = cascade(llama, ids, mask, [drafter], max_new_tokens=NEW, cascade_config=PACKED)
     assert torch.equal(out.sequences, plain) and built == ["BatchRunner", "PackedRunner"]
 
 
@@ -190,7 +194,9 @@ def test_packed_cascade_equals_plain_batched_greedy(implementation, monkeypatch)
         ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
     )
     built = runners_used(monkeypatch)
-    out = cascade(model, ids, mask, [perturbed(model, 0.3, 2)], max_new_tokens=NEW, eos_token_id=eos)
+    out = cascade(
+        model, ids, mask, [perturbed(model, 0.3, 2)], max_new_tokens=NEW, eos_token_id=eos, cascade_config=PACKED
+    )
     if implementation == "sdpa":
         assert torch.equal(out.sequences, plain)
     for i, row in enumerate(rows):
@@ -209,7 +215,7 @@ def test_idle_rows_feed_nothing(llama, llama_drafters):
     """Every token a packed model is fed is a row's own: the model's tokens are the sum of the rows' (padded, the
     model also counts the padding of idle and shorter rows)."""
     ids, mask = left_pad(rows_of((3, 17, 9, 25)))
-    out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=NEW)
+    out = cascade(llama, ids, mask, [llama_drafters[1]], max_new_tokens=NEW, cascade_config=PACKED)
     stats = out.cascade_stats
     for level in range(2):
         assert stats.levels[level].forward_tokens == sum(row.levels[level].forward_tokens for row in stats.rows)
@@ -233,7 +239,7 @@ def test_a_confident_row_drafts_alone(llama, monkeypatch):
         return out
 
     monkeypatch.setattr(PackedRunner, "logits", spy)
-    out = cascade(llama, ids, mask, [], max_new_tokens=NEW)
+    out = cascade(llama, ids, mask, [], max_new_tokens=NEW, cascade_config=PACKED)
     monkeypatch.undo()
     plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
     assert torch.equal(out.sequences, plain)
@@ -247,6 +253,8 @@ def test_each_sampled_row_is_reproducible_packed(llama, llama_drafters):
 
     def sample(seed: int) -> torch.Tensor:
         torch.manual_seed(seed)
-        return cascade(llama, ids, mask, [llama_drafters[1]], do_sample=True, max_new_tokens=NEW).sequences
+        return cascade(
+            llama, ids, mask, [llama_drafters[1]], do_sample=True, max_new_tokens=NEW, cascade_config=PACKED
+        ).sequences
 
     assert torch.equal(sample(3), sample(3))

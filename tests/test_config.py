@@ -10,7 +10,7 @@ import time
 import pytest
 
 import hf_cascade
-from hf_cascade import CascadeConfig, MaxGramConfig, default_k_matrix
+from hf_cascade import CascadeConfig, CascadeValueError, MaxGramConfig, default_k_matrix
 from hf_cascade.config import CONFIG_NAME
 
 # ---------------------------------------------------------------------------------------------------- defaults
@@ -134,6 +134,7 @@ def _custom_config(bigram_table=None) -> CascadeConfig:
         use_max_gram=True,
         max_gram=MaxGramConfig(max_ngram_size=5, min_ngram_size=2, num_pred_tokens=7, bigram_table=bigram_table),
         confidence_threshold=0.4,
+        batch_layout="packed",
     )
 
 
@@ -156,6 +157,7 @@ def test_to_dict_is_plain_json():
         },
         "confidence_threshold": 0.4,
         "adaptive_drafters": True,
+        "batch_layout": "packed",
         "hf_cascade_version": hf_cascade.__version__,
     }
     assert json.loads(json.dumps(d)) == d
@@ -166,6 +168,13 @@ def test_dict_round_trip(config):
     restored = CascadeConfig.from_dict(config.to_dict())
     assert restored == config
     assert isinstance(restored.max_gram, MaxGramConfig)
+
+
+@pytest.mark.parametrize("layout", ["pad", "PACKED", None, 1])
+def test_batch_layout_is_checked(layout):
+    with pytest.raises(CascadeValueError, match=r"CascadeConfig\.batch_layout must be one of 'padded', 'packed', got"):
+        CascadeConfig(batch_layout=layout)
+    assert CascadeConfig().batch_layout == "padded"
 
 
 def test_from_dict_nested_max_gram_dict():
@@ -235,6 +244,7 @@ def test_saved_file_is_readable_json(tmp_path):
         "max_gram",
         "confidence_threshold",
         "adaptive_drafters",
+        "batch_layout",
         "hf_cascade_version",
     }
 
