@@ -404,8 +404,8 @@ def test_run_benchmark_in_batches(tiny_pair):
         batch_size=3,
     )
     assert result.not_run == {
-        "lookup": "transformers' prompt lookup refuses batches of more than one prompt",
-        "assisted": "transformers' assisted generation refuses batches of more than one prompt",
+        "lookup": "cannot batch (transformers' prompt lookup refuses batches of more than one prompt)",
+        "assisted": "cannot batch (transformers' assisted generation refuses batches of more than one prompt)",
     }
     assert [m.label for m in result.methods] == ["greedy", "cascade", "cascade:d", "cascade+memory"]
     assert result.mismatches == []
@@ -591,6 +591,23 @@ def test_cli_bench_batch_size(tiny_pair, prompt_file, tmp_path, capsys):
     assert "batch_size" not in data["settings"] and "not_run" not in data
     assert "rows" not in data["prompts"][0]["runs"]["greedy"][0]
     assert "not run" not in (out / "report.md").read_text() and "| tok/s |" in (out / "report.md").read_text()
+
+
+def test_cli_bench_reports_a_requested_method_it_could_not_run(tiny_pair, prompt_file, tmp_path, capsys, monkeypatch):
+    """`--method suffix` without the optional module: skipped with a message, and the report says it was asked for."""
+    import hf_cascade.cli.bench as cli_bench
+
+    monkeypatch.setattr(cli_bench, "suffix_available", lambda: "No module named 'arctic_inference'")
+    *_, target_dir, _ = tiny_pair
+    argv = ["bench", "--target", target_dir, "--prompts", prompt_file, "--method", "cascade", "--method", "suffix"]
+    argv += ["--max-new-tokens", "4", "--repeats", "1", "--out", str(tmp_path), "--no-progress", "--no-plot"]
+    status, stdout, err = run_cli(argv, capsys)
+    assert status == 0, err
+    why = "suffix: not run: the optional suffix module is missing (No module named 'arctic_inference')"
+    report = (tmp_path / "report.md").read_text()
+    assert "## Not run" in report and why in report and why in stdout
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [m["label"] for m in data["methods"]] == ["greedy", "cascade"] and list(data["not_run"]) == ["suffix"]
 
 
 def test_cli_bench_methods_and_builtin(tiny_pair, tmp_path, capsys):

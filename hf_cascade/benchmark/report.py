@@ -507,8 +507,8 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
 
 
 def not_run_text(reason: str) -> str:
-    """How reports and stdout say that a method or prompt was left out of a batched benchmark."""
-    return f"not run: cannot batch ({reason})"
+    """How reports and stdout say that a method or prompt was left out of a benchmark (`BenchmarkResult.not_run`)."""
+    return f"not run: {reason}"
 
 
 def write_plot(result: BenchmarkResult, path: str | os.PathLike) -> None:

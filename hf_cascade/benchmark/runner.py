@@ -132,7 +132,7 @@ class BenchmarkResult:
         machine (`dict`): `machine_info()` of the machine it ran on.
         mismatches (`list[Mismatch]`): every run whose tokens differ from greedy's (an error, not a footnote).
         wall_time_s (`float`): total time of the benchmark, warm-up and cost measurement included.
-        not_run (`dict[str, str]`): with batches, what was left out and why (`cannot_batch`): method label or
+        not_run (`dict[str, str]`): what was asked for but left out, and why: with batches (`cannot_batch`), method label or
             `prompt ID` -> reason; empty for one prompt per call.
     """
 
@@ -230,8 +230,8 @@ def cannot_batch(methods: list[Method], prompts: list[Prompt], batch_size: int) 
     """
     if batch_size == 1:
         return {}
-    out = {m.label: _CANNOT_BATCH[m.kind] for m in methods if m.kind in _CANNOT_BATCH}
-    out.update({f"prompt {p.id}": _MULTI_TURN for p in prompts if p.followups})
+    out = {m.label: f"cannot batch ({_CANNOT_BATCH[m.kind]})" for m in methods if m.kind in _CANNOT_BATCH}
+    out.update({f"prompt {p.id}": f"cannot batch ({_MULTI_TURN})" for p in prompts if p.followups})
     return out
 
 

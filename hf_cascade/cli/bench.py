@@ -112,7 +112,11 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser, drafters: dict[str, str]) -> list[Method]:
+def _methods(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, drafters: dict[str, str]
+) -> tuple[list[Method], dict[str, str]]:
+    """The methods to run (greedy first), and the requested ones that cannot run here, with why (for the report)."""
+    skipped: dict[str, str] = {}
     specs = args.method or [
         "prompt-lookup",
         *(f"assisted:{name}" for name in drafters),
@@ -137,11 +141,12 @@ def _methods(args: argparse.Namespace, parser: argparse.ArgumentParser, drafters
             parser.error(f"--method {spec!r}: the label {method.label!r} is used twice; name it with LABEL=SPEC")
         if method.kind == "suffix" and (missing := suffix_available()) is not None:
             log(f"skipping --method {spec!r}: {missing}")  # an optional anchor, never a dependency
+            skipped[method.label] = f"the optional suffix module is missing ({missing})"
             continue
         methods.append(method)
     if args.tuned:
         methods.append(_tuned_method(args.tuned, parser, drafters, methods))
-    return methods
+    return methods, skipped
 
 
 def _tuned_method(
@@ -183,7 +188,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
     # Everything that can be checked without loading a model is checked first.
     drafter_paths = parse_drafters(args, parser)
-    methods = _methods(args, parser, drafter_paths)
+    methods, skipped = _methods(args, parser, drafter_paths)
     prompts = load_prompts(args, parser)
     memory = _load_memory(args, parser, methods)
     if not args.no_plot:
@@ -287,6 +292,7 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     finally:
         if bar is not None:
             bar.close()
+    result.not_run = {**skipped, **result.not_run}  # asked for, not run: the report says so
     command = "hf-cascade " + " ".join(shlex.quote(a) for a in args.argv)
     paths = write_reports(result, args.out, command, plot=not args.no_plot)
     _print_summary(result)
@@ -302,8 +308,8 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def _print_summary(result: Any) -> None:
     if result.settings.get("batch_size", 1) > 1:
         print(f"batch size {result.settings['batch_size']}: tok/s is {THROUGHPUT}, speedup over plain batched greedy")
-        for name, why in result.not_run.items():
-            print(f"{name}: {not_run_text(why)}")
+    for name, why in result.not_run.items():
+        print(f"{name}: {not_run_text(why)}")
     print(f"{'category':<14}{'method':<28}{'tok/s':>8}{'speedup':>9}{'tok/fwd':>9}{'outside':>9}  identical")
     for r in summarize(result):
         print(
