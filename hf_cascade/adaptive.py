@@ -281,7 +281,7 @@ def packed_draft_lengths(chances: Sequence[Sequence[float]], costs: tuple[float,
         chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
             tokens are all accepted (non-increasing; `scored_proposal`); its length is the row's longest draft.
         costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the packed target pass relative to a pass in
-            which every row feeds one token (`ForwardCostModel.costs` of the packed target, `cost.packed_prior`).
+            which every row feeds one token (`ForwardCostModel.costs` of the packed target, `cost.batch_prior`).
 
     Returns:
         `list[int]`: per row, its draft length `0 <= k <= len(chances[r])`.

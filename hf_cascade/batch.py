@@ -346,7 +346,7 @@ def generate_batch(
     target_packed = packed and packs(model)
     target_stats = LevelStats("target", "target")
     if target_packed:
-        # Cut together, a packed pass is priced by its draft tokens in all (`packed_prior`), relative to a pass in
+        # Cut together, a packed pass is priced by its draft tokens in all (`batch_prior`), relative to a pass in
         # which every row feeds its own token.
         target_cost = forward_cost_model(
             model, settings.max_gram, do_sample, rows=batch if cut_together else 1, packed=True

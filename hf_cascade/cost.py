@@ -44,7 +44,6 @@ __all__ = [
     "fit_seconds",
     "forward_cost_model",
     "forward_parameters",
-    "packed_prior",
     "prior_unit_seconds",
     "timing_kind",
 ]
@@ -398,57 +397,38 @@ def timing_kind(model_or_device: Any, measure: bool = True, do_sample: bool = Fa
     return TIMING_PRIOR
 
 
-def batch_prior(draft_cost: float, token_cost: float, rows: int) -> tuple[float, float]:
-    """The prior `(draft_cost, token_cost)` of a forward pass over `rows` rows, relative to a one-token pass of the
-    same rows, from the one-row prior.
+def batch_prior(draft_cost: float, token_cost: float, rows: int, packed: bool = False) -> tuple[float, float]:
+    """The prior `(draft_cost, token_cost)` of a forward pass over `rows` rows, relative to a pass in which every row
+    feeds one token, from the one-row prior.
 
-    A pass feeding `w` tokens to each of `rows` rows is priced as one row's pass over all `rows * w` tokens: `c(n) =
-    1 + draft_cost + token_cost * (n - 1)` one-token passes for `n >= 2`, `c(1) = 1`. Relative to `c(rows)`, that is
-    `1 + token_cost * rows * k / c(rows)` for `k = w - 1` draft tokens: no fixed cost (a batch already feeds several
-    tokens) and a token cost `rows` times larger, over `c(rows)`. One row gives the prior back.
-
-    Args:
-        draft_cost (`float`): the one-row `draft_cost` (`MaxGramConfig.draft_cost`), `>= 0`.
-        token_cost (`float`): the one-row `token_cost` (`MaxGramConfig.token_cost`), `> 0`.
-        rows (`int`): rows fed together, `>= 1`.
-    """
-    if rows <= 1:
-        return draft_cost, token_cost
-    unit = 1.0 + draft_cost + token_cost * (rows - 1)
-    return 0.0, min(max(token_cost * rows / unit, _MIN_TOKEN_COST), _MAX_TOKEN_COST)
-
-
-def packed_prior(draft_cost: float, token_cost: float, rows: int) -> tuple[float, float]:
-    """The prior `(draft_cost, token_cost)` of a packed forward pass of `rows` rows (`PackedRunner`), relative to a
-    pass in which every row feeds one token, from the one-row prior.
-
-    A packed pass over `n` tokens in all is priced as one row's pass over them, `c(n) = 1 + draft_cost + token_cost *
-    (n - 1)` one-token passes (`c(1) = 1`). With `rows` rows and `K` draft tokens in all, that is `c(rows) +
-    token_cost * K`: relative to `c(rows)`, no fixed cost and a token cost `token_cost / c(rows)` (a draft token costs
-    one token, not a token for every row as in a padded batch: `batch_prior`). One row gives the prior back.
+    A pass over `n` tokens in all is priced as one row's pass over them: `c(n) = 1 + draft_cost + token_cost * (n -
+    1)` one-token passes for `n >= 2`, `c(1) = 1`. Padded (`BatchRunner`), every row is fed as wide as the draft: `k`
+    draft tokens cost `c(rows) + token_cost * rows * k`, so relative to `c(rows)` no fixed cost (a batch already
+    feeds several tokens) and a token cost `rows` times larger, over `c(rows)`. Packed (`PackedRunner`), `K` draft
+    tokens in all cost `c(rows) + token_cost * K`: a token cost `token_cost / c(rows)`. One row gives the prior back.
 
     Args:
         draft_cost (`float`): the one-row `draft_cost` (`MaxGramConfig.draft_cost`), `>= 0`.
         token_cost (`float`): the one-row `token_cost` (`MaxGramConfig.token_cost`), `> 0`.
         rows (`int`): rows fed together, `>= 1`.
+        packed (`bool`, *optional*, defaults to `False`): whether the rows are packed (a draft token feeds one row).
     """
     if rows <= 1:
         return draft_cost, token_cost
     unit = 1.0 + draft_cost + token_cost * (rows - 1)
-    return 0.0, min(max(token_cost / unit, _MIN_TOKEN_COST), _MAX_TOKEN_COST)
+    per_token = token_cost if packed else token_cost * rows
+    return 0.0, min(max(per_token / unit, _MIN_TOKEN_COST), _MAX_TOKEN_COST)
 
 
 def forward_cost_model(
     model: torch.nn.Module | None, max_gram: MaxGramConfig, do_sample: bool, rows: int = 1, packed: bool = False
 ) -> ForwardCostModel:
     """The `ForwardCostModel` of one model of a call: timed as `timing_kind` says, prior from `max_gram`'s
-    `draft_cost`/`token_cost` (for passes over `rows` rows: `batch_prior`, or `packed_prior` when the rows are
-    `packed`) and `forward_parameters` (`None`: a model run by someone else, e.g. the target of transformers' own
+    `draft_cost`/`token_cost` (for passes over `rows` rows, padded or `packed`: `batch_prior`) and `forward_parameters` (`None`: a model run by someone else, e.g. the target of transformers' own
     assisted loop, never timed)."""
     timing = timing_kind(model, max_gram.measure_cost, do_sample) if model is not None else TIMING_PRIOR
-    prior = packed_prior if packed else batch_prior
     return ForwardCostModel(
-        *prior(max_gram.draft_cost, max_gram.token_cost, rows),
+        *batch_prior(max_gram.draft_cost, max_gram.token_cost, rows, packed),
         timing=timing,
         prior_unit_s=prior_unit_seconds(model),
     )

@@ -191,14 +191,7 @@ class PackedRunner(RunnerBase):
     @torch.no_grad()
     def logits(self, requests: Mapping[int, RowRequest]) -> dict[int, torch.Tensor]:
         """One packed forward pass of the new tokens of the rows in `requests`; the other rows feed nothing.
-
-        Args:
-            requests (`Mapping[int, tuple[Sequence[int], int, int]]`): row -> `(ids, first, end)`: logits at
-                positions `first .. end - 1` of the row's sequence `ids` (row `i` predicts token `first + i + 1`).
-
-        Returns:
-            `dict[int, torch.FloatTensor]`: row -> logits of shape `(end - first, vocab_size)`, in the model's dtype.
-        """
+        Arguments and result as `BatchRunner.logits`."""
         chunks: list[tuple[int, list[int], int, int]] = []  # (row, new tokens, their first position, logits wanted)
         for row, (ids, first, end) in requests.items():
             start = min(self.cache_len[row], first)

@@ -56,6 +56,15 @@ def build(model_cls, config, seed: int, dtype=torch.float64, logit_scale: float 
     return model
 
 
+class FakeLayer:
+    """A cache layer holding only `keys`/`values` (what a runner's `compact` gathers), for tests on literal slots."""
+
+    is_initialized = True
+
+    def __init__(self, keys: torch.Tensor):
+        self.keys, self.values = keys.clone(), keys.clone()
+
+
 def perturbed(model, noise: float, seed: int):
     """A copy of `model` with Gaussian noise (relative to each tensor's std) on every weight: agrees partly."""
     clone = type(model)(model.config).eval().to(model.dtype)

@@ -30,7 +30,7 @@ from hf_cascade.batch_runner import BatchRunner
 from hf_cascade.packed_runner import PackedRunner
 from hf_cascade.stats import LevelStats
 
-from conftest import DECODER_KWARGS, VOCAB, build, llama_config, perturbed, word_tokenizer
+from conftest import DECODER_KWARGS, VOCAB, FakeLayer, build, llama_config, perturbed, word_tokenizer
 
 NEW = 12
 PAD = 0
@@ -206,12 +206,7 @@ def test_batch_runner_compact_gathers_each_rows_states():
     runner.slot_mask = torch.tensor([[1, 0, 1, 0, 1], [0, 1, 1, 0, 0]])
     runner.cached = [3, 2]
     keys = torch.arange(10.0).view(2, 1, 5, 1)
-
-    class Layer:
-        is_initialized = True
-
-    layer = Layer()
-    layer.keys, layer.values = keys.clone(), keys.clone()
+    layer = FakeLayer(keys)
     runner._layers = lambda: [layer]
     runner.compact()
     assert runner.slot_mask.tolist() == [[1, 1, 1], [0, 1, 1]]
@@ -413,16 +408,19 @@ def test_level_stats_of_a_row_count_its_forwards(llama, llama_drafters):
     assert "row 1:" in out.cascade_stats.summary()
 
 
+# Row 0 ends with a repeated 6-token phrase (Max-Gram copies it with confidence); rows 1-3 repeat no token.
+CONFIDENT_ROW = [2, 3, 4, 5, 40, 41, 42, 43, 44, 45, 6, 7, 40, 41, 42, 43, 44, 45]
+UNSURE_ROWS = [list(range(10, 22)), list(range(50, 60)), list(range(70, 84))]
+
+
 def test_a_confident_row_does_not_widen_the_forward_pass_of_the_batch(llama, monkeypatch):
-    # Padded (a model that does not pack): packed rows draft apart (`test_batch_packed.py`).
-    monkeypatch.setattr(hf_cascade.batch, "packs", lambda model: False)
+    # The default, padded layout: packed rows draft apart (`test_batch_packed.py`).
     # Row 0 ends with a repeated 6-token phrase: Max-Gram copies 16 tokens at the 4+-token match prior 0.85, and alone
     # it would draft the 7 tokens with 0.85 ** k >= 0.3 (a 30% cost per token). Rows 1-3 hold no repeated token, so
     # they have nothing to draft: widening the pass for row 0's first token gains (4 + 0.85) / 1.3 = 3.7 tokens per
     # unit of cost, less than the 4 of a one-token pass, so the batch drafts nothing in its first step.
     monkeypatch.setattr(hf_cascade.cost.ForwardCostModel, "costs", lambda self: (0.0, 0.3))
-    phrase = [40, 41, 42, 43, 44, 45]
-    rows = [[2, 3, 4, 5, *phrase, 6, 7, *phrase], list(range(10, 22)), list(range(50, 60)), list(range(70, 84))]
+    rows = [CONFIDENT_ROW, *UNSURE_ROWS]
     ids, mask = left_pad(rows)
     widths = []
     logits = BatchRunner.logits

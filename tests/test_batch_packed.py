@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_batch import NEW, PAD, cascade, left_pad, rows_of
+from test_batch import CONFIDENT_ROW, NEW, PAD, UNSURE_ROWS, cascade, left_pad, rows_of
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import hf_cascade
 from hf_cascade.adaptive import packed_draft_lengths
 from hf_cascade.batch_runner import BatchRunner
-from hf_cascade.cost import packed_prior
+from hf_cascade.cost import batch_prior
 from hf_cascade.packed_runner import PackedRunner, packed_mask, packs
 from hf_cascade.runner import ModelRunner
 from hf_cascade.stats import LevelStats
 
-from conftest import DECODER_KWARGS, build, llama_config, perturbed
+from conftest import DECODER_KWARGS, FakeLayer, build, llama_config, perturbed
 
 PACKED = hf_cascade.CascadeConfig(batch_layout="packed")
 
@@ -65,9 +65,10 @@ def test_packed_draft_lengths_pay_the_fixed_cost_once():
 
 
 def test_packed_prior_prices_one_token_not_a_row_each():
-    assert packed_prior(0.6, 0.05, 1) == (0.6, 0.05)
-    draft_cost, token_cost = packed_prior(0.6, 0.05, 4)
+    assert batch_prior(0.6, 0.05, 1, packed=True) == (0.6, 0.05)
+    draft_cost, token_cost = batch_prior(0.6, 0.05, 4, packed=True)
     assert draft_cost == 0.0 and token_cost == pytest.approx(0.05 / (1 + 0.6 + 0.05 * 3))
+    assert batch_prior(0.6, 0.05, 4)[1] == pytest.approx(4 * token_cost)  # padded: a token for every row
 
 
 # --------------------------------------------------------------------------------------------- the mask
@@ -134,12 +135,7 @@ def test_packed_runner_compact_keeps_slot_order():
     runner = PackedRunner.__new__(PackedRunner)
     runner.owner = torch.tensor([0, -1, 1, 0, -1, 1])
     keys = torch.arange(6.0).view(1, 1, 6, 1)
-
-    class Layer:
-        is_initialized = True
-
-    layer = Layer()
-    layer.keys, layer.values = keys.clone(), keys.clone()
+    layer = FakeLayer(keys)
     runner._layers = lambda: [layer]
     runner.compact()
     assert runner.owner.tolist() == [0, 1, 0, 1]
@@ -226,8 +222,7 @@ def test_a_confident_row_drafts_alone(llama, monkeypatch):
     """Packed, a confident row's Max-Gram draft no longer waits for the batch: it drafts, and the other rows feed
     only their own token (compare `test_a_confident_row_does_not_widen_the_forward_pass_of_the_batch`)."""
     monkeypatch.setattr(hf_cascade.cost.ForwardCostModel, "costs", lambda self: (0.0, 0.05))
-    phrase = [40, 41, 42, 43, 44, 45]
-    rows = [[2, 3, 4, 5, *phrase, 6, 7, *phrase], list(range(10, 22)), list(range(50, 60)), list(range(70, 84))]
+    rows = [CONFIDENT_ROW, *UNSURE_ROWS]
     ids, mask = left_pad(rows)
     passes = []
     logits = PackedRunner.logits
