@@ -214,7 +214,8 @@ def scored_proposal(
         `(tokens, key, chances)`: the proposal; its tracker key, to `update` with the review: `(level, match bucket)`
         for the call's own text, `(level, match bucket, MEMORY)` for a memory proposal, so that an unreliable memory
         is cut (and stops proposing) on its own record without making the call's own matches look worse; and
-        `chances[k - 1]` the chance that the first `k` tokens are all accepted (`acceptance_chances`, one per token), `None` without a `tracker`.
+        `chances[k - 1]` the chance that the first `k` tokens are all accepted (`acceptance_chances`, one per
+        token), `None` without a `tracker`.
     """
     tokens, match_length = index.propose_with_match(context, num_tokens, bigram)
     key: tuple[int | str, ...] = (level, match_bucket(match_length))

@@ -8,8 +8,8 @@ keeps every row in one cache row and is fed only the real tokens of the rows tha
 are fed every row padded to the widest chunk (`BatchRunner`). With Max-Gram alone drafting for the target, every
 row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded).
 One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
-(`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate` returns: the left-padded prompts, each row's new
-tokens, rows that stopped early right-padded with `pad_token_id`.
+(`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate`
+returns: the left-padded prompts, each row's new tokens, rows that stopped early right-padded with `pad_token_id`.
 """
 
 from __future__ import annotations

@@ -239,8 +239,8 @@ class BatchRunner(RunnerBase):
 
 
 class RowView:
-    """One row's handle on a `BatchRunner` or `PackedRunner` (`hf_cascade.packed_runner`): what `CascadeDrafter` and the generation loop call on a runner
-    (`truncate_to`, `commit`, `stats`, `cost`) for that row alone.
+    """One row's handle on a `BatchRunner` or `PackedRunner` (`hf_cascade.packed_runner`): what `CascadeDrafter` and
+    the generation loop call on a runner (`truncate_to`, `commit`, `stats`, `cost`) for that row alone.
 
     Args:
         runner (`BatchRunner` or `PackedRunner`): the shared runner.

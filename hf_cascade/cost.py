@@ -424,8 +424,9 @@ def forward_cost_model(
     model: torch.nn.Module | None, max_gram: MaxGramConfig, do_sample: bool, rows: int = 1, packed: bool = False
 ) -> ForwardCostModel:
     """The `ForwardCostModel` of one model of a call: timed as `timing_kind` says, prior from `max_gram`'s
-    `draft_cost`/`token_cost` (for passes over `rows` rows, padded or `packed`: `batch_prior`) and `forward_parameters` (`None`: a model run by someone else, e.g. the target of transformers' own
-    assisted loop, never timed)."""
+    `draft_cost`/`token_cost` (for passes over `rows` rows, padded or `packed`: `batch_prior`) and
+    `forward_parameters` (`None`: a model run by someone else, e.g. the target of transformers' own assisted loop,
+    never timed)."""
     timing = timing_kind(model, max_gram.measure_cost, do_sample) if model is not None else TIMING_PRIOR
     return ForwardCostModel(
         *batch_prior(max_gram.draft_cost, max_gram.token_cost, rows, packed),

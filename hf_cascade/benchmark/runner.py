@@ -132,8 +132,8 @@ class BenchmarkResult:
         machine (`dict`): `machine_info()` of the machine it ran on.
         mismatches (`list[Mismatch]`): every run whose tokens differ from greedy's (an error, not a footnote).
         wall_time_s (`float`): total time of the benchmark, warm-up and cost measurement included.
-        not_run (`dict[str, str]`): what was asked for but left out, and why: with batches (`cannot_batch`), method label or
-            `prompt ID` -> reason; empty for one prompt per call.
+        not_run (`dict[str, str]`): what was asked for but left out, and why (method label or `prompt ID` ->
+            reason): with batches, `cannot_batch`; the `bench` CLI adds requested methods it cannot run here.
     """
 
     methods: list[Method]

@@ -3,10 +3,10 @@
 The CS Drafting paper's EWIF (expected walltime improvement factor) counts each forward pass at a fixed cost (the
 parameter count) and assumes verifying `k` tokens costs what verifying one does. Here every model's cost is its own
 measured curve `cost_m(n)`: seconds of one forward over `n` new tokens with a warm KV cache (piecewise linear
-through the timed sizes, `tune` times 1 to 16, extended along the last segment), so a long draft costs what it costs on this
-machine. Acceptance is the paper's i.i.d. model: a token drafted by drafter `c` and reviewed at level `r` (reviewer:
-the target for `r = 0`, drafter `r - 1` otherwise) is accepted with probability `a[r][c]`, given every earlier token of
-that draft was.
+through the timed sizes, `tune` times 1 to 16, extended along the last segment), so a long draft costs what it
+costs on this machine. Acceptance is the paper's i.i.d. model: a token drafted by drafter `c` and reviewed at level
+`r` (reviewer: the target for `r = 0`, drafter `r - 1` otherwise) is accepted with probability `a[r][c]`, given every
+earlier token of that draft was.
 
 The draft reviewed at level `r` is built as `CascadeDrafter._draft_level` builds it, column by column (row `K[r]`,
 per-drafter increments; `G_c = K[r][r] + ... + K[r][c]`):
