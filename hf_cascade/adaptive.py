@@ -40,6 +40,7 @@ __all__ = [
     "match_prior",
     "max_gram_tracker",
     "packed_draft_lengths",
+    "pass_cost",
     "proposal_gain",
     "scored_proposal",
 ]
@@ -237,10 +238,20 @@ def scored_proposal(
     return tokens[:k], key, own[:k]
 
 
-def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, float]) -> int:
+def pass_cost(costs: tuple[float, float] | Callable[[int], float]) -> Callable[[int], float]:
+    """A forward pass's cost as a function of the tokens it feeds per row (`n >= 1`): `costs` itself when it is one
+    (e.g. `ForwardCostModel.seconds`, which follows a curve that is not smooth), else the line of `(draft_cost,
+    token_cost)`: `1` for one token, `1 + draft_cost + token_cost * (n - 1)` one-token passes for more."""
+    if callable(costs):
+        return costs
+    draft_cost, token_cost = costs
+    return lambda n: 1.0 if n <= 1 else 1.0 + draft_cost + token_cost * (n - 1)
+
+
+def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, float] | Callable[[int], float]) -> int:
     """How many draft tokens the rows of a batch may give the target's next forward pass: the `k` maximising the
     batch's expected tokens per unit of cost, `(rows + sum over rows of chances[r][0] + ... + chances[r][k - 1]) /
-    (1 + draft_cost + token_cost * k)` (`1` for `k = 0`).
+    cost(1 + k)`.
 
     Every row is fed as wide as the longest draft (padded), so a row's extra token costs the forward pass of all
     rows; cutting each row alone by its own chances (`cut_length`) lets one confident row widen the pass for rows
@@ -250,52 +261,57 @@ def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, f
     Args:
         chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
             tokens are all accepted (non-increasing; `scored_proposal`); its length is the row's longest draft.
-        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the batched target forward pass relative to a
-            one-token pass of the same rows (`ForwardCostModel.costs` of the batch's target).
+        costs (`tuple[float, float]` or `Callable[[int], float]`): the batched target pass's cost by the tokens it
+            feeds per row (`ForwardCostModel.seconds` of the batch's target, timed per width), or its `(draft_cost,
+            token_cost)` relative to a one-token pass of the same rows (`pass_cost`).
 
     Returns:
         `int`: the draft length `k >= 0` (the forward pass then feeds `k + 1` tokens per row).
     """
-    draft_cost, token_cost = costs
+    cost = pass_cost(costs)
     expected = float(len(chances))  # the target's own token of every row
-    best, best_rate = 0, expected
+    best, best_rate = 0, expected / cost(1)
     for k in range(1, max((len(row) for row in chances), default=0) + 1):
         expected += sum(row[k - 1] for row in chances if len(row) >= k)
-        rate = expected / (1.0 + draft_cost + token_cost * k)
+        rate = expected / cost(1 + k)
         if rate > best_rate:
             best, best_rate = k, rate
     return best
 
 
-def packed_draft_lengths(chances: Sequence[Sequence[float]], costs: tuple[float, float]) -> list[int]:
+def packed_draft_lengths(
+    chances: Sequence[Sequence[float]], costs: tuple[float, float] | Callable[[int], float]
+) -> list[int]:
     """How many draft tokens each row of a packed batch gives the target's next forward pass (`PackedRunner`: a pass
     costs the tokens it really feeds, so rows draft different lengths).
 
-    A pass of `rows` rows feeding `K` draft tokens in all costs `1 + draft_cost + token_cost * K` passes in which every
-    row feeds only its own token (`1` for `K = 0`). For a given `K` the most expected tokens come from the `K` draft
+    A pass of `rows` rows feeding `K` draft tokens in all costs `cost(1 + K)`, e.g. `1 + draft_cost + token_cost * K`
+    passes in which every row feeds only its own token (`1` for `K = 0`). For a given `K` the most expected tokens come from the `K` draft
     tokens most likely to be accepted, and since each row's chances are non-increasing, taking tokens in descending
     order of chance keeps every row's draft a prefix. So the tokens are taken in that order and the `K` maximising
-    `(rows + sum of the chances taken) / (1 + draft_cost + token_cost * K)` is kept; ties go to the shorter drafts. A
+    `(rows + sum of the chances taken) / cost(1 + K)` is kept; ties go to the shorter drafts. A
     confident row drafts long without making the other rows feed anything.
 
     Args:
         chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
             tokens are all accepted (non-increasing; `scored_proposal`); its length is the row's longest draft.
-        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the packed target pass relative to a pass in
-            which every row feeds one token (`ForwardCostModel.costs` of the packed target, `cost.batch_prior`).
+        costs (`tuple[float, float]` or `Callable[[int], float]`): the packed target pass's cost by `1 + K`
+            (`ForwardCostModel.seconds` of the packed target, which records a pass under that size), or its
+            `(draft_cost, token_cost)` relative to a pass in which every row feeds one token (`cost.batch_prior`,
+            `pass_cost`).
 
     Returns:
         `list[int]`: per row, its draft length `0 <= k <= len(chances[r])`.
     """
-    draft_cost, token_cost = costs
+    cost = pass_cost(costs)
     order = sorted(
         ((-chance, r, k) for r, row in enumerate(chances) for k, chance in enumerate(row)),
     )
     expected = float(len(chances))  # the target's own token of every row
-    best, best_rate = 0, expected
+    best, best_rate = 0, expected / cost(1)
     for taken, (minus_chance, _, _) in enumerate(order, start=1):
         expected -= minus_chance
-        rate = expected / (1.0 + draft_cost + token_cost * taken)
+        rate = expected / cost(1 + taken)
         if rate > best_rate:
             best, best_rate = taken, rate
     lengths = [0] * len(chances)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -243,7 +243,7 @@ def draft_rows(
 def _cut_drafts(
     drafts: Mapping[int, tuple[list[int], torch.Tensor | None]],
     drafters: Mapping[int, CascadeDrafter],
-    costs: tuple[float, float],
+    costs: tuple[float, float] | Callable[[int], float],
     packed: bool = False,
 ) -> dict[int, tuple[list[int], torch.Tensor | None]]:
     """Cut every row's uncut Max-Gram draft so that the batch's expected tokens per cost of the target forward pass
@@ -256,7 +256,8 @@ def _cut_drafts(
             returns them (`q` of shape `(len(tokens), vocab_size)` when sampling).
         drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter (built with `uncut_target_drafts`), whose
             draft is truncated in place.
-        costs (`tuple[float, float]`): `(draft_cost, token_cost)` of the batched target forward pass.
+        costs (`tuple[float, float]` or `Callable[[int], float]`): the batched target forward pass's cost by size
+            (`ForwardCostModel.seconds`), or its `(draft_cost, token_cost)` (`adaptive.pass_cost`).
         packed (`bool`, *optional*, defaults to `False`): whether the target runs packed.
 
     Returns:
@@ -426,7 +427,8 @@ def generate_batch(
                     model, settings.max_gram, do_sample, rows=len(active), packed=target_packed
                 )
             target.cost = costs_by_rows[len(active)]
-            drafts = _cut_drafts(drafts, drafters, target.cost.costs(), packed=target_packed)
+            # Priced on the timed curve: a width timed often enough at its own median (a curve need not be smooth).
+            drafts = _cut_drafts(drafts, drafters, target.cost.seconds, packed=target_packed)
         logits = target.logits(
             {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
         )

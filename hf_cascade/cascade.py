@@ -617,7 +617,7 @@ class CascadeDrafter:
                 before = len(self.buffer)
                 if c == self.max_gram_column:
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
-                    self._propose_max_gram(min(goal - (before - start), cap - before), level)
+                    self._propose_max_gram(min(goal - (before - start), cap - before), level, start)
                     break
                 if not self._pays(level, c, start, column_start, min(goal, cap - start)):
                     break  # the controller cut drafter c's segment: the next (smaller) drafter goes on
@@ -694,13 +694,24 @@ class CascadeDrafter:
         self.truncate(start + unsure + 1)
         return False
 
-    def _propose_max_gram(self, num_tokens: int, level: int) -> None:
+    def _propose_max_gram(self, num_tokens: int, level: int, start: int) -> None:
+        """Append a Max-Gram proposal of at most `num_tokens` tokens to the draft at `level` begun at `start`.
+
+        Cut by Max-Gram's own rule (`scored_proposal`: per token, with the reviewer's linear costs), or, with the
+        draft-length controller, by the reviewer's per-size cost and the throughput its reviews reach
+        (`DraftController.tail_length`), the same clock the neural drafters are weighed on; proposed uncut when the
+        batch cuts every row's target draft at once.
+        """
         t0 = time.perf_counter()
         uncut = self.uncut_target_drafts and level == 0
-        costs = (0.0, 0.0) if uncut else self._costs(level)  # uncut: the batch cuts every row's draft at once
+        controlled = self.controller is not None and self.tracker is not None and not uncut
+        costs = (0.0, 0.0) if uncut or controlled else self._costs(level)
         tokens, tag, chances = scored_proposal(
             self.index, self.ids, num_tokens, level, self.tracker, costs, self.bigram, self.memory
         )
+        if controlled and chances is not None:
+            owners = [position.owner for position in self.buffer.drafted(start)]
+            tokens = tokens[: self.controller.tail_length(level, owners, chances)]
         tokens = self._admissible_prefix(tokens)
         if uncut:
             self.target_chances = chances[: len(tokens)] if chances is not None else None

@@ -70,6 +70,7 @@ __all__ = [
     "DraftController",
     "expected_accepted",
     "extension_pays",
+    "tail_length",
 ]
 
 # A neural drafter of the target's family is usually accepted often; an optimistic prior lets every drafter be
@@ -125,6 +126,43 @@ def extension_pays(
         if gain > threshold * max(cost, 1e-12):
             return True
     return False
+
+
+def tail_length(
+    chances: Sequence[float],
+    survival: float,
+    verify_s: Callable[[float], float],
+    drafted: int,
+    threshold: float,
+) -> int:
+    """How many tokens of a Max-Gram proposal to append to a level's draft: the `k` maximising
+    `survival * (chances[0] + ... + chances[k - 1]) - threshold * (S(1 + L + k) - S(1 + L))`.
+
+    Max-Gram's own review costs nothing, so its tokens cost only the reviewer's wider forward. Maximising gain less
+    `threshold` times cost is the rule that keeps a throughput at `threshold` growing (the module docstring's rule
+    for one decision). Unlike a per-token cut with a linear cost, it follows the reviewer's measured curve where it
+    is not smooth: where a wider forward costs no more, or less (oneDNN's kernels by size), a draft fills it. Ties
+    go to the shorter draft.
+
+    Args:
+        chances (`Sequence[float]`): `chances[k - 1]` the chance that the proposal's first `k` tokens are all accepted
+            (`adaptive.acceptance_chances`), non-increasing.
+        survival (`float`): probability that the level's draft so far is accepted whole.
+        verify_s (`Callable[[float], float]`): seconds of the reviewer's forward over `n` tokens.
+        drafted (`int`): tokens the level's draft holds before the proposal (`L`).
+        threshold (`float`): tokens per second to beat (`T_r`).
+
+    Returns:
+        `int`: `0 <= k <= len(chances)`.
+    """
+    base = verify_s(1 + drafted)
+    best, best_value, gain = 0, 0.0, 0.0
+    for k, chance in enumerate(chances, start=1):
+        gain += survival * chance
+        value = gain - threshold * (verify_s(1 + drafted + k) - base)
+        if value > best_value + 1e-12:
+            best, best_value = k, value
+    return best
 
 
 class DraftController:
@@ -196,6 +234,17 @@ class DraftController:
     def survival(self, level: int, owners: Sequence[int]) -> float:
         """Probability that a draft at `level` by `owners` (one per token) is accepted whole."""
         return math.prod(self.acceptance.rate((level, owner)) for owner in owners)
+
+    def tail_length(self, level: int, owners: Sequence[int], chances: Sequence[float]) -> int:
+        """How many tokens of a Max-Gram proposal with `chances` (`tail_length`) to append to the draft built at
+        `level`, whose tokens so far were drafted by `owners`."""
+        return tail_length(
+            chances,
+            self.survival(level, owners),
+            lambda n: self.seconds(level, n),
+            len(owners),
+            self.throughput(level),
+        )
 
     def extend(self, level: int, drafter: int, owners: Sequence[int], own: int, room: int) -> bool:
         """Whether `drafter` should review once more to extend the draft built at `level`.

@@ -17,6 +17,14 @@ where the model runs (`timing_kind`): host wall time on CPU and for models accel
 events on a GPU (read only once the review that follows the forward has synchronised), and not at all elsewhere or
 when sampling (`"prior"`): then the configured relative costs and a prior proportional to the parameters a forward
 multiplies per token (`forward_parameters`) apply.
+
+Timings outlive the call. One call times a few dozen forwards spread over many sizes, too few to learn a curve that
+is not smooth (the median of a size needs `MIN_SIZE_PASSES` passes), and the next call on the same model, kernels and
+threads would start from the prior again. So each timed model keeps its recent passes per size in a plain dict on the
+model object (`FORWARD_SECONDS_ATTR`, the way transformers keeps a static cache on the model), keyed by what changes
+the cost (`_placement_key`: timing, rows and layout, device, dtype, torch threads, oneDNN packing, accelerate's
+placement), and every later call starts from them. It holds only floats (deepcopy and pickling of the model are
+unaffected); `forget_forward_seconds(model)` drops it. Sampled calls neither read nor write it.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ __all__ = [
     "cost_model_for",
     "fit_draft_costs",
     "fit_seconds",
+    "forget_forward_seconds",
     "forward_cost_model",
     "forward_parameters",
     "prior_unit_seconds",
@@ -63,6 +72,8 @@ _MAX_TOKEN_COST = 0.95
 _MAX_CHUNK = 64
 # Timed passes of one chunk size before their median replaces the fitted curve at that size (`seconds`).
 MIN_SIZE_PASSES = 3
+# The attribute of a model holding its timed passes across calls (see the module docstring).
+FORWARD_SECONDS_ATTR = "_hf_cascade_forward_seconds"
 
 
 def fit_draft_costs(
@@ -245,6 +256,9 @@ class ForwardCostModel:
         timing (`str`, *optional*, defaults to `"cpu-wall"`): how passes are timed (`timing_kind`).
         prior_unit_s (`float`, *optional*, defaults to 1.0): prior seconds of a one-token forward
             (`prior_unit_seconds`).
+        history (`dict[int, tuple[float, ...]]`, *optional*): seconds of earlier passes per size (a model's record
+            across calls, `forward_cost_model`): the model starts from them and keeps the record up to date (each
+            size's entry is replaced, never mutated, so a concurrent call reading it sees a whole tuple).
     """
 
     def __init__(
@@ -255,6 +269,7 @@ class ForwardCostModel:
         refit_every: int = 8,
         timing: str = TIMING_CPU,
         prior_unit_s: float = 1.0,
+        history: dict[int, tuple[float, ...]] | None = None,
     ):
         self.prior = (draft_cost, token_cost)
         self.timing = timing
@@ -269,6 +284,11 @@ class ForwardCostModel:
         self._elapsed = 0.0
         self._medians: dict[int, float] = {}  # per chunk size with MIN_SIZE_PASSES passes: their median (`seconds`)
         self.fitted = False  # whether `costs()` comes from timings (else it is the prior)
+        self._history = history if self.measured else None
+        if self._history:
+            for size, times in self._history.copy().items():  # dict.copy: atomic against a concurrent call's writes
+                self._seconds[size] = deque(times, maxlen=window)
+            self._since_fit = refit_every  # fit on the first `costs()`
 
     @property
     def measured(self) -> bool:
@@ -289,6 +309,8 @@ class ForwardCostModel:
         if times is None:
             times = self._seconds[num_tokens] = deque(maxlen=self._window)
         times.append(seconds)
+        if self._history is not None:
+            self._history[num_tokens] = tuple(times)
         self._since_fit += 1
         self._absolute = None
         self._medians.pop(num_tokens, None)
@@ -426,13 +448,38 @@ def forward_cost_model(
     """The `ForwardCostModel` of one model of a call: timed as `timing_kind` says, prior from `max_gram`'s
     `draft_cost`/`token_cost` (for passes over `rows` rows, padded or `packed`: `batch_prior`) and
     `forward_parameters` (`None`: a model run by someone else, e.g. the target of transformers' own assisted loop,
-    never timed)."""
+    never timed). A timed model starts from, and adds to, its passes of earlier calls in the same placement (see the
+    module docstring)."""
     timing = timing_kind(model, max_gram.measure_cost, do_sample) if model is not None else TIMING_PRIOR
+    history = None
+    if model is not None and timing != TIMING_PRIOR:
+        record = model.__dict__.setdefault(FORWARD_SECONDS_ATTR, {})
+        history = record.setdefault(_placement_key(model, timing, rows, packed), {})
     return ForwardCostModel(
         *batch_prior(max_gram.draft_cost, max_gram.token_cost, rows, packed),
         timing=timing,
         prior_unit_s=prior_unit_seconds(model),
+        history=history,
     )
+
+
+def forget_forward_seconds(model: torch.nn.Module) -> None:
+    """Drop the forward-pass timings `model` kept from earlier calls (`forward_cost_model`): the next call measures
+    from the prior again. Call it after changing what the key does not see (another process loading the CPU, a
+    different attention implementation)."""
+    model.__dict__.pop(FORWARD_SECONDS_ATTR, None)
+
+
+def _placement_key(model: torch.nn.Module, timing: str, rows: int, packed: bool) -> str:
+    """What the cost of a forward of `model` depends on besides its size: how it is timed, the rows fed together and
+    their layout, device and dtype, torch's CPU threads, oneDNN packing (`OneDNNLinear`, seen by its
+    `packed_numel`) and accelerate's placement (`hf_device_map`)."""
+    first = next(model.parameters(), None)
+    where = f"{first.device}:{first.dtype}" if first is not None else "none"
+    packed_layers = sum(callable(getattr(m, "packed_numel", None)) for m in model.modules())
+    placement = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+    layout = "packed" if packed else "padded"
+    return f"{timing}|{rows}x{layout}|{where}|threads={torch.get_num_threads()}|onednn={packed_layers}|{placement}"
 
 
 def cost_model_for(device: torch.device, max_gram: MaxGramConfig, do_sample: bool = False) -> ForwardCostModel | None:

@@ -15,6 +15,8 @@ from hf_cascade.adaptive import (
     draft_length,
     match_bucket,
     max_gram_tracker,
+    packed_draft_lengths,
+    pass_cost,
     proposal_gain,
     scored_proposal,
 )
@@ -167,6 +169,19 @@ def test_the_calls_own_proposal_wins_when_it_is_worth_more():
 )
 def test_batch_draft_length_maximises_the_batch_throughput(chances, costs, expected):
     assert batch_draft_length(chances, costs) == expected
+
+
+def test_batch_draft_length_follows_a_curve_that_is_not_smooth():
+    """Priced on a timed curve (`ForwardCostModel.seconds`), a width that costs less than a narrower one is taken:
+    on the line (`pass_cost` of the tuple) 3 draft tokens per row do not pay, where the 4-token pass dips they do."""
+    chances = [[0.5, 0.25, 0.125]] * 4
+    line = pass_cost((0.3, 0.3))
+    assert [line(1), line(2), line(4)] == [1.0, pytest.approx(1.6), pytest.approx(2.2)]
+    assert batch_draft_length(chances, line) == batch_draft_length(chances, (0.3, 0.3)) == 0
+    dip = {1: 1.0, 2: 1.6, 3: 1.9, 4: 0.9}
+    assert batch_draft_length(chances, lambda n: dip[n]) == 3
+    assert packed_draft_lengths(chances, lambda n: 1.0 if n == 1 else 2.0) == [0, 0, 0, 0]
+    assert packed_draft_lengths(chances, lambda n: 1.0) == [3, 3, 3, 3]  # free tokens: all of them
 
 
 def test_scored_proposal_uncut_keeps_the_whole_proposal_with_its_chances():

@@ -33,7 +33,7 @@ import hf_cascade
 from hf_cascade import cost
 from hf_cascade.cli._args import device_map_arg, max_memory_arg
 from hf_cascade.config import ADAPTIVE_NEURAL_TOKENS, default_k_matrix
-from hf_cascade.controller import PROBE_EVERY, DraftController, expected_accepted, extension_pays
+from hf_cascade.controller import PROBE_EVERY, DraftController, expected_accepted, extension_pays, tail_length
 from hf_cascade.cost import ForwardCostModel, fit_seconds, forward_parameters, prior_unit_seconds, timing_kind
 from hf_cascade.cpu import onednn_linear_available
 
@@ -104,6 +104,37 @@ def test_extension_pays_looks_past_the_fixed_cost_of_a_draft():
     args = dict(alpha=0.95, survival=1.0, tokens_per_review=1, review_s=0.05, verify_s=verify, drafted=0)
     assert not extension_pays(**args, threshold=1.0, max_reviews=1)
     assert extension_pays(**args, threshold=1.0, max_reviews=4)
+
+
+def test_tail_length_follows_the_reviewer_curve():
+    """Max-Gram's tail under the controller: long where verification is flat, short where steep, and filling a dip
+    where a wider forward costs less (oneDNN picks kernels by size)."""
+    chances = [0.6**k for k in range(1, 9)]  # 0.6, 0.36, 0.216, ...
+    flat = lambda n: 1.0  # noqa: E731
+    steep = lambda n: 1.0 + 0.5 * (n - 1)  # noqa: E731
+    args = dict(chances=chances, survival=1.0, drafted=0, threshold=1.0)
+    assert tail_length(verify_s=flat, **args) == 8  # any chance pays for a free token
+    assert tail_length(verify_s=steep, **args) == 1  # only 0.6 beats half a forward
+    assert tail_length(verify_s=steep, **{**args, "threshold": 2.0}) == 0  # a fast call asks more of a token
+    dip = {1: 1.0, 2: 1.25, 3: 1.2, 4: 0.8, 5: 0.8, 6: 0.8, 7: 1.15, 8: 1.25, 9: 1.35, 10: 1.45, 11: 1.55, 12: 1.65}
+    assert tail_length(verify_s=lambda n: dip[int(n)], **args) == 5  # up to the 6-token forward, the cheapest
+    # After three drafted tokens the dip is reached with fewer Max-Gram tokens; a draft unlikely to survive gains
+    # little from a tail, but a tail into a cheaper forward still pays.
+    assert tail_length(verify_s=lambda n: dip[int(n)], **{**args, "drafted": 3}) == 2
+    assert tail_length(verify_s=steep, **{**args, "survival": 0.3}) == 0
+    assert tail_length([0.5, 0.25], 1.0, lambda n: 1.0 + 0.5 * (n - 1), 0, 1.0) == 0  # a tie: the shorter draft
+    assert tail_length([], 1.0, flat, 0, 1.0) == 0
+
+
+def test_controller_tail_length_weighs_survival_and_throughput():
+    ctl = DraftController([curve(1.0, 0.0, 0.05), curve(0.1, 0.0, 0.005)], [False, False])
+    chances = [0.9**k for k in range(1, 9)]
+    alone = ctl.tail_length(0, [], chances)
+    for _ in range(20):
+        ctl.record_acceptance(0, [0, 0], accepted=0)  # drafter 0's tokens are rejected at level 0
+    assert ctl.tail_length(0, [0, 0], chances) < alone  # a tail after a draft that will not survive gains little
+    ctl._reviews[0] = [10, 1.0, 100.0]  # the call already makes 100 tokens per second
+    assert ctl.tail_length(0, [], chances) < alone
 
 
 def test_fit_seconds_without_one_token_passes():

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 import torch
 
 from hf_cascade.config import MaxGramConfig
 from hf_cascade.controller import extension_pays
 from hf_cascade.cost import (
+    FORWARD_SECONDS_ATTR,
     MIN_SIZE_PASSES,
     TIMING_PRIOR,
     ForwardCostModel,
     batch_prior,
     cost_model_for,
     fit_draft_costs,
+    forget_forward_seconds,
     forward_cost_model,
 )
 
@@ -186,3 +191,44 @@ def test_batch_prior_prices_a_draft_token_for_every_row():
     assert batch_prior(0.3, 0.05, 4) == pytest.approx((0.0, 0.2 / 1.45))
     assert batch_prior(0.0, 0.9, 8) == (0.0, 0.95)  # capped as fitted costs are
     assert forward_cost_model(None, MaxGramConfig(), False, rows=4).prior == pytest.approx((0.0, 0.2 / 1.45))
+
+
+# ------------------------------------------------------------------------------------- timings across calls
+def test_timings_outlive_the_call_in_the_same_placement(llama):
+    """A second call on the same model, threads and layout starts from the first call's passes; another layout, a
+    sampled call, or `forget_forward_seconds` starts from the prior."""
+    model = copy.deepcopy(llama)
+    forget_forward_seconds(model)  # the session's model kept the passes of earlier tests
+    config = MaxGramConfig()
+    first = forward_cost_model(model, config, do_sample=False)
+    for seconds in (0.010, 0.011, 0.012):
+        first.record(4, seconds)
+    second = forward_cost_model(model, config, do_sample=False)
+    assert second.has_timings and second.seconds(4) == pytest.approx(0.011)
+    second.record(4, 0.5)  # the record grows from every call, oldest first out of the window
+    assert forward_cost_model(model, config, do_sample=False).seconds(4) == pytest.approx(0.0115)
+    assert not forward_cost_model(model, config, do_sample=False, rows=2).has_timings  # a batch: other passes
+    assert not forward_cost_model(model, config, do_sample=True).has_timings  # sampling is never timed
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        assert not forward_cost_model(model, config, do_sample=False).has_timings  # other threads, other costs
+    finally:
+        torch.set_num_threads(threads)
+    # Plain data on the model: deepcopy and pickle as before.
+    assert copy.deepcopy(model).__dict__[FORWARD_SECONDS_ATTR] == model.__dict__[FORWARD_SECONDS_ATTR]
+    assert pickle.loads(pickle.dumps(model)).__dict__[FORWARD_SECONDS_ATTR] == model.__dict__[FORWARD_SECONDS_ATTR]
+    forget_forward_seconds(model)
+    assert not forward_cost_model(model, config, do_sample=False).has_timings
+
+
+def test_a_second_call_drafts_from_the_first_calls_timings(llama, prompt):
+    model = copy.deepcopy(llama)
+    forget_forward_seconds(model)
+    plain = model.generate(prompt, max_new_tokens=40, do_sample=False)
+    first, _ = max_gram_generate(model, prompt)
+    record = model.__dict__[FORWARD_SECONDS_ATTR]
+    assert len(record) == 1 and sum(len(times) for times in next(iter(record.values())).values()) > 0
+    second, stats = max_gram_generate(model, prompt)
+    assert torch.equal(first, plain) and torch.equal(second, plain)
+    assert stats.target.draft_cost is not None  # fitted from the start: the first call's passes count
