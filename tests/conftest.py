@@ -24,6 +24,7 @@ from transformers import (
 from transformers.generation.streamers import BaseStreamer
 
 import hf_cascade
+from hf_cascade.cost import forget_forward_seconds
 
 VOCAB = 96
 
@@ -115,6 +116,15 @@ def nonfinite_copy(model, fill: str):
     clone.load_state_dict(model.state_dict())
     clone.fill = fill
     return clone
+
+
+def pytest_runtest_call(item):
+    """Every test starts its models with no timings from earlier tests: the session's models are shared, and their
+    timings outlive each call (`cost.FORWARD_SECONDS_ATTR`), which would make a test's drafts depend on test order."""
+    for value in item.funcargs.values():
+        for model in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(model, torch.nn.Module):
+                forget_forward_seconds(model)
 
 
 @pytest.fixture(scope="session")

@@ -346,15 +346,18 @@ def test_memory_drafts_are_counted_apart_from_the_calls_own(llama):
 
 
 def test_the_acceptance_record_carries_over_to_the_next_call(llama):
+    # Configured costs, not timed ones: whether the second call drafts at all must not depend on how fast this
+    # machine ran the session model's earlier passes (timings outlive calls, `cost.FORWARD_SECONDS_ATTR`).
+    fixed_costs = {"max_gram": {"measure_cost": False}}
     memory = MaxGramMemory(vocab_size=VOCAB)
     assert memory.tracker._counts == {}
-    _cascade(llama, _fresh_prompt(4), memory, max_new_tokens=16)
+    _cascade(llama, _fresh_prompt(4), memory, max_new_tokens=16, **fixed_costs)
     record = {key: list(value) for key, value in memory.tracker._counts.items()}
     assert record  # the call's reviews were recorded in the memory's tracker, not in a throwaway one
     twin = copy.deepcopy(memory)
     assert twin.tracker is not memory.tracker and twin.tracker._counts == memory.tracker._counts
     assert pickle.loads(pickle.dumps(memory)).tracker._counts == memory.tracker._counts
-    _cascade(llama, _fresh_prompt(5), memory, max_new_tokens=16)
+    _cascade(llama, _fresh_prompt(5), memory, max_new_tokens=16, **fixed_costs)
     assert memory.tracker._counts != record  # the second call went on from the first call's record
     memory.clear()
     assert memory.tracker._counts == {}
