@@ -286,10 +286,10 @@ def packed_draft_lengths(
     costs the tokens it really feeds, so rows draft different lengths).
 
     A pass of `rows` rows feeding `K` draft tokens in all costs `cost(1 + K)`, e.g. `1 + draft_cost + token_cost * K`
-    passes in which every row feeds only its own token (`1` for `K = 0`). For a given `K` the most expected tokens come from the `K` draft
-    tokens most likely to be accepted, and since each row's chances are non-increasing, taking tokens in descending
-    order of chance keeps every row's draft a prefix. So the tokens are taken in that order and the `K` maximising
-    `(rows + sum of the chances taken) / cost(1 + K)` is kept; ties go to the shorter drafts. A
+    passes in which every row feeds only its own token (`1` for `K = 0`). For a given `K` the most expected tokens
+    come from the `K` draft tokens most likely to be accepted, and since each row's chances are non-increasing, taking
+    tokens in descending order of chance keeps every row's draft a prefix. So the tokens are taken in that order and
+    the `K` maximising `(rows + sum of the chances taken) / cost(1 + K)` is kept; ties go to the shorter drafts. A
     confident row drafts long without making the other rows feed anything.
 
     Args:

@@ -709,7 +709,7 @@ class CascadeDrafter:
         tokens, tag, chances = scored_proposal(
             self.index, self.ids, num_tokens, level, self.tracker, costs, self.bigram, self.memory
         )
-        if controlled and chances is not None:
+        if controlled:  # with a tracker, scored_proposal always returns the chances
             owners = [position.owner for position in self.buffer.drafted(start)]
             tokens = tokens[: self.controller.tail_length(level, owners, chances)]
         tokens = self._admissible_prefix(tokens)
