@@ -43,6 +43,7 @@ __all__ = [
     "pass_cost",
     "proposal_gain",
     "scored_proposal",
+    "straggler_weights",
 ]
 
 # The third element of a tracker key whose proposal came from a `MaxGramMemory` (earlier calls), not the call itself.
@@ -50,6 +51,11 @@ MEMORY = "memory"
 
 # Match lengths 1, 2, 3 and "4 or more"; 0 is the bigram fallback.
 _LONGEST_BUCKET = 4
+
+# Tokens of remaining budget over which a row's chance of being the batch's last to finish falls by a factor e
+# (`straggler_weights`): about what one accepted draft moves a row, so rows a draft apart are about as likely to end
+# last. A count of tokens, not a cost: it does not depend on the machine.
+STRAGGLER_TOKENS = 4.0
 
 # Prior geometric acceptance rate per match bucket (0 = bigram, 1, 2, 3, 4+): a longer match is a more reliable copy.
 # On SmolLM2-135M's greedy answers to the built-in grounded prompts, uncut 16-token proposals had rates of about
@@ -248,10 +254,44 @@ def pass_cost(costs: tuple[float, float] | Callable[[int], float]) -> Callable[[
     return lambda n: 1.0 if n <= 1 else 1.0 + draft_cost + token_cost * (n - 1)
 
 
-def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, float] | Callable[[int], float]) -> int:
+def straggler_weights(remaining: Sequence[int], scale: float = STRAGGLER_TOKENS) -> list[float]:
+    """How much a token accepted in each row of a batch is worth to the batch, relative to a token of every row alike.
+
+    A batch takes as many target passes as its last row needs: when every row runs to its budget of new tokens (no
+    EOS), a token accepted in a row that is ahead of the others ends the batch no sooner, and a pass widened for it
+    costs every row's time for nothing, while a token accepted in the row that is behind shortens the whole batch.
+    The expected number of passes is that of the row that finishes last, and a token gained by row `r` lowers it by
+    the chance `P_r` that row `r` is that row. That chance is modelled from each row's remaining budget `m_r`
+    (tokens it may still generate; how far it really goes, EOS or not, is unknown): `P_r` proportional to
+    `exp((m_r - max m) / scale)`. The weights are `rows * P_r` (they add up to the number of rows), so rows alike get
+    weight 1 each and the batch's expected tokens per cost (`batch_draft_length`, `packed_draft_lengths`) is the plain
+    sum over rows; a row far ahead weighs about 0, and the row behind up to `rows`.
+
+    Args:
+        remaining (`Sequence[int]`): per row, how many new tokens it may still generate (`max_length` minus its
+            length).
+        scale (`float`, *optional*, defaults to `STRAGGLER_TOKENS`): tokens of budget over which the chance falls by
+            a factor `e`, `> 0`.
+
+    Returns:
+        `list[float]`: one weight per row, `>= 0`, summing to `len(remaining)`.
+    """
+    if not remaining:
+        return []
+    top = max(remaining)
+    chances = [math.exp((m - top) / scale) for m in remaining]
+    total = sum(chances)
+    return [len(remaining) * c / total for c in chances]
+
+
+def batch_draft_length(
+    chances: Sequence[Sequence[float]],
+    costs: tuple[float, float] | Callable[[int], float],
+    weights: Sequence[float] | None = None,
+) -> int:
     """How many draft tokens the rows of a batch may give the target's next forward pass: the `k` maximising the
-    batch's expected tokens per unit of cost, `(rows + sum over rows of chances[r][0] + ... + chances[r][k - 1]) /
-    cost(1 + k)`.
+    batch's expected tokens per unit of cost, `(sum over rows of weights[r] * (1 + chances[r][0] + ... +
+    chances[r][k - 1])) / cost(1 + k)`.
 
     Every row is fed as wide as the longest draft (padded), so a row's extra token costs the forward pass of all
     rows; cutting each row alone by its own chances (`cut_length`) lets one confident row widen the pass for rows
@@ -264,33 +304,46 @@ def batch_draft_length(chances: Sequence[Sequence[float]], costs: tuple[float, f
         costs (`tuple[float, float]` or `Callable[[int], float]`): the batched target pass's cost by the tokens it
             feeds per row (`ForwardCostModel.seconds` of the batch's target, timed per width), or its `(draft_cost,
             token_cost)` relative to a one-token pass of the same rows (`pass_cost`).
+        weights (`Sequence[float]`, *optional*): per row, what its tokens are worth to the batch
+            (`straggler_weights`, summing to the number of rows); all 1 by default.
 
     Returns:
         `int`: the draft length `k >= 0` (the forward pass then feeds `k + 1` tokens per row).
     """
     cost = pass_cost(costs)
-    expected = float(len(chances))  # the target's own token of every row
+    weights = _row_weights(weights, len(chances))
+    expected = sum(weights)  # the target's own token of every row
     best, best_rate = 0, expected / cost(1)
     for k in range(1, max((len(row) for row in chances), default=0) + 1):
-        expected += sum(row[k - 1] for row in chances if len(row) >= k)
+        expected += sum(w * row[k - 1] for w, row in zip(weights, chances, strict=True) if len(row) >= k)
         rate = expected / cost(1 + k)
         if rate > best_rate:
             best, best_rate = k, rate
     return best
 
 
+def _row_weights(weights: Sequence[float] | None, rows: int) -> list[float]:
+    if weights is None:
+        return [1.0] * rows
+    if len(weights) != rows:
+        raise ValueError(f"weights has {len(weights)} entries for {rows} rows of chances; give one weight per row.")
+    return list(weights)
+
+
 def packed_draft_lengths(
-    chances: Sequence[Sequence[float]], costs: tuple[float, float] | Callable[[int], float]
+    chances: Sequence[Sequence[float]],
+    costs: tuple[float, float] | Callable[[int], float],
+    weights: Sequence[float] | None = None,
 ) -> list[int]:
     """How many draft tokens each row of a packed batch gives the target's next forward pass (`PackedRunner`: a pass
     costs the tokens it really feeds, so rows draft different lengths).
 
     A pass of `rows` rows feeding `K` draft tokens in all costs `cost(1 + K)`, e.g. `1 + draft_cost + token_cost * K`
     passes in which every row feeds only its own token (`1` for `K = 0`). For a given `K` the most expected tokens
-    come from the `K` draft tokens most likely to be accepted, and since each row's chances are non-increasing, taking
-    tokens in descending order of chance keeps every row's draft a prefix. So the tokens are taken in that order and
-    the `K` maximising `(rows + sum of the chances taken) / cost(1 + K)` is kept; ties go to the shorter drafts. A
-    confident row drafts long without making the other rows feed anything.
+    come from the `K` draft tokens worth most (`weights[r] * chance`), and since each row's chances are non-increasing,
+    taking tokens in descending order of worth keeps every row's draft a prefix. So the tokens are taken in that order
+    and the `K` maximising `(sum of weights + sum of the worths taken) / cost(1 + K)` is kept; ties go to the shorter
+    drafts. A confident row drafts long without making the other rows feed anything.
 
     Args:
         chances (`Sequence[Sequence[float]]`): per row, `chances[r][k - 1]` the chance that its first `k` draft
@@ -299,18 +352,19 @@ def packed_draft_lengths(
             (`ForwardCostModel.seconds` of the packed target, which records a pass under that size), or its
             `(draft_cost, token_cost)` relative to a pass in which every row feeds one token (`cost.batch_prior`,
             `pass_cost`).
+        weights (`Sequence[float]`, *optional*): per row, what its tokens are worth to the batch
+            (`straggler_weights`, summing to the number of rows); all 1 by default.
 
     Returns:
         `list[int]`: per row, its draft length `0 <= k <= len(chances[r])`.
     """
     cost = pass_cost(costs)
-    order = sorted(
-        ((-chance, r, k) for r, row in enumerate(chances) for k, chance in enumerate(row)),
-    )
-    expected = float(len(chances))  # the target's own token of every row
+    weights = _row_weights(weights, len(chances))
+    order = sorted((-weights[r] * chance, r, k) for r, row in enumerate(chances) for k, chance in enumerate(row))
+    expected = sum(weights)  # the target's own token of every row
     best, best_rate = 0, expected / cost(1)
-    for taken, (minus_chance, _, _) in enumerate(order, start=1):
-        expected -= minus_chance
+    for taken, (minus_worth, _, _) in enumerate(order, start=1):
+        expected -= minus_worth
         rate = expected / cost(1 + taken)
         if rate > best_rate:
             best, best_rate = taken, rate

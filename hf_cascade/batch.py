@@ -6,7 +6,8 @@ waits for a forward pass, runs ONE batched forward per model for all rows that w
 and repeats until every row's draft is built. A model whose mask is all that places tokens (`packed_runner.packs`)
 keeps every row in one cache row and is fed only the real tokens of the rows that asked (`PackedRunner`); the others
 are fed every row padded to the widest chunk (`BatchRunner`). With Max-Gram alone drafting for the target, every
-row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded).
+row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded),
+counting each row's tokens by its chance of being the row the batch waits for last (`adaptive.straggler_weights`).
 One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
 (`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate`
 returns: the left-padded prompts, each row's new tokens, rows that stopped early right-padded with `pad_token_id`.
@@ -31,7 +32,7 @@ from transformers.generation.logits_process import (
 )
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
-from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths
+from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths, straggler_weights
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
 from .cost import forward_cost_model
@@ -244,12 +245,14 @@ def _cut_drafts(
     drafts: Mapping[int, tuple[list[int], torch.Tensor | None]],
     drafters: Mapping[int, CascadeDrafter],
     costs: tuple[float, float] | Callable[[int], float],
+    remaining: Mapping[int, int],
     packed: bool = False,
 ) -> dict[int, tuple[list[int], torch.Tensor | None]]:
     """Cut every row's uncut Max-Gram draft so that the batch's expected tokens per cost of the target forward pass
     are largest: padded (`BatchRunner`), all rows are fed as wide as the longest draft and share one length
     (`batch_draft_length`); `packed` (`PackedRunner`), the pass costs the draft tokens in all and each row gets its own
-    length (`packed_draft_lengths`).
+    length (`packed_draft_lengths`). A row's tokens count by its chance of being the row the batch waits for last
+    (`straggler_weights`): a pass is not widened for a row that is ahead of the others.
 
     Args:
         drafts (`Mapping[int, tuple[list[int], torch.FloatTensor | None]]`): row -> `(tokens, q)` as `draft_rows`
@@ -258,16 +261,18 @@ def _cut_drafts(
             draft is truncated in place.
         costs (`tuple[float, float]` or `Callable[[int], float]`): the batched target forward pass's cost by size
             (`ForwardCostModel.seconds`), or its `(draft_cost, token_cost)` (`adaptive.pass_cost`).
+        remaining (`Mapping[int, int]`): row -> new tokens it may still generate after its committed ones.
         packed (`bool`, *optional*, defaults to `False`): whether the target runs packed.
 
     Returns:
         `dict[int, tuple[list[int], torch.FloatTensor | None]]`: the cut drafts.
     """
     chances = [drafters[r].target_chances or [] for r in drafts]
+    weights = straggler_weights([remaining[r] for r in drafts])
     if packed:
-        lengths = dict(zip(drafts, packed_draft_lengths(chances, costs), strict=True))
+        lengths = dict(zip(drafts, packed_draft_lengths(chances, costs, weights), strict=True))
     else:
-        lengths = dict.fromkeys(drafts, batch_draft_length(chances, costs))
+        lengths = dict.fromkeys(drafts, batch_draft_length(chances, costs, weights))
     cut = {}
     for r, (tokens, q) in drafts.items():
         k = lengths[r]
@@ -346,12 +351,12 @@ def generate_batch(
     packed = settings.batch_layout == "packed"
     target_packed = packed and packs(model)
     target_stats = LevelStats("target", "target")
+    # Every model's passes are priced and timed as passes of the whole batch, in its layout (`batch_prior`): a padded
+    # draft token costs every row's forward, which the one-row prior underrates, and a packed pass is priced by its
+    # draft tokens in all. The timings are kept apart from batch-1 calls' (`forward_cost_model`'s key), which a pass
+    # over several rows would otherwise skew for later calls.
+    target_cost = forward_cost_model(model, settings.max_gram, do_sample, rows=batch, packed=target_packed)
     if target_packed:
-        # Cut together, a packed pass is priced by its draft tokens in all (`batch_prior`), relative to a pass in
-        # which every row feeds its own token.
-        target_cost = forward_cost_model(
-            model, settings.max_gram, do_sample, rows=batch if cut_together else 1, packed=True
-        )
         target: BatchRunner | PackedRunner = PackedRunner(model, target_stats, rows, cost=target_cost)
     else:
         target = BatchRunner(
@@ -360,16 +365,15 @@ def generate_batch(
             rows,
             encoder_outputs=model_kwargs.get("encoder_outputs"),
             encoder_attention_mask=encoder_mask,
-            # Cut together, the drafts are priced as passes of the whole batch (`batch_prior`): a draft token costs
-            # every row's forward, which the one-row prior underrates until the batch's own passes are timed.
-            cost=forward_cost_model(model, settings.max_gram, do_sample, rows=batch if cut_together else 1),
+            cost=target_cost,
             pad_token_id=pad_token_id,
         )
     runners: list[BatchRunner | PackedRunner] = []
     for i, assistant in enumerate(assistants):
         level_stats = LevelStats(f"assistant_{i}", "assistant")
-        cost = forward_cost_model(assistant, settings.max_gram, do_sample)
-        if packed and packs(assistant):  # idle rows feed nothing
+        assistant_packed = packed and packs(assistant)
+        cost = forward_cost_model(assistant, settings.max_gram, do_sample, rows=batch, packed=assistant_packed)
+        if assistant_packed:  # idle rows feed nothing
             runners.append(PackedRunner(assistant, level_stats, rows, cost=cost))
             continue
         encoded, assistant_mask = encode(assistant, inputs_tensor, encoder_mask) if is_encoder_decoder else (None, None)
@@ -428,7 +432,8 @@ def generate_batch(
                 )
             target.cost = costs_by_rows[len(active)]
             # Priced on the timed curve: a width timed often enough at its own median (a curve need not be smooth).
-            drafts = _cut_drafts(drafts, drafters, target.cost.seconds, packed=target_packed)
+            remaining = {r: max_lengths[r] - drafters[r].committed for r in active}
+            drafts = _cut_drafts(drafts, drafters, target.cost.seconds, remaining, packed=target_packed)
         logits = target.logits(
             {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -19,6 +21,7 @@ from hf_cascade.adaptive import (
     pass_cost,
     proposal_gain,
     scored_proposal,
+    straggler_weights,
 )
 
 from conftest import max_gram_generate
@@ -182,6 +185,35 @@ def test_batch_draft_length_follows_a_curve_that_is_not_smooth():
     assert batch_draft_length(chances, lambda n: dip[n]) == 3
     assert packed_draft_lengths(chances, lambda n: 1.0 if n == 1 else 2.0) == [0, 0, 0, 0]
     assert packed_draft_lengths(chances, lambda n: 1.0) == [3, 3, 3, 3]  # free tokens: all of them
+
+
+def test_straggler_weights_follow_the_remaining_budget():
+    # Rows alike: weight 1 each, the plain sum over rows.
+    assert straggler_weights([50, 50, 50, 50]) == pytest.approx([1.0] * 4)
+    # One row 4 tokens behind the others (scale 4): e^1 against 1 each, over a total of e + 3, times 4 rows.
+    e = math.e
+    assert straggler_weights([60, 56, 56, 56]) == pytest.approx([4 * e / (e + 3)] + [4 / (e + 3)] * 3)
+    weights = straggler_weights([100, 10, 3])
+    assert sum(weights) == pytest.approx(3) and weights[0] == pytest.approx(3) and weights[1] < 1e-9
+    assert straggler_weights([]) == []
+
+
+def test_a_row_ahead_of_the_batch_does_not_widen_its_pass():
+    """With every row weighted alike a confident row widens the padded pass (its 4 tokens pay: 5.92 > 4 tokens per
+    unit); 40 tokens ahead of the others it ends the batch no sooner, and nothing is drafted. The row behind drafts
+    for the whole batch: its first token, worth about 4 rows' (4 * 0.5 = 2), pays where the plain sum (0.5) did not."""
+    confident_first = [[0.9, 0.81, 0.73, 0.66], [], [], []]
+    assert batch_draft_length(confident_first, (0.0, 0.05)) == 4
+    ahead = straggler_weights([10, 50, 50, 50])
+    assert batch_draft_length(confident_first, (0.0, 0.05), ahead) == 0
+    assert packed_draft_lengths(confident_first, (0.0, 0.05), ahead) == [0, 0, 0, 0]
+    unsure_behind = [[0.5], [], [], []]
+    behind = straggler_weights([90, 10, 10, 10])
+    assert batch_draft_length(unsure_behind, (0.3, 0.01)) == 0
+    assert batch_draft_length(unsure_behind, (0.3, 0.01), behind) == 1
+    assert packed_draft_lengths(unsure_behind, (0.3, 0.01), behind) == [1, 0, 0, 0]
+    with pytest.raises(ValueError, match="weights has 2 entries for 4 rows"):
+        batch_draft_length(confident_first, (0.0, 0.05), [1.0, 1.0])
 
 
 def test_scored_proposal_uncut_keeps_the_whole_proposal_with_its_chances():

@@ -435,3 +435,22 @@ def test_a_confident_row_does_not_widen_the_forward_pass_of_the_batch(llama, mon
     plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
     assert torch.equal(out.sequences, plain)
     assert widths[0] == 1  # the first review: each row's last prompt token, no draft
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed"])
+def test_batch_timings_are_kept_apart_from_batch_1_calls(llama, llama_drafters, layout):
+    """Every model of a batched call times its passes under the batch's own key (rows and layout): a pass over several
+    rows must not become what a later one-row call expects a forward to cost (timings outlive calls)."""
+    from hf_cascade.cost import FORWARD_SECONDS_ATTR, forget_forward_seconds
+
+    drafter = llama_drafters[1]
+    for model in (llama, drafter):
+        forget_forward_seconds(model)
+    ids, mask = left_pad(rows_of((3, 17, 9)))
+    config = hf_cascade.CascadeConfig(batch_layout=layout)
+    out = cascade(llama, ids, mask, [drafter], max_new_tokens=NEW, cascade_config=config)
+    plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
+    assert torch.equal(out.sequences, plain)
+    for model in (llama, drafter):
+        keys = [key for key, times in model.__dict__[FORWARD_SECONDS_ATTR].items() if times]
+        assert keys and all(f"|3x{layout}|" in key for key in keys), keys
