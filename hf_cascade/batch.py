@@ -245,7 +245,7 @@ def _cut_drafts(
     drafts: Mapping[int, tuple[list[int], torch.Tensor | None]],
     drafters: Mapping[int, CascadeDrafter],
     costs: tuple[float, float] | Callable[[int], float],
-    remaining: Mapping[int, int],
+    weights: Mapping[int, float],
     packed: bool = False,
 ) -> dict[int, tuple[list[int], torch.Tensor | None]]:
     """Cut every row's uncut Max-Gram draft so that the batch's expected tokens per cost of the target forward pass
@@ -261,18 +261,18 @@ def _cut_drafts(
             draft is truncated in place.
         costs (`tuple[float, float]` or `Callable[[int], float]`): the batched target forward pass's cost by size
             (`ForwardCostModel.seconds`), or its `(draft_cost, token_cost)` (`adaptive.pass_cost`).
-        remaining (`Mapping[int, int]`): row -> new tokens it may still generate after its committed ones.
+        weights (`Mapping[int, float]`): row -> what its tokens are worth to the batch (`straggler_weights`).
         packed (`bool`, *optional*, defaults to `False`): whether the target runs packed.
 
     Returns:
         `dict[int, tuple[list[int], torch.FloatTensor | None]]`: the cut drafts.
     """
     chances = [drafters[r].target_chances or [] for r in drafts]
-    weights = straggler_weights([remaining[r] for r in drafts])
+    row_weights = [weights[r] for r in drafts]
     if packed:
-        lengths = dict(zip(drafts, packed_draft_lengths(chances, costs, weights), strict=True))
+        lengths = dict(zip(drafts, packed_draft_lengths(chances, costs, row_weights), strict=True))
     else:
-        lengths = dict.fromkeys(drafts, batch_draft_length(chances, costs, weights))
+        lengths = dict.fromkeys(drafts, batch_draft_length(chances, costs, row_weights))
     cut = {}
     for r, (tokens, q) in drafts.items():
         k = lengths[r]
@@ -344,7 +344,8 @@ def generate_batch(
     do_sample = settings.do_sample
 
     # Max-Gram alone drafts for the target: the rows' drafts are cut together, by the batch's throughput
-    # (`_cut_drafts`). With neural drafters each row keeps its own cut (their drafts carry no acceptance chances).
+    # (`_cut_drafts`). With neural drafters each row keeps its own cut (their drafts carry no acceptance chances),
+    # made by its draft-length controller with the row's weight.
     cut_together = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
     # With `batch_layout="packed"`, rows packed into one cache row feed only their real tokens (`PackedRunner`), where
     # that is exact (`packs`); the other models, and every model by default, run padded (`BatchRunner`).
@@ -421,6 +422,13 @@ def generate_batch(
     active = [r for r in rows if prompt_lengths[r] < max_lengths[r]]
     costs_by_rows = {batch: target.cost}
     while active:
+        # A row's tokens are worth its chance of being the row the batch waits for last (`straggler_weights`): cut
+        # together for Max-Gram's drafts, and by each row's draft-length controller for the neural levels'.
+        remaining = {r: max_lengths[r] - drafters[r].committed for r in active}
+        weights = dict(zip(active, straggler_weights([remaining[r] for r in active]), strict=True))
+        for r in active:
+            if drafters[r].controller is not None:
+                drafters[r].controller.weight = weights[r]
         # The target adds one token: drafts stay within max_length - 1.
         drafts = draft_rows({r: drafters[r].drafting(max_lengths[r] - 1) for r in active}, runners, drafters)
         if cut_together:
@@ -432,8 +440,7 @@ def generate_batch(
                 )
             target.cost = costs_by_rows[len(active)]
             # Priced on the timed curve: a width timed often enough at its own median (a curve need not be smooth).
-            remaining = {r: max_lengths[r] - drafters[r].committed for r in active}
-            drafts = _cut_drafts(drafts, drafters, target.cost.seconds, remaining, packed=target_packed)
+            drafts = _cut_drafts(drafts, drafters, target.cost.seconds, weights, packed=target_packed)
         logits = target.logits(
             {r: (drafters[r].ids, drafters[r].committed - 1, drafters[r].committed + len(drafts[r][0])) for r in active}
         )

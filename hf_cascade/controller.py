@@ -25,7 +25,8 @@ built at level `c + 1` and keeps the accepted prefix plus one token of its own.
 - `T_m`: the throughput of model `m`'s reviews: the tokens they kept per second spent building and reviewing their
   drafts, and at least its plain decoding rate `1 / S_m(1)`. `T_0` is the call's throughput.
 - `L` and `s`: the length of level `r`'s draft so far and the probability that all of it survives the review,
-  `s = prod_i a(r, owner_i)`.
+  `s = prod_i a(r, owner_i)`, times the row's `weight` in a batch (1 alone): a batch takes as many passes as its
+  last row needs, so a row ahead of the others gains the batch nothing by drafting (`adaptive.straggler_weights`).
 
 Rule. `j` more reviews by drafter `c` add `j y` tokens; the `i`-th new token is accepted with probability
 `s a^i`, so their expected accepted tokens and their time are
@@ -176,6 +177,9 @@ class DraftController:
 
     def __init__(self, costs: Sequence[ForwardCostModel], has_drafts_below: Sequence[bool]):
         self.costs = list(costs)
+        # What a token of this row is worth, in tokens of the call: 1 alone; in a batch, the row's chance of being the
+        # row the batch waits for last, times the rows (`adaptive.straggler_weights`, set before every step).
+        self.weight = 1.0
         self.acceptance = AcceptanceTracker(ACCEPTANCE_PRIOR, PRIOR_STRENGTH)
         self._prior_draft = [1.0 if below else 0.0 for below in has_drafts_below]
         self._reviews = [[0, 0.0, 0.0] for _ in self.costs]  # per model: reviews, seconds, tokens kept
@@ -240,7 +244,7 @@ class DraftController:
         `level`, whose tokens so far were drafted by `owners`."""
         return tail_length(
             chances,
-            self.survival(level, owners),
+            self.weight * self.survival(level, owners),
             lambda n: self.seconds(level, n),
             len(owners),
             self.throughput(level),
@@ -262,7 +266,7 @@ class DraftController:
         tokens, seconds = self.review_rate(drafter + 1)
         pays = extension_pays(
             self.acceptance.rate((level, drafter)),
-            self.survival(level, owners),
+            self.weight * self.survival(level, owners),
             tokens,
             seconds,
             lambda n: self.seconds(level, n),

@@ -137,6 +137,21 @@ def test_controller_tail_length_weighs_survival_and_throughput():
     assert ctl.tail_length(0, [], chances) < alone
 
 
+def test_a_row_ahead_of_its_batch_drafts_nothing_and_the_row_behind_drafts_more():
+    """`DraftController.weight` (a batch row's `straggler_weights`): near 0 a row ahead of the others neither extends
+    a draft nor takes a Max-Gram tail; above 1 the row the batch waits for drafts longer than it would alone."""
+    costs = [curve(1.0, 0.3, 0.2), curve(0.1, 0.0, 0.005)]
+    chances = [0.8**k for k in range(1, 9)]
+    alone = DraftController(costs, [False, False])
+    ahead = DraftController(costs, [False, False])
+    behind = DraftController(costs, [False, False])
+    ahead.weight, behind.weight = 1e-6, 4.0
+    assert level_length(ahead) == 0 < level_length(alone) < level_length(behind)
+    assert (
+        ahead.tail_length(0, [], chances) == 0 < alone.tail_length(0, [], chances) < behind.tail_length(0, [], chances)
+    )
+
+
 def test_fit_seconds_without_one_token_passes():
     # A target that always reviews a draft: only multi-token passes, flat in the number of tokens.
     seconds = {n: [0.65 + 0.001 * (n - 1)] * 4 for n in (3, 5, 9)}
