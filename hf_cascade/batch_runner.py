@@ -219,7 +219,11 @@ class BatchRunner(RunnerBase):
             kwargs["logits_to_keep"] = width - offset
         else:
             offset = 0
-        out = timed_forward(self.model, kwargs, self.stats, self.cost, width)
+        # Charged, as a one-row runner charges, for the widest chunk the rows asked about, not for the prompt or
+        # skipped tokens a row catches up on (which no draft-length decision could have saved).
+        out = timed_forward(
+            self.model, kwargs, self.stats, self.cost, width, charged=max(m for _, _, m in chunks.values())
+        )
         if not self._checked_croppable:
             check_output_cache(out, self.model, self._label)
             check_plain_layers(out.cache, self.model, self._label)

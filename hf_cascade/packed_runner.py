@@ -221,7 +221,18 @@ class PackedRunner(RunnerBase):
             kwargs["logits_to_keep"] = total - offset
         else:
             offset = 0
-        out = timed_forward(self.model, kwargs, self.stats, self.cost, total, recorded=total - len(chunks) + 1)
+        # Charged, as a one-row runner charges, for the tokens the rows asked about, not for the prompt or skipped
+        # tokens a row catches up on (which no draft-length decision could have saved).
+        asked = sum(m for _, _, _, m in chunks)
+        out = timed_forward(
+            self.model,
+            kwargs,
+            self.stats,
+            self.cost,
+            total,
+            charged=asked - len(chunks) + 1,
+            recorded=total - len(chunks) + 1,
+        )
         if not self._checked_croppable:
             check_output_cache(out, self.model, self._label)
             check_plain_layers(out.cache, self.model, self._label)

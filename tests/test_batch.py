@@ -214,6 +214,25 @@ def test_batch_runner_compact_gathers_each_rows_states():
     assert layer.keys.flatten().tolist()[4:] == [6.0, 7.0]
 
 
+@pytest.mark.parametrize("runner_class", [BatchRunner, PackedRunner])
+def test_a_batched_pass_is_charged_for_the_tokens_asked_not_the_prompt(llama, runner_class):
+    """As a one-row runner does, a batched pass that reads the prompts is charged to the draft-length controller's
+    clock for the logits the rows asked for: a drafter's first review must not carry the prompt's cost (it would look
+    too slow to ever pay, and be skipped for the rest of the call)."""
+    from hf_cascade.cost import TIMING_PRIOR, ForwardCostModel
+
+    cost = ForwardCostModel(0.0, 0.5, timing=TIMING_PRIOR, prior_unit_s=1.0)  # n tokens cost 1 + 0.5 (n - 1)
+    runner = runner_class(llama, LevelStats("drafter", "assistant"), range(2), cost=cost)
+    rows = rows_of((17, 25))
+    runner.logits({0: (rows[0], 16, 17), 1: (rows[1], 24, 25)})  # the prompts read, one logit asked per row
+    assert cost.elapsed == pytest.approx(cost.seconds(1))
+    rows = [rows[0] + [5, 6], rows[1] + [7]]
+    runner.logits({0: (rows[0], 16, 19), 1: (rows[1], 24, 26)})  # 3 and 2 positions asked
+    padded = cost.seconds(3)  # as wide as the widest chunk
+    packed = cost.seconds(3 + 2 - 2 + 1)  # the draft tokens in all, beyond one per row
+    assert cost.elapsed == pytest.approx(cost.seconds(1) + (padded if runner_class is BatchRunner else packed))
+
+
 def test_padded_single_row_runs_batched(llama, prompt):
     """A one-row prompt with left padding (refused before) goes through the batched path and equals plain."""
     ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
