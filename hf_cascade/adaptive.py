@@ -276,6 +276,8 @@ def straggler_weights(remaining: Sequence[int], scale: float = STRAGGLER_TOKENS)
     Returns:
         `list[float]`: one weight per row, `>= 0`, summing to `len(remaining)`.
     """
+    if not scale > 0:
+        raise ValueError(f"scale must be a positive number of tokens, got {scale!r}.")
     if not remaining:
         return []
     top = max(remaining)

@@ -196,6 +196,8 @@ def test_straggler_weights_follow_the_remaining_budget():
     weights = straggler_weights([100, 10, 3])
     assert sum(weights) == pytest.approx(3) and weights[0] == pytest.approx(3) and weights[1] < 1e-9
     assert straggler_weights([]) == []
+    with pytest.raises(ValueError, match="scale must be a positive number of tokens, got 0"):
+        straggler_weights([1, 2], scale=0)
 
 
 def test_a_row_ahead_of_the_batch_does_not_widen_its_pass():
