@@ -424,8 +424,8 @@ def generate_batch(
     while active:
         # A row's tokens are worth its chance of being the row the batch waits for last (`straggler_weights`): cut
         # together for Max-Gram's drafts, and by each row's draft-length controller for the neural levels'.
-        remaining = {r: max_lengths[r] - drafters[r].committed for r in active}
-        weights = dict(zip(active, straggler_weights([remaining[r] for r in active]), strict=True))
+        remaining = [max_lengths[r] - drafters[r].committed for r in active]
+        weights = dict(zip(active, straggler_weights(remaining), strict=True))
         for r in active:
             if drafters[r].controller is not None:
                 drafters[r].controller.weight = weights[r]
