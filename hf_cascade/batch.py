@@ -205,7 +205,9 @@ def draft_rows(
 
     Advances each row's generator until it yields a `ForwardRequest`, then repeatedly runs one batched forward on
     the drafter most rows wait for (ties to the smallest model: its forwards are cheapest and feed the larger ones)
-    and sends each of those rows its logits.
+    and sends each of those rows its logits. A review a row's controller chose is refused (`None` is sent; the row
+    ends that level's draft) when too few rows take part in the pass for it to pay (`_refused`): per-row decisions
+    alone would run a whole batch's pass for the one row that still drafts.
 
     Args:
         steps (`Mapping[int, Drafting]`): row -> its drafting generator (`CascadeDrafter.drafting`).
@@ -233,12 +235,44 @@ def draft_rows(
             counts[request.runner] = counts.get(request.runner, 0) + 1
         runner = max(counts, key=lambda c: (counts[c], c))
         asked = {row: request for row, request in waiting.items() if request.runner == runner}
+        for row in _refused(asked, len(runners[runner].rows)):
+            del asked[row]
+            advance(row, None)  # the row ends that level's draft (and may ask for another pass)
+        if not asked:
+            continue
         logits = runners[runner].logits(
             {row: (drafters[row].ids, request.first, request.end) for row, request in asked.items()}
         )
         for row in asked:
             advance(row, logits[row])
     return results
+
+
+def _refused(asked: Mapping[int, ForwardRequest], rows: int) -> list[int]:
+    """The rows whose optional review does not pay when only the rows in `asked` take part in the pass.
+
+    A pass costs about the same however many of the model's `rows` feed it, so each row asking pays for the rows that
+    sit it out (`DraftController.pays` with `share = len(asked) / rows`). Refusing one row lowers the share of the
+    others, so rows are refused until every remaining one pays (or none remains).
+
+    Args:
+        asked (`Mapping[int, ForwardRequest]`): row -> its request for the pass.
+        rows (`int`): the rows the model still runs (unfinished rows).
+
+    Returns:
+        `list[int]`: the refused rows.
+    """
+    kept = dict(asked)
+    refused: list[int] = []
+    while kept and len(kept) < rows:
+        share = len(kept) / rows
+        out = [row for row, request in kept.items() if request.still_pays is not None and not request.still_pays(share)]
+        if not out:
+            break
+        for row in out:
+            del kept[row]
+        refused += out
+    return refused
 
 
 def _cut_drafts(
@@ -248,8 +282,10 @@ def _cut_drafts(
     weights: Mapping[int, float],
     packed: bool = False,
 ) -> dict[int, tuple[list[int], torch.Tensor | None]]:
-    """Cut every row's uncut Max-Gram draft so that the batch's expected tokens per cost of the target forward pass
-    are largest: padded (`BatchRunner`), all rows are fed as wide as the longest draft and share one length
+    """Cut every row's draft so that the batch's expected tokens per cost of the target forward pass are largest,
+    by each token's chance of acceptance (`CascadeDrafter.draft_chances`: an uncut Max-Gram draft's own, or the
+    draft-length controller's tracked acceptance of the drafters, whose per-row decisions priced the target's pass
+    as if the row fed it alone): padded (`BatchRunner`), all rows are fed as wide as the longest draft and share one length
     (`batch_draft_length`); `packed` (`PackedRunner`), the pass costs the draft tokens in all and each row gets its own
     length (`packed_draft_lengths`). A row's tokens count by its chance of being the row the batch waits for last
     (`straggler_weights`): a pass is not widened for a row that is ahead of the others.
@@ -257,8 +293,8 @@ def _cut_drafts(
     Args:
         drafts (`Mapping[int, tuple[list[int], torch.FloatTensor | None]]`): row -> `(tokens, q)` as `draft_rows`
             returns them (`q` of shape `(len(tokens), vocab_size)` when sampling).
-        drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter (built with `uncut_target_drafts`), whose
-            draft is truncated in place.
+        drafters (`Mapping[int, CascadeDrafter]`): row -> its drafter, whose draft is truncated in place (a row
+            without chances, `None`, drafts nothing: callers cut only when every row has them).
         costs (`tuple[float, float]` or `Callable[[int], float]`): the batched target forward pass's cost by size
             (`ForwardCostModel.seconds`), or its `(draft_cost, token_cost)` (`adaptive.pass_cost`).
         weights (`Mapping[int, float]`): row -> what its tokens are worth to the batch (`straggler_weights`).
@@ -267,7 +303,7 @@ def _cut_drafts(
     Returns:
         `dict[int, tuple[list[int], torch.FloatTensor | None]]`: the cut drafts.
     """
-    chances = [drafters[r].target_chances or [] for r in drafts]
+    chances = [drafters[r].draft_chances() or [] for r in drafts]
     row_weights = [weights[r] for r in drafts]
     if packed:
         lengths = dict(zip(drafts, packed_draft_lengths(chances, costs, row_weights), strict=True))
@@ -295,6 +331,7 @@ def _total(name: str, kind: str, rows: Sequence[LevelStats], shared: LevelStats 
         total.drafts_reviewed += row.drafts_reviewed
         total.draft_tokens_reviewed += row.draft_tokens_reviewed
         total.skipped += row.skipped
+        total.refused += row.refused
         total.propose_calls += row.propose_calls
         total.propose_time_s += row.propose_time_s
     return total
@@ -343,10 +380,11 @@ def generate_batch(
     encoder_mask = mask if is_encoder_decoder else None
     do_sample = settings.do_sample
 
-    # Max-Gram alone drafts for the target: the rows' drafts are cut together, by the batch's throughput
-    # (`_cut_drafts`). With neural drafters each row keeps its own cut (their drafts carry no acceptance chances),
-    # made by its draft-length controller with the row's weight.
-    cut_together = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
+    # Max-Gram alone drafts for the target: its drafts are proposed uncut and the rows' drafts are cut together, by
+    # the batch's throughput (`_cut_drafts`). With neural drafters each row's draft-length controller builds the
+    # row's draft (with the row's weight), pricing the target's pass as if the row fed it alone; the batch then
+    # cuts the drafts together too, by the controllers' tracked acceptance.
+    uncut = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
     # With `batch_layout="packed"`, rows packed into one cache row feed only their real tokens (`PackedRunner`), where
     # that is exact (`packs`); the other models, and every model by default, run padded (`BatchRunner`).
     packed = settings.batch_layout == "packed"
@@ -411,10 +449,11 @@ def generate_batch(
             memory=memory,
             padding=input_ids[r, : padding[r]].tolist(),
             logits_processor=row_processors(settings.logits_processor, r),
-            uncut_target_drafts=cut_together,
+            uncut_target_drafts=uncut,
             tracker=tracker,
         )
         targets[r] = target.view(r, LevelStats("target", "target"))
+    cut_together = uncut or (bool(assistants) and all(drafters[r].controller is not None for r in rows))
     prompt_lengths = {r: len(drafters[r].ids) for r in rows}
     # Every row gets plain generate's budget of new tokens: max_length counts the padded prompt.
     max_lengths = {r: generation_config.max_length - padding[r] for r in rows}

@@ -134,11 +134,16 @@ class ForwardRequest(NamedTuple):
         runner (`int`): index of the neural drafter (`CascadeDrafter.runners`), largest first.
         first (`int`): first position whose logits are needed.
         end (`int`): one past the last position (`<= len(ids)`).
+        still_pays (`Callable[[float], bool]`, *optional*): for a review the row's draft-length controller chose
+            (`DraftController.pays`), whether it still pays when only a `share` of the batch's rows take part in the
+            pass; a batch may then refuse it by sending `None` instead of logits, and the row ends that level's draft
+            there. `None`: the review is not optional (no controller, a forced measurement).
     """
 
     runner: int
     first: int
     end: int
+    still_pays: Callable[[float], bool] | None = None
 
 
 _Result = TypeVar("_Result")
@@ -520,6 +525,21 @@ class CascadeDrafter:
         """Length of the committed prefix."""
         return self.buffer.committed
 
+    def draft_chances(self) -> list[float] | None:
+        """The chance that the first `k` tokens of the current draft are all accepted by the target, per `k`, for the
+        batch to cut every row's draft at once (`hf_cascade.batch`): Max-Gram's own chances for a draft proposed
+        uncut (`uncut_target_drafts`), else the draft-length controller's tracked acceptance of each token's drafter
+        at level 0; `None` without either (a fixed k-matrix is kept as configured)."""
+        if self.target_chances is not None:
+            return self.target_chances
+        if self.controller is None:
+            return None
+        chances, p = [], 1.0
+        for position in self.buffer.drafted(self.committed):
+            p *= self.controller.acceptance.rate((0, position.owner))
+            chances.append(p)
+        return chances
+
     def truncate(self, length: int) -> None:
         """Cut the draft to `length` tokens of sequence; cached states past it become stale."""
         self.buffer.truncate(length)
@@ -619,14 +639,19 @@ class CascadeDrafter:
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
                     self._propose_max_gram(min(goal - (before - start), cap - before), level, start)
                     break
-                if not self._pays(level, c, start, column_start, min(goal, cap - start)):
+                pays, still_pays = self._pays(level, c, start, column_start, min(goal, cap - start))
+                if not pays:
                     break  # the controller cut drafter c's segment: the next (smaller) drafter goes on
-                if not (yield from self._review(c, cap)):
-                    return  # drafter c is unsure of its last token: nothing drafted after it is likely to survive
+                if not (yield from self._review(c, cap, still_pays)):
+                    return  # drafter c is unsure of its last token (or the batch refused the review): end the level
 
-    def _pays(self, level: int, c: int, start: int, column_start: int, bound: int) -> bool:
+    def _pays(
+        self, level: int, c: int, start: int, column_start: int, bound: int
+    ) -> tuple[bool, Callable[[float], bool] | None]:
         """Whether neural drafter `c` reviews once more for the draft at `level` begun at `start` (always without
-        the controller); counts a skip when it refuses `c`'s first review there.
+        the controller); counts a skip when it refuses `c`'s first review there. With the controller, also the
+        review's `ForwardRequest.still_pays`: the same rule at a share of the batch's rows, for a review the rule
+        chose (a forced one, `DraftController.untried` or a probe, is never refused).
 
         Args:
             level (`int`): the level being drafted.
@@ -636,27 +661,43 @@ class CascadeDrafter:
             bound (`int`): the most tokens the level's draft may hold after `c`'s segment.
         """
         if self.controller is None:
-            return True
+            return True, None
+        controller = self.controller
         owners = [position.owner for position in self.buffer.drafted(start)]
-        own = len(self.buffer) - column_start
-        pays = self.controller.extend(level, c, owners, own, bound - len(owners))
+        own, room = len(self.buffer) - column_start, bound - len(owners)
+        pays = controller.extend(level, c, owners, own, room)
         if not pays and not own:
             self.stats[c].skipped += 1
-        return pays
 
-    def _review(self, c: int, cap: int) -> Drafting[bool]:
+        def still_pays(share: float) -> bool:  # asked only in a batch, when some rows sit the pass out
+            return not controller.pays(level, c, owners, room) or controller.pays(level, c, owners, room, share=share)
+
+        return pays, still_pays
+
+    def _review(self, c: int, cap: int, still_pays: Callable[[float], bool] | None = None) -> Drafting[bool]:
         """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own.
+
+        Args:
+            c (`int`): the neural drafter.
+            cap (`int`): the sequence may not grow past `cap` tokens.
+            still_pays (`Callable[[float], bool]`, *optional*): see `ForwardRequest.still_pays`.
 
         Returns:
             `False` when drafter `c` kept a token it gives probability below `confidence_threshold` (the draft is cut
-            after the first such token), or when its scores were not finite (nothing is kept); `True` otherwise.
+            after the first such token), when its scores were not finite (nothing is kept), or when the batch refused
+            the review (nothing is kept: the sub-draft was built for `c` to review); `True` otherwise.
         """
         start = len(self.buffer)
         started = self.controller.clock() if self.controller is not None else 0.0
         yield from self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
         end = len(self.buffer)
         draft = self.ids[start:end]
-        scores = self.process((yield ForwardRequest(c, start - 1, end)), start - 1)
+        logits = yield ForwardRequest(c, start - 1, end, still_pays)
+        if logits is None:  # refused by the batch (`hf_cascade.batch.draft_rows`)
+            self.stats[c].refused += 1
+            self.truncate(start)
+            return False
+        scores = self.process(logits, start - 1)
         if not valid_scores(scores):
             # A broken drafter (NaN/inf logits, e.g. an fp16 overflow) can judge nothing and emit nothing: drop the
             # sub-draft it was to review, unrecorded (its drafters did nothing wrong), and end this level's draft.

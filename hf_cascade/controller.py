@@ -250,6 +250,34 @@ class DraftController:
             self.throughput(level),
         )
 
+    def pays(self, level: int, drafter: int, owners: Sequence[int], room: int, share: float = 1.0) -> bool:
+        """The rule alone (no bookkeeping): whether one more review by `drafter` pays for the draft at `level`.
+
+        Args:
+            level (`int`): the level (`r`).
+            drafter (`int`): the neural drafter (`c >= r`).
+            owners (`Sequence[int]`): the drafter of each token of the level's draft so far.
+            room (`int`): tokens the k-matrix bound (and `max_length`) still allows.
+            share (`float`, *optional*, defaults to 1): in a batch, the share of the rows that take part in the
+                drafter's forward pass, in `(0, 1]`. A pass costs about the same however many rows feed it (weight
+                reads dominate at decode sizes), so a row pays `1 / share` of its fair part: the batch's tokens per
+                second are `rows` times the row's, and a pass a quarter of the rows ask for must gain those rows four
+                times as many tokens. `tau` is scaled by `1 / share`.
+        """
+        if not 0 < share <= 1:
+            raise ValueError(f"share must be in (0, 1], got {share!r}.")
+        tokens, seconds = self.review_rate(drafter + 1)
+        return extension_pays(
+            self.acceptance.rate((level, drafter)),
+            self.weight * self.survival(level, owners),
+            tokens,
+            seconds / share,
+            lambda n: self.seconds(level, n),
+            len(owners),
+            self.throughput(level),
+            math.ceil(room / max(tokens, 1.0)),
+        )
+
     def extend(self, level: int, drafter: int, owners: Sequence[int], own: int, room: int) -> bool:
         """Whether `drafter` should review once more to extend the draft built at `level`.
 
@@ -263,17 +291,7 @@ class DraftController:
         Returns:
             `bool`; `False` with `own == 0` means the drafter is skipped at this level.
         """
-        tokens, seconds = self.review_rate(drafter + 1)
-        pays = extension_pays(
-            self.acceptance.rate((level, drafter)),
-            self.weight * self.survival(level, owners),
-            tokens,
-            seconds,
-            lambda n: self.seconds(level, n),
-            len(owners),
-            self.throughput(level),
-            math.ceil(room / max(tokens, 1.0)),
-        )
+        pays = self.pays(level, drafter, owners, room)
         if own:
             return pays
         if not pays and self.untried(drafter):

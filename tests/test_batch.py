@@ -257,16 +257,31 @@ def test_sampled_batch_is_reproducible_with_a_seed(llama, llama_drafters):
     assert not torch.equal(first, sample(6))
 
 
-def test_each_sampled_row_follows_the_target_distribution(tiny):  # noqa: F811
+@pytest.mark.parametrize("refusing", [False, True], ids=["controller", "refusing"])
+def test_each_sampled_row_follows_the_target_distribution(tiny, refusing, monkeypatch):  # noqa: F811
     """Per-row chi-square: two prompts of different lengths, 100 rows each per call (rows are independent draws),
-    through a lenient drafter over Max-Gram; each prompt's outcomes follow the target's exact distribution."""
+    through a lenient drafter over Max-Gram; each prompt's outcomes follow the target's exact distribution. The
+    drafter is priced ten times cheaper than the target and verification nearly free, so the controller drafts (and
+    the batch cuts) on 200 rows. Also with every review the batch does not run for all rows refused (`draft_rows`):
+    drafts end wherever rows part."""
+    from hf_cascade import cost
+    from hf_cascade.controller import DraftController
+
     target, d1, _ = tiny
+    monkeypatch.setattr(cost, "prior_unit_seconds", lambda model: 1.0 if model is target else 0.1)
+    if refusing:
+        monkeypatch.setattr(DraftController, "pays", lambda self, *args, share=1.0: share >= 1.0)
     short = torch.tensor([[3, 1, 2]])
     copies = 100
     rows = [PROMPT[0].tolist()] * copies + [short[0].tolist()] * copies
     ids, mask = left_pad(rows)
-    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=3.0)
+    config = hf_cascade.CascadeConfig(
+        k_matrix=[[2, 1], [0, 3]],
+        lenience=3.0,
+        max_gram=hf_cascade.MaxGramConfig(measure_cost=False, draft_cost=0.0, token_cost=0.001),
+    )
     counts = torch.zeros(2, len(exact_distribution(target)), dtype=torch.float64)
+    drafted = refused = 0
     torch.manual_seed(0)
     for _ in range(10):  # 1000 draws per prompt
         out = target.generate(
@@ -277,15 +292,20 @@ def test_each_sampled_row_follows_the_target_distribution(tiny):  # noqa: F811
             assistant_models=[d1],
             cascade_config=config,
             pad_token_id=0,
+            return_dict_in_generate=True,
             **SAMPLING,
         )
         for r in range(len(rows)):
-            counts[r // copies, outcome_index(out[r, ids.shape[1] :].tolist())] += 1
+            counts[r // copies, outcome_index(out.sequences[r, ids.shape[1] :].tolist())] += 1
+        drafted += out.cascade_stats.levels[1].drafted
+        refused += out.cascade_stats.levels[1].refused
+    assert drafted > 0 and (refused > 0) == refusing  # the drafter's drafts reached the target's review
     p_long, p_short = exact_distribution(target), exact_distribution(target, short)
     assert chi_square_p_value(counts[0], p_long) > 1e-3
     assert chi_square_p_value(counts[1], p_short) > 1e-3
-    # Power: each prompt's samples are not the other prompt's distribution (rows did not leak into each other).
-    assert chi_square_p_value(counts[1], p_long) < 1e-6
+    # Power: each prompt's samples are not the other prompt's distribution (rows did not leak into each other):
+    # rejected with a p-value at least ten times below the 1e-3 the exactness checks accept.
+    assert chi_square_p_value(counts[1], p_long) < 1e-4
 
 
 def test_logits_processors_see_the_padded_row(llama, llama_drafters):
@@ -472,4 +492,73 @@ def test_batch_timings_are_kept_apart_from_batch_1_calls(llama, llama_drafters, 
     assert torch.equal(out.sequences, plain)
     for model in (llama, drafter):
         keys = [key for key, times in model.__dict__[FORWARD_SECONDS_ATTR].items() if times]
-        assert keys and all(f"|3x{layout}|" in key for key in keys), keys
+        # the batch's rows, or fewer once rows finished (the target is priced by the rows still running)
+        assert keys and all(f"|3x{layout}|" in key or f"|2x{layout}|" in key for key in keys), keys
+        assert any(f"|3x{layout}|" in key for key in keys), keys
+
+
+def test_a_pass_too_few_rows_ask_for_is_refused_to_them():
+    """`draft_rows` refuses an optional review (sends `None`) when too few rows take part in the pass for it to pay;
+    refusing one row lowers the others' share, and a review that is not optional is never refused."""
+    from hf_cascade.batch import _refused
+    from hf_cascade.cascade import ForwardRequest
+
+    def asks(min_share):  # a row whose review pays while at least `min_share` of the rows take part
+        return ForwardRequest(0, 0, 1, lambda share: share >= min_share)
+
+    everyone = {r: asks(1.0) for r in range(4)}
+    assert _refused(everyone, rows=4) == []  # all rows take part: nothing to check
+    assert _refused({0: asks(0.5), 1: asks(0.5), 2: asks(1.0)}, rows=4) == [2]  # 2 leaves, the other two pay
+    assert _refused({0: asks(0.25), 1: asks(0.75), 2: asks(1.0)}, rows=4) == [2, 1]  # refusals cascade
+    assert _refused({0: asks(0.5), 1: asks(0.75), 2: asks(1.0)}, rows=4) == [2, 1, 0]
+    forced = ForwardRequest(0, 0, 1)
+    assert _refused({0: forced, 1: asks(0.75)}, rows=4) == [1]
+
+
+def test_a_refused_review_ends_the_level_and_runs_no_pass():
+    """A row whose request is refused gets `None`, drops the sub-draft built for the review and returns its draft;
+    no forward pass runs for it."""
+    from hf_cascade.batch import draft_rows
+    from hf_cascade.cascade import ForwardRequest
+
+    seen = []
+
+    def row_steps():
+        answer = yield ForwardRequest(0, 0, 1, lambda share: False)
+        seen.append(answer)
+        return "ended"
+
+    class NoPass:
+        rows = [0, 1]
+
+        def logits(self, requests):
+            raise AssertionError("no row should be run")
+
+    class Row:
+        ids = [1, 2]
+
+    assert draft_rows({0: row_steps()}, [NoPass()], {0: Row()}) == {0: "ended"}
+    assert seen == [None]
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_refused_reviews_never_change_the_output(llama, llama_drafters, layout, monkeypatch):
+    """Every review is chosen while all rows take part and refused otherwise: rows part (a draft that reached EOS
+    stops, a row finishes), the refused rows end their level's draft, at both neural levels, and the output stays
+    plain batched greedy's (the rule is patched: the decisions do not depend on timings)."""
+    from hf_cascade.controller import DraftController
+
+    monkeypatch.setattr(DraftController, "pays", lambda self, *args, share=1.0: share >= 1.0)
+    ids, mask = left_pad(rows_of(LENGTHS[:4]))
+    eos = early_eos(llama, ids, mask)
+    plain = llama.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
+    )
+    config = hf_cascade.CascadeConfig(batch_layout=layout)
+    drafters = list(llama_drafters[:2])
+    out = cascade(llama, ids, mask, drafters, max_new_tokens=NEW, eos_token_id=eos, cascade_config=config)
+    assert torch.equal(out.sequences, plain)
+    levels = out.cascade_stats.levels
+    assert levels[1].refused > 0 and levels[2].refused > 0
+    for i in (1, 2):
+        assert levels[i].refused == sum(row.levels[i].refused for row in out.cascade_stats.rows)

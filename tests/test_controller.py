@@ -152,6 +152,19 @@ def test_a_row_ahead_of_its_batch_drafts_nothing_and_the_row_behind_drafts_more(
     )
 
 
+def test_a_review_few_rows_of_a_batch_take_part_in_must_pay_for_the_others():
+    """`DraftController.pays(share=...)`: a drafter pass costs the same however many rows feed it, so a review one row
+    in four asks for must gain what four rows would."""
+    ctl = DraftController([curve(1.0, 0.05, 0.05), curve(0.2, 0.0, 0.005)], [False, False])
+    assert ctl.pays(0, 0, [], 8) == ctl.pays(0, 0, [], 8, share=1.0) is True
+    assert not ctl.pays(0, 0, [], 8, share=0.25)
+    ctl.weight = 4.0  # ... unless the row is the one the batch waits for
+    assert ctl.pays(0, 0, [], 8, share=0.25)
+    for share in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match=r"share must be in \(0, 1\], got"):
+            ctl.pays(0, 0, [], 8, share=share)
+
+
 def test_fit_seconds_without_one_token_passes():
     # A target that always reviews a draft: only multi-token passes, flat in the number of tokens.
     seconds = {n: [0.65 + 0.001 * (n - 1)] * 4 for n in (3, 5, 9)}

@@ -211,6 +211,12 @@ def _mean_draft(level: dict[str, Any]) -> float | None:
     return level["draft_tokens_reviewed"] / reviewed if reviewed else None
 
 
+def _skipped(level: dict[str, Any]) -> str:
+    """The skipped column: skips, and in brackets the reviews a batch refused (when any)."""
+    skipped = level.get("skipped", "-")
+    return f"{skipped} ({level['refused']})" if level.get("refused") else str(skipped)
+
+
 def _fitted(cost: list[float] | None) -> str:
     return format_fitted_cost(*cost) if cost else "-"
 
@@ -253,7 +259,7 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             if stats.get("draft_cost") is not None:  # MaxGramConfig.measure_cost: fitted to this model's timings
                 fitted.setdefault(name, []).append((stats["draft_cost"], stats["token_cost"]))
             level = levels.setdefault(name, {"forward_passes": 0, "forward_s": 0.0})
-            for key in ("drafts_reviewed", "draft_tokens_reviewed", "skipped"):  # the draft-length controller
+            for key in ("drafts_reviewed", "draft_tokens_reviewed", "skipped", "refused"):  # the controller
                 level[key] = level.get(key, 0) + stats.get(key, 0)
             if stats["kind"] == "target":
                 continue
@@ -466,7 +472,8 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "a `MaxGramMemory`); fitted cost: the `draft_cost + token_cost * k` fitted to the "
         "model's own timed forward passes (`MaxGramConfig.measure_cost`; median over runs), which sets the length of "
         "the Max-Gram drafts it reviews; mean draft: the mean length of the drafts the model reviewed, and skipped: "
-        "the times the draft-length controller skipped the drafter at a level (`CascadeConfig.adaptive_drafters`).",
+        "the times the draft-length controller skipped the drafter at a level (`CascadeConfig.adaptive_drafters`; in "
+        "brackets, in a batch: reviews refused because too few rows took part in the pass).",
         "",
         "| method | model | forward passes | seconds | drafted | accepted | acceptance | fitted cost | mean draft "
         "| skipped |",
@@ -480,7 +487,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
                 f"| {r.method} | {name} | {level['forward_passes']} | {level['forward_s']:.2f} "
                 f"| {level.get('drafted', '-')} | {level.get('accepted', '-')} "
                 f"| {fmt(r.acceptance.get(name), '.2f')} | {_fitted(level.get('fitted_cost'))} "
-                f"| {fmt(_mean_draft(level), '.2f')} | {level.get('skipped', '-')} |"
+                f"| {fmt(_mean_draft(level), '.2f')} | {_skipped(level)} |"
             )
             if level.get("memory_drafted"):  # of the row above: the drafts copied from the memory
                 lines.append(
