@@ -859,3 +859,32 @@ def test_cli_bench_memory_flag(tiny_pair, tmp_path, capsys):
     MaxGramMemory(vocab_size=10).save(tmp_path / "small.st")
     status, _, err = run_cli([*base, "--method", "cascade+memory", "--memory", str(tmp_path / "small.st")], capsys)
     assert status == 2 and "built for a vocabulary of 10 tokens but the target's has 64" in err
+
+
+def test_batch_bound_script_times_batched_passes_and_reads_acceptance(llama):
+    """`benchmarks/batch_bound.py`: its timing loop runs on a real (tiny) model with a left-padded batch, and it reads
+    the highest acceptance a benchmark measured per source."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "batch_bound.py"
+    spec = importlib.util.spec_from_file_location("batch_bound", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    batch = {
+        "input_ids": torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]]),
+        "attention_mask": torch.tensor([[0, 1, 1, 1], [1] * 4]),
+    }
+    curve = module.batched_curve(llama, batch, range(1, 4), repeats=2)
+    assert len(curve) == 3 and all(s > 0 for s in curve)
+    results = {
+        "summary": [
+            {"category": "all", "acceptance": {"q05": 0.7, "max_gram": 0.2}},
+            {"category": "all", "acceptance": {"q05": 0.8}},
+            {"category": "gsm8k", "acceptance": {"q05": 0.9}},
+            {"category": "all", "acceptance": None},
+        ]
+    }
+    assert module.best_acceptance(results, "q05") == 0.8
+    assert module.best_acceptance(results, "max_gram") == 0.2
+    assert module.best_acceptance(results, "other") is None
