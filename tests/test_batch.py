@@ -129,6 +129,25 @@ def test_llama_batch_equals_plain_batched_greedy(llama, llama_drafters, case, la
         assert memory.num_documents == 1 + sum(row.new_tokens >= 2 for row in stats.rows)
 
 
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_fixed_k_matrix_batch_equals_plain_batched_greedy(llama, llama_drafters, layout):
+    """Without the controller (`adaptive_drafters=False`) every drafter drafts its k-matrix entries in every row, so
+    rows accept very different numbers of tokens (an exact drafter, then a perturbed one, then Max-Gram)."""
+    ids, mask = left_pad(rows_of(LENGTHS[:4]))
+    eos = early_eos(llama, ids, mask)
+    plain = llama.generate(
+        ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD, eos_token_id=eos
+    )
+    config = hf_cascade.CascadeConfig(adaptive_drafters=False, batch_layout=layout)
+    out = cascade(
+        llama, ids, mask, list(llama_drafters[:2]), max_new_tokens=NEW, eos_token_id=eos, cascade_config=config
+    )
+    assert torch.equal(out.sequences, plain)
+    levels = out.cascade_stats.levels
+    assert levels[1].accepted > 0 and levels[2].drafted > 0 and levels[3].drafted > 0
+    assert all(level.skipped == level.refused == 0 for level in levels)
+
+
 @pytest.mark.parametrize("model_name", ["qwen2", "gpt2"])
 def test_other_decoders_batch_equal_plain_batched_greedy(request, model_name):
     model = request.getfixturevalue(model_name)
