@@ -24,6 +24,7 @@ import math
 from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING
 
+from .cost import relative_pass_cost
 from .max_gram import BigramTable, MaxGramIndex
 
 if TYPE_CHECKING:  # memory.py builds its tracker here
@@ -251,7 +252,7 @@ def pass_cost(costs: tuple[float, float] | Callable[[int], float]) -> Callable[[
     if callable(costs):
         return costs
     draft_cost, token_cost = costs
-    return lambda n: 1.0 if n <= 1 else 1.0 + draft_cost + token_cost * (n - 1)
+    return lambda n: relative_pass_cost(n, draft_cost, token_cost)
 
 
 def straggler_weights(remaining: Sequence[int], scale: float = STRAGGLER_TOKENS) -> list[float]:

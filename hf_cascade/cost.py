@@ -54,6 +54,7 @@ __all__ = [
     "forward_cost_model",
     "forward_parameters",
     "prior_unit_seconds",
+    "relative_pass_cost",
     "timing_kind",
 ]
 
@@ -122,6 +123,13 @@ def fit_draft_costs(
     return draft_cost, token_cost
 
 
+def relative_pass_cost(num_tokens: float, draft_cost: float, token_cost: float) -> float:
+    """A forward pass over `num_tokens` tokens in one-token forwards, on the line of `(draft_cost, token_cost)`: `1`
+    for one token, `1 + draft_cost + token_cost * (num_tokens - 1)` for more (the relative cost everything here and
+    the draft cuts, `adaptive.pass_cost`, price passes with)."""
+    return 1.0 if num_tokens <= 1 else 1.0 + draft_cost + token_cost * (num_tokens - 1)
+
+
 def fit_seconds(
     seconds: Mapping[int, Sequence[float]], draft_cost: float, token_cost: float, prior_unit_s: float
 ) -> tuple[float, float, float]:
@@ -159,7 +167,7 @@ def fit_seconds(
         return base / (1 + draft_cost), base, slope
     elif medians:
         ((n, (y, _)),) = medians.items()
-        unit = y / (1 + draft_cost + token_cost * (n - 1))
+        unit = y / relative_pass_cost(n, draft_cost, token_cost)  # n >= 2
     else:
         unit = prior_unit_s
     return unit, unit * (1 + draft_cost), unit * token_cost
@@ -437,7 +445,7 @@ def batch_prior(draft_cost: float, token_cost: float, rows: int, packed: bool = 
     """
     if rows <= 1:
         return draft_cost, token_cost
-    unit = 1.0 + draft_cost + token_cost * (rows - 1)
+    unit = relative_pass_cost(rows, draft_cost, token_cost)
     per_token = token_cost if packed else token_cost * rows
     return 0.0, min(max(per_token / unit, _MIN_TOKEN_COST), _MAX_TOKEN_COST)
 

@@ -20,6 +20,7 @@ from hf_cascade.cost import (
     fit_draft_costs,
     forget_forward_seconds,
     forward_cost_model,
+    relative_pass_cost,
 )
 
 from conftest import max_gram_generate
@@ -232,3 +233,13 @@ def test_a_second_call_drafts_from_the_first_calls_timings(llama, prompt):
     second, stats = max_gram_generate(model, prompt)
     assert torch.equal(first, plain) and torch.equal(second, plain)
     assert stats.target.draft_cost is not None  # fitted from the start: the first call's passes count
+
+
+def test_relative_pass_cost_is_the_line_the_cuts_price_with():
+    from hf_cascade.adaptive import pass_cost
+
+    assert relative_pass_cost(1, 0.3, 0.05) == 1.0  # one token: one forward, no fixed cost
+    assert relative_pass_cost(2, 0.3, 0.05) == pytest.approx(1.35)
+    assert relative_pass_cost(9, 0.3, 0.05) == pytest.approx(1.7)
+    assert [pass_cost((0.3, 0.05))(n) for n in (1, 2, 9)] == [relative_pass_cost(n, 0.3, 0.05) for n in (1, 2, 9)]
+    assert batch_prior(0.3, 0.05, rows=4) == (0.0, pytest.approx(0.05 * 4 / relative_pass_cost(4, 0.3, 0.05)))
