@@ -453,7 +453,10 @@ def generate_batch(
             tracker=tracker,
         )
         targets[r] = target.view(r, LevelStats("target", "target"))
-    cut_together = uncut or (bool(assistants) and all(drafters[r].controller is not None for r in rows))
+    controllers = [drafters[r].controller for r in rows if drafters[r].controller is not None]
+    for controller in controllers:  # one acceptance record and one probe schedule for the batch
+        controller.share(controllers[0], batch)
+    cut_together = uncut or (bool(assistants) and len(controllers) == batch)
     prompt_lengths = {r: len(drafters[r].ids) for r in rows}
     # Every row gets plain generate's budget of new tokens: max_length counts the padded prompt.
     max_lengths = {r: generation_config.max_length - padding[r] for r in rows}

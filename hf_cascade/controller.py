@@ -185,6 +185,24 @@ class DraftController:
         self._reviews = [[0, 0.0, 0.0] for _ in self.costs]  # per model: reviews, seconds, tokens kept
         self._skips: dict[tuple[int, int], int] = {}
         self._tries: dict[int, int] = {}  # per drafter: reviews forced by `untried`
+        self.probe_every = PROBE_EVERY  # consecutive skips after which one is overruled (`share`: per batch)
+
+    def share(self, lead: DraftController, rows: int) -> None:
+        """Decide as one of `rows` rows of a batch whose controllers all share `lead`'s records.
+
+        The rows' drafters are reviewed by the same models, so how often a drafter's tokens are accepted is the pair's,
+        not the row's: shared, it is learnt `rows` times as fast and every row decides on the same rate (rows that
+        disagree draft apart, and a pass run for some rows costs all of them). Skips and forced tries are counted for
+        the batch, and a skipped drafter is probed once every `PROBE_EVERY` steps of the batch rather than of each row:
+        a probe is there to measure the drafter again, and each one costs a pass that catches the drafter up on the
+        tokens it missed, as wide for one row as for all of them.
+
+        Args:
+            lead (`DraftController`): the controller whose records the rows share (itself included).
+            rows (`int`): the rows of the batch, `>= 1`.
+        """
+        self.acceptance, self._skips, self._tries = lead.acceptance, lead._skips, lead._tries
+        self.probe_every = PROBE_EVERY * rows
 
     def seconds(self, model: int, num_tokens: float) -> float:
         """`S_m(n)`: seconds of a forward of `model` over `num_tokens` tokens (see the module docstring)."""
@@ -299,7 +317,7 @@ class DraftController:
             return True  # measure it first: its cost so far is a prior, and a prior alone must not skip it
         key = (level, drafter)
         skips = 0 if pays else self._skips.get(key, 0) + 1
-        if skips >= PROBE_EVERY:
+        if skips >= self.probe_every:
             skips, pays = 0, True
         self._skips[key] = skips
         return pays

@@ -318,7 +318,8 @@ def test_each_sampled_row_follows_the_target_distribution(tiny, refusing, monkey
             counts[r // copies, outcome_index(out.sequences[r, ids.shape[1] :].tolist())] += 1
         drafted += out.cascade_stats.levels[1].drafted
         refused += out.cascade_stats.levels[1].refused
-    assert drafted > 0 and (refused > 0) == refusing  # the drafter's drafts reached the target's review
+    assert drafted > 0  # the drafter's drafts reached the target's review
+    assert refused > 0 or not refusing
     p_long, p_short = exact_distribution(target), exact_distribution(target, short)
     assert chi_square_p_value(counts[0], p_long) > 1e-3
     assert chi_square_p_value(counts[1], p_short) > 1e-3
@@ -505,15 +506,14 @@ def test_batch_timings_are_kept_apart_from_batch_1_calls(llama, llama_drafters, 
     for model in (llama, drafter):
         forget_forward_seconds(model)
     ids, mask = left_pad(rows_of((3, 17, 9)))
-    config = hf_cascade.CascadeConfig(batch_layout=layout)
+    # Fixed drafts (no controller), so the drafter runs every step and the target is not re-priced as rows finish.
+    config = hf_cascade.CascadeConfig(batch_layout=layout, adaptive_drafters=False)
     out = cascade(llama, ids, mask, [drafter], max_new_tokens=NEW, cascade_config=config)
     plain = llama.generate(ids, attention_mask=mask, max_new_tokens=NEW, do_sample=False, pad_token_id=PAD)
     assert torch.equal(out.sequences, plain)
     for model in (llama, drafter):
         keys = [key for key, times in model.__dict__[FORWARD_SECONDS_ATTR].items() if times]
-        # the batch's rows, or fewer once rows finished (the target is priced by the rows still running)
-        assert keys and all(f"|3x{layout}|" in key or f"|2x{layout}|" in key for key in keys), keys
-        assert any(f"|3x{layout}|" in key for key in keys), keys
+        assert keys and all(f"|3x{layout}|" in key for key in keys), keys
 
 
 def test_a_pass_too_few_rows_ask_for_is_refused_to_them():

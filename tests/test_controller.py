@@ -33,7 +33,14 @@ import hf_cascade
 from hf_cascade import cost
 from hf_cascade.cli._args import device_map_arg, max_memory_arg
 from hf_cascade.config import ADAPTIVE_NEURAL_TOKENS, default_k_matrix
-from hf_cascade.controller import PROBE_EVERY, DraftController, expected_accepted, extension_pays, tail_length
+from hf_cascade.controller import (
+    ACCEPTANCE_PRIOR,
+    PROBE_EVERY,
+    DraftController,
+    expected_accepted,
+    extension_pays,
+    tail_length,
+)
 from hf_cascade.cost import ForwardCostModel, fit_seconds, forward_parameters, prior_unit_seconds, timing_kind
 from hf_cascade.cpu import onednn_linear_available
 
@@ -163,6 +170,19 @@ def test_a_review_few_rows_of_a_batch_take_part_in_must_pay_for_the_others():
     for share in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match=r"share must be in \(0, 1\], got"):
             ctl.pays(0, 0, [], 8, share=share)
+
+
+def test_rows_of_a_batch_share_acceptance_and_probe_once_per_batch_steps():
+    """`DraftController.share`: what one row learns of a drafter's acceptance every row uses, and a skipped drafter is
+    probed once every `PROBE_EVERY` skips of each row, not of every row."""
+    costs = [curve(1.0, 0.3, 0.05), curve(0.8, 0.3, 0.05)]  # the drafter never pays (see the skip test above)
+    rows = [DraftController(costs, [False, False]) for _ in range(4)]
+    for ctl in rows:
+        ctl.share(rows[0], len(rows))
+    rows[1].record_acceptance(0, [0, 0], accepted=0)
+    assert rows[3].acceptance.rate((0, 0)) == rows[1].acceptance.rate((0, 0)) < ACCEPTANCE_PRIOR
+    decisions = [ctl.extend(0, 0, [], 0, 8) for _ in range(PROBE_EVERY) for ctl in rows]
+    assert decisions.count(True) == 1 and decisions[-1]  # one probe in PROBE_EVERY steps of the batch
 
 
 def test_fit_seconds_without_one_token_passes():
