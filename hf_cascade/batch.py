@@ -456,7 +456,10 @@ def generate_batch(
     controllers = [drafters[r].controller for r in rows if drafters[r].controller is not None]
     for controller in controllers:  # one acceptance record and one probe schedule for the batch
         controller.share(controllers[0], batch)
-    cut_together = uncut or (bool(assistants) and len(controllers) == batch)
+    # Neural drafts are cut together only when greedy: a sampled neural draft's tokens are random and how many there
+    # are depends on them, so a cut that looks at later tokens' chances (a fixed cost makes the best length jump)
+    # would not be a stopping time of the draft. Max-Gram's proposals depend only on the committed text.
+    cut_together = uncut or (bool(assistants) and len(controllers) == batch and not do_sample)
     prompt_lengths = {r: len(drafters[r].ids) for r in rows}
     # Every row gets plain generate's budget of new tokens: max_length counts the padded prompt.
     max_lengths = {r: generation_config.max_length - padding[r] for r in rows}
@@ -476,11 +479,12 @@ def generate_batch(
         if cut_together:
             # A pass of fewer rows shares its weight reads among fewer tokens: a draft token costs relatively less,
             # so each number of rows has its own timings (and prior). The last rows left draft as in batch 1.
-            if len(active) not in costs_by_rows:
+            # With neural drafters the batch's curve stays: the rows' controllers keep it for their clock.
+            if uncut and len(active) not in costs_by_rows:
                 costs_by_rows[len(active)] = forward_cost_model(
                     model, settings.max_gram, do_sample, rows=len(active), packed=target_packed
                 )
-            target.cost = costs_by_rows[len(active)]
+            target.cost = costs_by_rows[len(active) if uncut else batch]
             # Priced on the timed curve: a width timed often enough at its own median (a curve need not be smooth).
             drafts = _cut_drafts(drafts, drafters, target.cost.seconds, weights, packed=target_packed)
         logits = target.logits(

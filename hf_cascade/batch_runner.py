@@ -108,6 +108,10 @@ class BatchRunner(RunnerBase):
         return RowView(self, row, stats)
 
     # ------------------------------------------------------------------ per-row bookkeeping
+    def cached_length(self, row: int) -> int:
+        """How many tokens of row `row`'s sequence the cache holds."""
+        return self.cache_len[self._index[row]]
+
     def truncate_to(self, row: int, length: int) -> None:
         """Row `row`'s sequence was cut to `length` tokens: its cached states past it are stale."""
         i = self._index[row]
@@ -257,6 +261,10 @@ class RowView:
         self.row = row
         self.stats = stats
         self.cost = runner.cost
+
+    def cached_length(self) -> int:
+        """How many tokens of the row's sequence the shared cache holds."""
+        return self.runner.cached_length(self.row)
 
     def truncate_to(self, length: int) -> None:
         """The row's sequence was cut to `length` tokens."""

@@ -651,7 +651,10 @@ class CascadeDrafter:
         """Whether neural drafter `c` reviews once more for the draft at `level` begun at `start` (always without
         the controller); counts a skip when it refuses `c`'s first review there. With the controller, also the
         review's `ForwardRequest.still_pays`: the same rule at a share of the batch's rows, for a review the rule
-        chose (a forced one, `DraftController.untried` or a probe, is never refused).
+        chose (a forced one, `DraftController.untried` or a probe, is never refused), and only when greedy: which
+        rows share the pass depends on how many passes this row's sub-draft took, hence on the tokens in it, so a
+        refusal would make the length of a sampled draft depend on its content (not a stopping time) and bias the
+        target's distribution. Greedy output does not depend on the drafts at all.
 
         Args:
             level (`int`): the level being drafted.
@@ -665,12 +668,18 @@ class CascadeDrafter:
         controller = self.controller
         owners = [position.owner for position in self.buffer.drafted(start)]
         own, room = len(self.buffer) - column_start, bound - len(owners)
-        pays = controller.extend(level, c, owners, own, room)
+        # The review's pass starts at the token before its sub-draft; a drafter skipped for some steps reads the
+        # tokens it missed first.
+        lag = max(len(self.buffer) - 1 - self.runners[c].cached_length(), 0)
+        pays = controller.extend(level, c, owners, own, room, catch_up=lag)
         if not pays and not own:
             self.stats[c].skipped += 1
+        # Decided now, not when the batch asks: the shared records and timings may change in between.
+        if self.do_sample or not pays or not controller.pays(level, c, owners, room, catch_up=lag):
+            return pays, None
 
         def still_pays(share: float) -> bool:  # asked only in a batch, when some rows sit the pass out
-            return not controller.pays(level, c, owners, room) or controller.pays(level, c, owners, room, share=share)
+            return controller.pays(level, c, owners, room, share=share, catch_up=lag)
 
         return pays, still_pays
 

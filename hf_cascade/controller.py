@@ -32,9 +32,11 @@ Rule. `j` more reviews by drafter `c` add `j y` tokens; the `i`-th new token is 
 `s a^i`, so their expected accepted tokens and their time are
 
     G_j = s (a + a^2 + ... + a^(j y)) = s a (1 - a^(j y)) / (1 - a)
-    C_j = j tau + S_r(1 + L + j y) - S_r(1 + L)
+    C_j = j tau + F + S_r(1 + L + j y) - S_r(1 + L)
 
-(the reviewer's forward grows from `1 + L` to `1 + L + j y` tokens). Drafter `c` reviews once more when
+(the reviewer's forward grows from `1 + L` to `1 + L + j y` tokens; `F = S_{c+1}(1 + lag) - S_{c+1}(1)` is what
+catching drafter `c` up costs when its cache lags `lag` tokens behind the sequence: a drafter skipped for some steps
+must read every token it missed at its next review, in that review's pass, so using it now pays for that too). Drafter `c` reviews once more when
 `max_j G_j / C_j > T_r` over the reviews that fit in the k-matrix bound. A draft whose marginal rate beats the
 average raises the average: if the level's reviews produce `N` tokens in `D` seconds and an extension adds `dN` in
 `dD` with `dN / dD > N / D`, then `(N + dN) / (D + dD) > N / D`; the call's throughput is the target's. `j = 1`
@@ -103,6 +105,7 @@ def extension_pays(
     drafted: int,
     threshold: float,
     max_reviews: int,
+    fixed_s: float = 0.0,
 ) -> bool:
     """Whether some number `j <= max_reviews` of further reviews gains accepted tokens faster than `threshold`.
 
@@ -115,6 +118,8 @@ def extension_pays(
         drafted (`int`): tokens the level's draft holds (`L`).
         threshold (`float`): tokens per second to beat (`T_r`).
         max_reviews (`int`): reviews that fit in the bound (at least 1 is considered).
+        fixed_s (`float`, *optional*, defaults to 0): seconds any number of reviews costs first (`F`: catching the
+            drafter up on the tokens it missed).
 
     Returns:
         `bool`: `max_j G_j / C_j > threshold` (see the module docstring).
@@ -123,7 +128,7 @@ def extension_pays(
     for j in range(1, max(max_reviews, 1) + 1):
         added = j * tokens_per_review
         gain = survival * expected_accepted(alpha, added)
-        cost = j * review_s + verify_s(1 + drafted + added) - base
+        cost = j * review_s + fixed_s + verify_s(1 + drafted + added) - base
         if gain > threshold * max(cost, 1e-12):
             return True
     return False
@@ -268,7 +273,9 @@ class DraftController:
             self.throughput(level),
         )
 
-    def pays(self, level: int, drafter: int, owners: Sequence[int], room: int, share: float = 1.0) -> bool:
+    def pays(
+        self, level: int, drafter: int, owners: Sequence[int], room: int, share: float = 1.0, catch_up: int = 0
+    ) -> bool:
         """The rule alone (no bookkeeping): whether one more review by `drafter` pays for the draft at `level`.
 
         Args:
@@ -281,10 +288,13 @@ class DraftController:
                 reads dominate at decode sizes), so a row pays `1 / share` of its fair part: the batch's tokens per
                 second are `rows` times the row's, and a pass a quarter of the rows ask for must gain those rows four
                 times as many tokens. `tau` is scaled by `1 / share`.
+            catch_up (`int`, *optional*, defaults to 0): tokens the drafter's cache lags behind the sequence, which its
+                next review reads first (`F` in the module docstring).
         """
         if not 0 < share <= 1:
             raise ValueError(f"share must be in (0, 1], got {share!r}.")
         tokens, seconds = self.review_rate(drafter + 1)
+        catching_up = self.seconds(drafter + 1, 1 + catch_up) - self.seconds(drafter + 1, 1) if catch_up > 0 else 0.0
         return extension_pays(
             self.acceptance.rate((level, drafter)),
             self.weight * self.survival(level, owners),
@@ -294,9 +304,10 @@ class DraftController:
             len(owners),
             self.throughput(level),
             math.ceil(room / max(tokens, 1.0)),
+            max(catching_up, 0.0) / share,
         )
 
-    def extend(self, level: int, drafter: int, owners: Sequence[int], own: int, room: int) -> bool:
+    def extend(self, level: int, drafter: int, owners: Sequence[int], own: int, room: int, catch_up: int = 0) -> bool:
         """Whether `drafter` should review once more to extend the draft built at `level`.
 
         Args:
@@ -305,11 +316,12 @@ class DraftController:
             owners (`Sequence[int]`): the drafter of each token of the level's draft so far.
             own (`int`): how many of them this drafter added at this level (0: the decision is whether to skip it).
             room (`int`): tokens the k-matrix bound (and `max_length`) still allows.
+            catch_up (`int`, *optional*, defaults to 0): tokens the drafter's cache lags behind the sequence.
 
         Returns:
             `bool`; `False` with `own == 0` means the drafter is skipped at this level.
         """
-        pays = self.pays(level, drafter, owners, room)
+        pays = self.pays(level, drafter, owners, room, catch_up=catch_up)
         if own:
             return pays
         if not pays and self.untried(drafter):

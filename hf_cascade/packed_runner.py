@@ -143,6 +143,10 @@ class PackedRunner(RunnerBase):
         return RowView(self, row, stats)
 
     # ------------------------------------------------------------------ per-row bookkeeping
+    def cached_length(self, row: int) -> int:
+        """How many tokens of row `row`'s sequence the cache holds."""
+        return self.cache_len[row]
+
     def truncate_to(self, row: int, length: int) -> None:
         """Row `row`'s sequence was cut to `length` tokens: its cached states past it are stale."""
         self.cache_len[row] = min(self.cache_len[row], length)

@@ -146,6 +146,10 @@ class ModelRunner(RunnerBase):
         self.encoder_outputs = encoder_outputs
         self.encoder_attention_mask = encoder_attention_mask
 
+    def cached_length(self) -> int:
+        """How many tokens of the sequence the cache holds (a forward from a later position first feeds the rest)."""
+        return self.cache_len
+
     def truncate_to(self, length: int) -> None:
         """The sequence was cut to `length` tokens: cached states past it are stale."""
         if self.cache_len > length:

@@ -172,6 +172,17 @@ def test_a_review_few_rows_of_a_batch_take_part_in_must_pay_for_the_others():
             ctl.pays(0, 0, [], 8, share=share)
 
 
+def test_a_drafter_that_lags_pays_for_catching_up_first():
+    """`catch_up`: a drafter skipped for some steps reads every token it missed at its next review, so using it then
+    costs that pass too: worth it caught up, not 30 tokens behind on a steep curve, and still with a flat one."""
+    target = curve(1.0, 0.05, 0.05)
+    steep = DraftController([target, curve(0.2, 0.3, 0.3)], [False, False])
+    flat = DraftController([target, curve(0.2, 0.0, 0.005)], [False, False])
+    assert steep.pays(0, 0, [], 8) and not steep.pays(0, 0, [], 8, catch_up=30)
+    assert flat.pays(0, 0, [], 8, catch_up=30)
+    assert steep.extend(0, 0, [], 0, 8) and not steep.extend(0, 0, [], 1, 8, catch_up=30)
+
+
 def test_rows_of_a_batch_share_acceptance_and_probe_once_per_batch_steps():
     """`DraftController.share`: what one row learns of a drafter's acceptance every row uses, and a skipped drafter is
     probed once every `PROBE_EVERY` skips of each row, not of every row."""
