@@ -137,7 +137,8 @@ class ForwardRequest(NamedTuple):
         still_pays (`Callable[[float], bool]`, *optional*): for a review the row's draft-length controller chose
             (`DraftController.pays`), whether it still pays when only a `share` of the batch's rows take part in the
             pass; a batch may then refuse it by sending `None` instead of logits, and the row ends that level's draft
-            there. `None`: the review is not optional (no controller, a forced measurement).
+            there. `None`: the review is not optional (no controller, a forced measurement, or sampling: which rows
+            share a pass depends on the row's sub-draft, so a refusal would not be a stopping time of the draft).
     """
 
     runner: int

@@ -53,9 +53,9 @@ class LevelStats:
         skipped (`int`): times the draft-length controller skipped this drafter at a level because even its first
             review there did not pay for its time (`CascadeConfig.adaptive_drafters`); smaller drafters drafted
             for that level instead.
-        refused (`int`): in a batch, reviews this drafter's controller chose that the batch refused because too few
-            rows took part in the pass for it to pay (`DraftController.pays` with a `share`); that level's draft
-            ended there.
+        refused (`int`): in a greedy batch, reviews this drafter's controller chose that the batch refused because
+            too few rows took part in the pass for it to pay (`DraftController.pays` with a `share`); that level's
+            draft ended there. Always 0 when sampling (see `ForwardRequest.still_pays`).
     """
 
     name: str
