@@ -35,6 +35,7 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths, straggler_weights
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
+from .controller import PROBE_EVERY
 from .cost import forward_cost_model
 from .errors import CascadeValueError
 from .memory import MaxGramMemory
@@ -469,11 +470,15 @@ def generate_batch(
     while active:
         # A row's tokens are worth its chance of being the row the batch waits for last (`straggler_weights`): cut
         # together for Max-Gram's drafts, and by each row's draft-length controller for the neural levels'.
-        remaining = [max_lengths[r] - drafters[r].committed for r in active]
-        weights = dict(zip(active, straggler_weights(remaining), strict=True))
-        for r in active:
-            if drafters[r].controller is not None:
-                drafters[r].controller.weight = weights[r]
+        weights: dict[int, float] = {}
+        if cut_together or controllers:  # what the weights are for
+            remaining = [max_lengths[r] - drafters[r].committed for r in active]
+            weights = dict(zip(active, straggler_weights(remaining), strict=True))
+            for r in active:
+                if drafters[r].controller is not None:
+                    # The probe schedule is the batch's (`DraftController.share`): as many rows as still run.
+                    drafters[r].controller.weight = weights[r]
+                    drafters[r].controller.probe_every = PROBE_EVERY * len(active)
         # The target adds one token: drafts stay within max_length - 1.
         drafts = draft_rows({r: drafters[r].drafting(max_lengths[r] - 1) for r in active}, runners, drafters)
         if cut_together:
