@@ -35,7 +35,6 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths, straggler_weights
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
-from .controller import PROBE_EVERY
 from .cost import forward_cost_model
 from .errors import CascadeValueError
 from .memory import MaxGramMemory
@@ -455,8 +454,6 @@ def generate_batch(
         )
         targets[r] = target.view(r, LevelStats("target", "target"))
     controllers = [drafters[r].controller for r in rows if drafters[r].controller is not None]
-    for controller in controllers:  # one acceptance record and one probe schedule for the batch
-        controller.share(controllers[0], batch)
     # Neural drafts are cut together only when greedy: a sampled neural draft's tokens are random and how many there
     # are depends on them, so a cut that looks at later tokens' chances (a fixed cost makes the best length jump)
     # would not be a stopping time of the draft. Max-Gram's proposals depend only on the committed text.
@@ -476,20 +473,21 @@ def generate_batch(
             weights = dict(zip(active, straggler_weights(remaining), strict=True))
             for r in active:
                 if drafters[r].controller is not None:
-                    # The probe schedule is the batch's (`DraftController.share`): as many rows as still run.
+                    # One acceptance record and one probe schedule for the rows still running (`share`).
+                    drafters[r].controller.share(controllers[0], len(active))
                     drafters[r].controller.weight = weights[r]
-                    drafters[r].controller.probe_every = PROBE_EVERY * len(active)
         # The target adds one token: drafts stay within max_length - 1.
         drafts = draft_rows({r: drafters[r].drafting(max_lengths[r] - 1) for r in active}, runners, drafters)
         if cut_together:
             # A pass of fewer rows shares its weight reads among fewer tokens: a draft token costs relatively less,
             # so each number of rows has its own timings (and prior). The last rows left draft as in batch 1.
             # With neural drafters the batch's curve stays: the rows' controllers keep it for their clock.
-            if uncut and len(active) not in costs_by_rows:
-                costs_by_rows[len(active)] = forward_cost_model(
-                    model, settings.max_gram, do_sample, rows=len(active), packed=target_packed
-                )
-            target.cost = costs_by_rows[len(active) if uncut else batch]
+            if uncut:
+                if len(active) not in costs_by_rows:
+                    costs_by_rows[len(active)] = forward_cost_model(
+                        model, settings.max_gram, do_sample, rows=len(active), packed=target_packed
+                    )
+                target.cost = costs_by_rows[len(active)]
             # Priced on the timed curve: a width timed often enough at its own median (a curve need not be smooth).
             drafts = _cut_drafts(drafts, drafters, target.cost.seconds, weights, packed=target_packed)
         logits = target.logits(

@@ -672,11 +672,12 @@ class CascadeDrafter:
         # The review's pass starts at the token before its sub-draft; a drafter skipped for some steps reads the
         # tokens it missed first.
         lag = max(len(self.buffer) - 1 - self.runners[c].cached_length(), 0)
-        pays = controller.extend(level, c, owners, own, room, catch_up=lag)
+        rule = controller.pays(level, c, owners, room, catch_up=lag)
+        pays = controller.extend(level, c, owners, own, room, rule=rule)  # the rule, or a forced review
         if not pays and not own:
             self.stats[c].skipped += 1
         # Decided now, not when the batch asks: the shared records and timings may change in between.
-        if self.do_sample or not pays or not controller.pays(level, c, owners, room, catch_up=lag):
+        if self.do_sample or not rule:
             return pays, None
 
         def still_pays(share: float) -> bool:  # asked only in a batch, when some rows sit the pass out

@@ -204,7 +204,7 @@ class DraftController:
 
         Args:
             lead (`DraftController`): the controller whose records the rows share (itself included).
-            rows (`int`): the rows of the batch, `>= 1`.
+            rows (`int`): the rows the batch still runs, `>= 1` (set again as rows finish).
         """
         self.acceptance, self._skips, self._tries = lead.acceptance, lead._skips, lead._tries
         self.probe_every = PROBE_EVERY * rows
@@ -307,7 +307,16 @@ class DraftController:
             max(catching_up, 0.0) / share,
         )
 
-    def extend(self, level: int, drafter: int, owners: Sequence[int], own: int, room: int, catch_up: int = 0) -> bool:
+    def extend(
+        self,
+        level: int,
+        drafter: int,
+        owners: Sequence[int],
+        own: int,
+        room: int,
+        catch_up: int = 0,
+        rule: bool | None = None,
+    ) -> bool:
         """Whether `drafter` should review once more to extend the draft built at `level`.
 
         Args:
@@ -317,11 +326,13 @@ class DraftController:
             own (`int`): how many of them this drafter added at this level (0: the decision is whether to skip it).
             room (`int`): tokens the k-matrix bound (and `max_length`) still allows.
             catch_up (`int`, *optional*, defaults to 0): tokens the drafter's cache lags behind the sequence.
+            rule (`bool`, *optional*): `pays(level, drafter, owners, room, catch_up=catch_up)` when the caller has
+                it already (computed here otherwise).
 
         Returns:
             `bool`; `False` with `own == 0` means the drafter is skipped at this level.
         """
-        pays = self.pays(level, drafter, owners, room, catch_up=catch_up)
+        pays = self.pays(level, drafter, owners, room, catch_up=catch_up) if rule is None else rule
         if own:
             return pays
         if not pays and self.untried(drafter):
