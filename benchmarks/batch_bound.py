@@ -23,18 +23,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
-import time
 
 import torch
 
-from hf_cascade.benchmark import describe_machine, machine_info, sample
+from hf_cascade.benchmark import describe_machine, machine_info, measure_cost, sample
 from hf_cascade.benchmark.prompts import load_dataset_file
 from hf_cascade.benchmark.runner import batch_inputs
 from hf_cascade.cpu import use_onednn_linear
 from hf_cascade.loading import encode_prompt, load_model_and_tokenizer, pad_token_id
-from hf_cascade.runner import new_cache
 from hf_cascade.tuning.bound import oracle_speedup
 
 
@@ -59,7 +56,8 @@ def parse_args() -> argparse.Namespace:
 
 @torch.no_grad()
 def batched_curve(model: torch.nn.Module, batch: dict[str, torch.Tensor], widths: range, repeats: int) -> list[float]:
-    """Median seconds of a pass in which every row feeds `w` tokens after its prompt, for each `w` in `widths`.
+    """Median seconds of a pass in which every row feeds `w` tokens after its prompt, for each `w` in `widths`
+    (`hf_cascade.benchmark.measure_cost` over the left-padded batch).
 
     Args:
         model (`PreTrainedModel`): the model.
@@ -67,29 +65,8 @@ def batched_curve(model: torch.nn.Module, batch: dict[str, torch.Tensor], widths
         widths (`range`): tokens per row.
         repeats (`int`): timed passes per width (widths interleaved).
     """
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    rows, length = ids.shape
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    cache = new_cache(model)
-    model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
-    last = positions[:, -1:]
-    seconds: dict[int, list[float]] = {w: [] for w in widths}
-    for _ in range(repeats + 1):  # the first round warms up
-        for w in widths:
-            new = ids[:, -1:].expand(rows, w).contiguous()
-            kwargs = dict(
-                input_ids=new,
-                attention_mask=torch.cat([mask, torch.ones(rows, w, dtype=mask.dtype)], dim=1),
-                position_ids=last + torch.arange(1, w + 1)[None],
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=w,
-            )
-            t0 = time.perf_counter()
-            model(**kwargs)
-            seconds[w].append(time.perf_counter() - t0)
-            cache.crop(-w)  # drop the w tokens just fed (this transformers crops by a negative count)
-    return [statistics.median(seconds[w][1:]) for w in widths]
+    cost = measure_cost(model, batch["input_ids"], tuple(widths), repeats, attention_mask=batch["attention_mask"])
+    return [cost.forward_s[w] for w in widths]
 
 
 def best_acceptance(results: dict, name: str) -> float | None:

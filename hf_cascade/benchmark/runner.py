@@ -159,21 +159,33 @@ COST_KS = (1, 2, 4, 8)  # the chunk sizes whose forward pass the benchmark times
 
 @torch.no_grad()
 def measure_cost(
-    model: torch.nn.Module, context: torch.Tensor, ks: tuple[int, ...] = COST_KS, repeats: int = 5
+    model: torch.nn.Module,
+    context: torch.Tensor,
+    ks: tuple[int, ...] = COST_KS,
+    repeats: int = 5,
+    attention_mask: torch.Tensor | None = None,
 ) -> ModelCost:
-    """Median wall time of a k-token forward pass after `context` is in the KV cache.
+    """Median wall time of a k-token forward pass after `context` is in the KV cache (every row feeding `k` tokens).
 
     Args:
         model (`PreTrainedModel`): a causal LM.
-        context (`torch.LongTensor` of shape `(1, context_length)`): tokens to prefill the cache with.
+        context (`torch.LongTensor` of shape `(rows, context_length)`): tokens to prefill the cache with (one row,
+            or several left-padded ones with their `attention_mask`).
         ks (`tuple[int, ...]`): the chunk sizes to time.
         repeats (`int`): timed passes per chunk size (after one untimed pass).
+        attention_mask (`torch.LongTensor` of shape `(rows, context_length)`, *optional*): the left-padded rows'
+            mask; each row's positions then count its own tokens.
     """
     parameters = count_parameters(model)
     context = context.to(model.device)
     cache = new_cache(model)
-    model(input_ids=context, cache=cache, use_cache=True)
-    length = context.shape[1]
+    rows, length = context.shape
+    padded: dict[str, torch.Tensor] = {}
+    if attention_mask is not None:
+        mask = attention_mask.to(model.device)
+        padded = {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp_min(0)}
+    model(input_ids=context, cache=cache, use_cache=True, **padded)
+    last = padded["position_ids"][:, -1:] if padded else torch.full((rows, 1), length - 1, device=model.device)
     cuda = model.device.type == "cuda"
     keep = accepts_logits_to_keep(model)
     times: dict[int, list[float]] = {k: [] for k in ks}
@@ -182,11 +194,13 @@ def measure_cost(
     for i in range(repeats + 1):
         for k in ks:
             chunk = context[:, -1:].repeat(1, k)
-            positions = torch.arange(length, length + k, device=model.device).unsqueeze(0)
+            positions = last + torch.arange(1, k + 1, device=model.device)
+            extra = {"logits_to_keep": k} if keep else {}
+            if padded:
+                extra["attention_mask"] = torch.cat([padded["attention_mask"], torch.ones_like(chunk)], dim=1)
             if cuda:
                 torch.cuda.synchronize(model.device)
             t0 = time.perf_counter()
-            extra = {"logits_to_keep": k} if keep else {}
             model(input_ids=chunk, cache=cache, position_ids=positions, use_cache=True, **extra)
             if cuda:
                 torch.cuda.synchronize(model.device)
