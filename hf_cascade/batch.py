@@ -33,6 +33,7 @@ from transformers.generation.logits_process import (
 from transformers.generation.stopping_criteria import StoppingCriteriaList
 
 from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths, straggler_weights
+from .batch_plan import BatchPlanner
 from .batch_runner import BatchRunner, relative_positions
 from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
 from .cost import forward_cost_model
@@ -205,9 +206,8 @@ def draft_rows(
 
     Advances each row's generator until it yields a `ForwardRequest`, then repeatedly runs one batched forward on
     the drafter most rows wait for (ties to the smallest model: its forwards are cheapest and feed the larger ones)
-    and sends each of those rows its logits. A review a row's controller chose is refused (`None` is sent; the row
-    ends that level's draft) when too few rows take part in the pass for it to pay (`_refused`): per-row decisions
-    alone would run a whole batch's pass for the one row that still drafts.
+    and sends each of those rows its logits. Rows following one plan (`hf_cascade.batch_plan`) ask for the same
+    passes at the same time; a row whose draft ended early (an EOS, an unsure token, its budget) no longer asks.
 
     Args:
         steps (`Mapping[int, Drafting]`): row -> its drafting generator (`CascadeDrafter.drafting`).
@@ -235,11 +235,6 @@ def draft_rows(
             counts[request.runner] = counts.get(request.runner, 0) + 1
         runner = max(counts, key=lambda c: (counts[c], c))
         asked = {row: request for row, request in waiting.items() if request.runner == runner}
-        for row in _refused(asked, len(runners[runner].rows)):
-            del asked[row]
-            advance(row, None)  # the row ends that level's draft (and may ask for another pass)
-        if not asked:
-            continue
         logits = runners[runner].logits(
             {row: (drafters[row].ids, request.first, request.end) for row, request in asked.items()}
         )
@@ -248,31 +243,12 @@ def draft_rows(
     return results
 
 
-def _refused(asked: Mapping[int, ForwardRequest], rows: int) -> list[int]:
-    """The rows whose optional review does not pay when only the rows in `asked` take part in the pass.
-
-    A pass costs about the same however many of the model's `rows` feed it, so each row asking pays for the rows that
-    sit it out (`DraftController.pays` with `share = len(asked) / rows`). Refusing one row lowers the share of the
-    others, so rows are refused until every remaining one pays (or none remains).
-
-    Args:
-        asked (`Mapping[int, ForwardRequest]`): row -> its request for the pass.
-        rows (`int`): the rows the model still runs (unfinished rows).
-
-    Returns:
-        `list[int]`: the refused rows.
-    """
-    kept = dict(asked)
-    refused: list[int] = []
-    while kept and len(kept) < rows:
-        share = len(kept) / rows
-        out = [row for row, request in kept.items() if request.still_pays is not None and not request.still_pays(share)]
-        if not out:
-            break
-        for row in out:
-            del kept[row]
-        refused += out
-    return refused
+def _lags(
+    drafters: Mapping[int, CascadeDrafter], runners: Sequence[BatchRunner | PackedRunner], active: Sequence[int]
+) -> list[int]:
+    """Per neural drafter, the most tokens a row's cache of it lags behind the row's committed sequence (read again,
+    or for the first time after skipped steps, by the drafter's next pass)."""
+    return [max(max(drafters[r].committed - 1 - runner.cached_length(r), 0) for r in active) for runner in runners]
 
 
 def _cut_drafts(
@@ -331,7 +307,6 @@ def _total(name: str, kind: str, rows: Sequence[LevelStats], shared: LevelStats 
         total.drafts_reviewed += row.drafts_reviewed
         total.draft_tokens_reviewed += row.draft_tokens_reviewed
         total.skipped += row.skipped
-        total.refused += row.refused
         total.propose_calls += row.propose_calls
         total.propose_time_s += row.propose_time_s
     return total
@@ -454,6 +429,13 @@ def generate_batch(
         )
         targets[r] = target.view(r, LevelStats("target", "target"))
     controllers = [drafters[r].controller for r in rows if drafters[r].controller is not None]
+    # With neural drafters every row follows one plan per step (`hf_cascade.batch_plan`): a pass serves every row.
+    for controller in controllers:
+        controller.share(controllers[0])  # one acceptance record for all rows
+    planner = None
+    if assistants and len(controllers) == batch:
+        layouts = [target_packed, *(isinstance(runner, PackedRunner) for runner in runners)]
+        planner = BatchPlanner(controllers[0], settings.k_matrix, layouts)
     # Neural drafts are cut together only when greedy: a sampled neural draft's tokens are random and how many there
     # are depends on them, so a cut that looks at later tokens' chances (a fixed cost makes the best length jump)
     # would not be a stopping time of the draft. Max-Gram's proposals depend only on the committed text.
@@ -473,9 +455,12 @@ def generate_batch(
             weights = dict(zip(active, straggler_weights(remaining), strict=True))
             for r in active:
                 if drafters[r].controller is not None:
-                    # One acceptance record and one probe schedule for the rows still running (`share`).
-                    drafters[r].controller.share(controllers[0], len(active))
                     drafters[r].controller.weight = weights[r]
+        if planner is not None:
+            # The last row left drafts as in batch 1 (its own controller's rule).
+            plan = planner.plan(len(active), _lags(drafters, runners, active)) if len(active) > 1 else None
+            for r in active:
+                drafters[r].plan = plan
         # The target adds one token: drafts stay within max_length - 1.
         drafts = draft_rows({r: drafters[r].drafting(max_lengths[r] - 1) for r in active}, runners, drafters)
         if cut_together:

@@ -33,6 +33,7 @@ from transformers.generation import logits_process
 from transformers.generation.logits_process import LogitsProcessorList
 
 from .adaptive import MEMORY, AcceptanceTracker, max_gram_tracker, scored_proposal
+from .batch_plan import BatchPlan
 from .config import CascadeConfig, MaxGramConfig
 from .controller import DraftController
 from .cost import TIMING_PRIOR, ForwardCostModel, forward_cost_model
@@ -134,17 +135,11 @@ class ForwardRequest(NamedTuple):
         runner (`int`): index of the neural drafter (`CascadeDrafter.runners`), largest first.
         first (`int`): first position whose logits are needed.
         end (`int`): one past the last position (`<= len(ids)`).
-        still_pays (`Callable[[float], bool]`, *optional*): for a review the row's draft-length controller chose
-            (`DraftController.pays`), whether it still pays when only a `share` of the batch's rows take part in the
-            pass; a batch may then refuse it by sending `None` instead of logits, and the row ends that level's draft
-            there. `None`: the review is not optional (no controller, a forced measurement, or sampling: which rows
-            share a pass depends on the row's sub-draft, so a refusal would not be a stopping time of the draft).
     """
 
     runner: int
     first: int
     end: int
-    still_pays: Callable[[float], bool] | None = None
 
 
 _Result = TypeVar("_Result")
@@ -451,6 +446,8 @@ class CascadeDrafter:
             )
         self.reviewer_costs = [target_cost, *(runner.cost for runner in runners)]
         self.controller: DraftController | None = None
+        # In a batch, the reviews every row makes this step (`hf_cascade.batch_plan`), set before each step.
+        self.plan: BatchPlan | None = None
         if settings.adaptive_drafters and runners and all(cost is not None for cost in self.reviewer_costs):
             below = [m < self.num_drafters for m in range(1, len(self.reviewer_costs) + 1)]
             self.controller = DraftController(self.reviewer_costs, below)
@@ -633,29 +630,25 @@ class CascadeDrafter:
         goal = 0
         for c in range(level, self.num_drafters):
             goal += self.k[level][c]
-            column_start = len(self.buffer)
+            column_start, reviews = len(self.buffer), 0
             while len(self.buffer) - start < goal and len(self.buffer) < cap and not self.buffer.ends_with(self.eos):
                 before = len(self.buffer)
                 if c == self.max_gram_column:
+                    if level and self.plan is not None:
+                        break  # a batch's plan: Max-Gram drafts for the target only (`hf_cascade.batch_plan`)
                     # One proposal: Max-Gram already extends its own copy, and what it cut was cut on purpose.
                     self._propose_max_gram(min(goal - (before - start), cap - before), level, start)
                     break
-                pays, still_pays = self._pays(level, c, start, column_start, min(goal, cap - start))
-                if not pays:
-                    break  # the controller cut drafter c's segment: the next (smaller) drafter goes on
-                if not (yield from self._review(c, cap, still_pays)):
-                    return  # drafter c is unsure of its last token (or the batch refused the review): end the level
+                if not self._pays(level, c, start, column_start, min(goal, cap - start), reviews):
+                    break  # the controller (or the batch's plan) cut drafter c's segment: the next drafter goes on
+                reviews += 1
+                if not (yield from self._review(c, cap)):
+                    return  # drafter c is unsure of its last token: end the level
 
-    def _pays(
-        self, level: int, c: int, start: int, column_start: int, bound: int
-    ) -> tuple[bool, Callable[[float], bool] | None]:
-        """Whether neural drafter `c` reviews once more for the draft at `level` begun at `start` (always without
-        the controller); counts a skip when it refuses `c`'s first review there. With the controller, also the
-        review's `ForwardRequest.still_pays`: the same rule at a share of the batch's rows, for a review the rule
-        chose (a forced one, `DraftController.untried` or a probe, is never refused), and only when greedy: which
-        rows share the pass depends on how many passes this row's sub-draft took, hence on the tokens in it, so a
-        refusal would make the length of a sampled draft depend on its content (not a stopping time) and bias the
-        target's distribution. Greedy output does not depend on the drafts at all.
+    def _pays(self, level: int, c: int, start: int, column_start: int, bound: int, reviews: int) -> bool:
+        """Whether neural drafter `c` reviews once more for the draft at `level` begun at `start`: as the batch's plan
+        says (`plan`), else as the draft-length controller's rule says (always without either); counts a skip when
+        `c` makes no review there.
 
         Args:
             level (`int`): the level being drafted.
@@ -663,51 +656,40 @@ class CascadeDrafter:
             start (`int`): where the level's draft begins in the sequence.
             column_start (`int`): where drafter `c`'s segment begins.
             bound (`int`): the most tokens the level's draft may hold after `c`'s segment.
+            reviews (`int`): the reviews `c` made for this draft so far.
         """
-        if self.controller is None:
-            return True, None
-        controller = self.controller
-        owners = [position.owner for position in self.buffer.drafted(start)]
-        own, room = len(self.buffer) - column_start, bound - len(owners)
-        # The review's pass starts at the token before its sub-draft; a drafter skipped for some steps reads the
-        # tokens it missed first.
-        lag = max(len(self.buffer) - 1 - self.runners[c].cached_length(), 0)
-        rule = controller.pays(level, c, owners, room, catch_up=lag)
-        pays = controller.extend(level, c, owners, own, room, rule=rule)  # the rule, or a forced review
-        if not pays and not own:
+        if self.plan is not None:  # the batch decided for every row (`hf_cascade.batch_plan`)
+            pays = reviews < self.plan.reviews(level, c)
+        elif self.controller is not None:
+            owners = [position.owner for position in self.buffer.drafted(start)]
+            own, room = len(self.buffer) - column_start, bound - len(owners)
+            # The review's pass starts at the token before its sub-draft; a drafter skipped for some steps reads the
+            # tokens it missed first.
+            lag = max(len(self.buffer) - 1 - self.runners[c].cached_length(), 0)
+            pays = self.controller.extend(level, c, owners, own, room, catch_up=lag)  # the rule, or a forced review
+        else:
+            return True
+        if not pays and not reviews:
             self.stats[c].skipped += 1
-        # Decided now, not when the batch asks: the shared records and timings may change in between.
-        if self.do_sample or not rule:
-            return pays, None
+        return pays
 
-        def still_pays(share: float) -> bool:  # asked only in a batch, when some rows sit the pass out
-            return controller.pays(level, c, owners, room, share=share, catch_up=lag)
-
-        return pays, still_pays
-
-    def _review(self, c: int, cap: int, still_pays: Callable[[float], bool] | None = None) -> Drafting[bool]:
+    def _review(self, c: int, cap: int) -> Drafting[bool]:
         """Drafter `c` reviews the sub-cascade below it and keeps the accepted prefix plus one token of its own.
 
         Args:
             c (`int`): the neural drafter.
             cap (`int`): the sequence may not grow past `cap` tokens.
-            still_pays (`Callable[[float], bool]`, *optional*): see `ForwardRequest.still_pays`.
 
         Returns:
             `False` when drafter `c` kept a token it gives probability below `confidence_threshold` (the draft is cut
-            after the first such token), when its scores were not finite (nothing is kept), or when the batch refused
-            the review (nothing is kept: the sub-draft was built for `c` to review); `True` otherwise.
+            after the first such token) or when its scores were not finite (nothing is kept); `True` otherwise.
         """
         start = len(self.buffer)
         started = self.controller.clock() if self.controller is not None else 0.0
         yield from self._draft_level(c + 1, cap - 1)  # leave room for the reviewer's own token
         end = len(self.buffer)
         draft = self.ids[start:end]
-        logits = yield ForwardRequest(c, start - 1, end, still_pays)
-        if logits is None:  # refused by the batch (`hf_cascade.batch.draft_rows`)
-            self.stats[c].refused += 1
-            self.truncate(start)
-            return False
+        logits = yield ForwardRequest(c, start - 1, end)
         scores = self.process(logits, start - 1)
         if not valid_scores(scores):
             # A broken drafter (NaN/inf logits, e.g. an fp16 overflow) can judge nothing and emit nothing: drop the

@@ -190,24 +190,18 @@ class DraftController:
         self._reviews = [[0, 0.0, 0.0] for _ in self.costs]  # per model: reviews, seconds, tokens kept
         self._skips: dict[tuple[int, int], int] = {}
         self._tries: dict[int, int] = {}  # per drafter: reviews forced by `untried`
-        self.probe_every = PROBE_EVERY  # consecutive skips after which one is overruled (`share`: per batch)
 
-    def share(self, lead: DraftController, rows: int) -> None:
-        """Decide as one of `rows` rows of a batch whose controllers all share `lead`'s records.
+    def share(self, lead: DraftController) -> None:
+        """Decide as one row of a batch whose controllers all share `lead`'s records.
 
         The rows' drafters are reviewed by the same models, so how often a drafter's tokens are accepted is the pair's,
-        not the row's: shared, it is learnt `rows` times as fast and every row decides on the same rate (rows that
-        disagree draft apart, and a pass run for some rows costs all of them). Skips and forced tries are counted for
-        the batch, and a skipped drafter is probed once every `PROBE_EVERY` steps of the batch rather than of each row:
-        a probe is there to measure the drafter again, and each one costs a pass that catches the drafter up on the
-        tokens it missed, as wide for one row as for all of them.
+        not the row's: shared, it is learnt as many times as fast, and the batch's plan (`hf_cascade.batch_plan`) and
+        the last row left decide on it. Skips and forced tries are counted for the batch.
 
         Args:
             lead (`DraftController`): the controller whose records the rows share (itself included).
-            rows (`int`): the rows the batch still runs, `>= 1` (set again as rows finish).
         """
         self.acceptance, self._skips, self._tries = lead.acceptance, lead._skips, lead._tries
-        self.probe_every = PROBE_EVERY * rows
 
     def seconds(self, model: int, num_tokens: float) -> float:
         """`S_m(n)`: seconds of a forward of `model` over `num_tokens` tokens (see the module docstring)."""
@@ -258,6 +252,13 @@ class DraftController:
             return False
         return not self._reviews[drafter + 1][0] or not cost.has_timings
 
+    def try_untried(self, drafter: int) -> bool:
+        """`untried(drafter)`, counting a forced review when `True` (at most `_MAX_TRIES` are forced)."""
+        if not self.untried(drafter):
+            return False
+        self._tries[drafter] = self._tries.get(drafter, 0) + 1
+        return True
+
     def survival(self, level: int, owners: Sequence[int]) -> float:
         """Probability that a draft at `level` by `owners` (one per token) is accepted whole."""
         return math.prod(self.acceptance.rate((level, owner)) for owner in owners)
@@ -273,9 +274,7 @@ class DraftController:
             self.throughput(level),
         )
 
-    def pays(
-        self, level: int, drafter: int, owners: Sequence[int], room: int, share: float = 1.0, catch_up: int = 0
-    ) -> bool:
+    def pays(self, level: int, drafter: int, owners: Sequence[int], room: int, catch_up: int = 0) -> bool:
         """The rule alone (no bookkeeping): whether one more review by `drafter` pays for the draft at `level`.
 
         Args:
@@ -283,28 +282,21 @@ class DraftController:
             drafter (`int`): the neural drafter (`c >= r`).
             owners (`Sequence[int]`): the drafter of each token of the level's draft so far.
             room (`int`): tokens the k-matrix bound (and `max_length`) still allows.
-            share (`float`, *optional*, defaults to 1): in a batch, the share of the rows that take part in the
-                drafter's forward pass, in `(0, 1]`. A pass costs about the same however many rows feed it (weight
-                reads dominate at decode sizes), so a row pays `1 / share` of its fair part: the batch's tokens per
-                second are `rows` times the row's, and a pass a quarter of the rows ask for must gain those rows four
-                times as many tokens. `tau` is scaled by `1 / share`.
             catch_up (`int`, *optional*, defaults to 0): tokens the drafter's cache lags behind the sequence, which its
                 next review reads first (`F` in the module docstring).
         """
-        if not 0 < share <= 1:
-            raise ValueError(f"share must be in (0, 1], got {share!r}.")
         tokens, seconds = self.review_rate(drafter + 1)
         catching_up = self.seconds(drafter + 1, 1 + catch_up) - self.seconds(drafter + 1, 1) if catch_up > 0 else 0.0
         return extension_pays(
             self.acceptance.rate((level, drafter)),
             self.weight * self.survival(level, owners),
             tokens,
-            seconds / share,
+            seconds,
             lambda n: self.seconds(level, n),
             len(owners),
             self.throughput(level),
             math.ceil(room / max(tokens, 1.0)),
-            max(catching_up, 0.0) / share,
+            max(catching_up, 0.0),
         )
 
     def extend(
@@ -315,7 +307,6 @@ class DraftController:
         own: int,
         room: int,
         catch_up: int = 0,
-        rule: bool | None = None,
     ) -> bool:
         """Whether `drafter` should review once more to extend the draft built at `level`.
 
@@ -326,21 +317,18 @@ class DraftController:
             own (`int`): how many of them this drafter added at this level (0: the decision is whether to skip it).
             room (`int`): tokens the k-matrix bound (and `max_length`) still allows.
             catch_up (`int`, *optional*, defaults to 0): tokens the drafter's cache lags behind the sequence.
-            rule (`bool`, *optional*): `pays(level, drafter, owners, room, catch_up=catch_up)` when the caller has
-                it already (computed here otherwise).
 
         Returns:
             `bool`; `False` with `own == 0` means the drafter is skipped at this level.
         """
-        pays = self.pays(level, drafter, owners, room, catch_up=catch_up) if rule is None else rule
+        pays = self.pays(level, drafter, owners, room, catch_up=catch_up)
         if own:
             return pays
-        if not pays and self.untried(drafter):
-            self._tries[drafter] = self._tries.get(drafter, 0) + 1
+        if not pays and self.try_untried(drafter):
             return True  # measure it first: its cost so far is a prior, and a prior alone must not skip it
         key = (level, drafter)
         skips = 0 if pays else self._skips.get(key, 0) + 1
-        if skips >= self.probe_every:
+        if skips >= PROBE_EVERY:
             skips, pays = 0, True
         self._skips[key] = skips
         return pays

@@ -52,10 +52,8 @@ class LevelStats:
             on average.
         skipped (`int`): times the draft-length controller skipped this drafter at a level because even its first
             review there did not pay for its time (`CascadeConfig.adaptive_drafters`); smaller drafters drafted
-            for that level instead.
-        refused (`int`): in a greedy batch, reviews this drafter's controller chose that the batch refused because
-            too few rows took part in the pass for it to pay (`DraftController.pays` with a `share`); that level's
-            draft ended there. Always 0 when sampling (see `ForwardRequest.still_pays`).
+            for that level instead. In a batch, the steps the batch's plan left it out of, per row
+            (`hf_cascade.batch_plan`).
     """
 
     name: str
@@ -78,7 +76,6 @@ class LevelStats:
     drafts_reviewed: int = 0
     draft_tokens_reviewed: int = 0
     skipped: int = 0
-    refused: int = 0
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -197,11 +194,6 @@ def _control_rows(levels: list[LevelStats]) -> list[str]:
         f"{s.name}: skipped {s.skipped} time(s) at a level where its drafts did not pay for their time"
         for s in levels
         if s.skipped
-    )
-    rows.extend(
-        f"{s.name}: {s.refused} review(s) refused in the batch (too few rows took part for the pass to pay)"
-        for s in levels
-        if s.refused
     )
     timed = [
         f"{s.name} {1000 * s.forward_s:.2f} ms + {1000 * s.extra_token_s:.3f} ms/token ({s.timing})"

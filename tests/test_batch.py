@@ -145,7 +145,7 @@ def test_fixed_k_matrix_batch_equals_plain_batched_greedy(llama, llama_drafters,
     assert torch.equal(out.sequences, plain)
     levels = out.cascade_stats.levels
     assert levels[1].accepted > 0 and levels[2].drafted > 0 and levels[3].drafted > 0
-    assert all(level.skipped == level.refused == 0 for level in levels)
+    assert all(level.skipped == 0 for level in levels)
 
 
 @pytest.mark.parametrize("model_name", ["qwen2", "gpt2"])
@@ -276,22 +276,20 @@ def test_sampled_batch_is_reproducible_with_a_seed(llama, llama_drafters):
     assert not torch.equal(first, sample(6))
 
 
-@pytest.mark.parametrize("refusing", [False, True], ids=["controller", "refusing-rule"])
-def test_each_sampled_row_follows_the_target_distribution(tiny, refusing, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("two", [False, True], ids=["one-drafter", "two-drafters"])
+def test_each_sampled_row_follows_the_target_distribution(tiny, two, monkeypatch):  # noqa: F811
     """Per-row chi-square: two prompts of different lengths, 100 rows each per call (rows are independent draws),
-    through a lenient drafter over Max-Gram; each prompt's outcomes follow the target's exact distribution. The
-    drafter is priced ten times cheaper than the target and verification nearly free, so the controller drafts on
-    200 rows. A batch never refuses a review when sampling (which rows share a pass depends on the tokens of a row's
-    sub-draft): with two drafters and a rule that would refuse every pass fewer than half the rows take part in,
-    nothing is refused and the distribution stays exact (refusing there biased the first token, p = 4e-13)."""
+    through a lenient drafter over Max-Gram (or two drafters, the smaller one building the larger one's sub-drafts);
+    each prompt's outcomes follow the target's exact distribution. The drafters are priced ten times cheaper than
+    the target and verification nearly free, so the batch's plan (`hf_cascade.batch_plan`) drafts on 200 rows, with
+    every drafter. (An earlier design let the batch refuse reviews too few rows took part in; which rows share a pass
+    depended on the tokens of a row's sub-draft, and it biased the first token, p = 4e-13.)"""
     from hf_cascade import cost
-    from hf_cascade.controller import DraftController
 
     target, d1, d2 = tiny
     monkeypatch.setattr(cost, "prior_unit_seconds", lambda model: 1.0 if model is target else 0.1)
     drafters, k_matrix = [d1], [[2, 1], [0, 3]]
-    if refusing:
-        monkeypatch.setattr(DraftController, "pays", lambda self, *args, share=1.0, **_: share >= 0.5)
+    if two:
         drafters, k_matrix = [d1, d2], [[1, 0, 0], [0, 2, 0], [0, 0, 1]]
     short = torch.tensor([[3, 1, 2]])
     copies = 100
@@ -303,7 +301,7 @@ def test_each_sampled_row_follows_the_target_distribution(tiny, refusing, monkey
         max_gram=hf_cascade.MaxGramConfig(measure_cost=False, draft_cost=0.0, token_cost=0.001),
     )
     counts = torch.zeros(2, len(exact_distribution(target)), dtype=torch.float64)
-    drafted = refused = 0
+    drafted = [0] * len(drafters)
     torch.manual_seed(0)
     for _ in range(10):  # 1000 draws per prompt
         out = target.generate(
@@ -319,9 +317,9 @@ def test_each_sampled_row_follows_the_target_distribution(tiny, refusing, monkey
         )
         for r in range(len(rows)):
             counts[r // copies, outcome_index(out.sequences[r, ids.shape[1] :].tolist())] += 1
-        drafted += out.cascade_stats.levels[1].drafted
-        refused += sum(level.refused for level in out.cascade_stats.levels)
-    assert drafted > 0 and refused == 0  # the drafter's drafts reached the target's review, none was refused
+        for i in range(len(drafters)):
+            drafted[i] += out.cascade_stats.levels[1 + i].drafted
+    assert all(drafted)  # every drafter's drafts were reviewed
     p_long, p_short = exact_distribution(target), exact_distribution(target, short)
     assert chi_square_p_value(counts[0], p_long) > 1e-3
     assert chi_square_p_value(counts[1], p_short) > 1e-3
@@ -518,58 +516,22 @@ def test_batch_timings_are_kept_apart_from_batch_1_calls(llama, llama_drafters, 
         assert keys and all(f"|3x{layout}|" in key for key in keys), keys
 
 
-def test_a_pass_too_few_rows_ask_for_is_refused_to_them():
-    """`draft_rows` refuses an optional review (sends `None`) when too few rows take part in the pass for it to pay;
-    refusing one row lowers the others' share, and a review that is not optional is never refused."""
-    from hf_cascade.batch import _refused
-    from hf_cascade.cascade import ForwardRequest
-
-    def asks(min_share):  # a row whose review pays while at least `min_share` of the rows take part
-        return ForwardRequest(0, 0, 1, lambda share: share >= min_share)
-
-    everyone = {r: asks(1.0) for r in range(4)}
-    assert _refused(everyone, rows=4) == []  # all rows take part: nothing to check
-    assert _refused({0: asks(0.5), 1: asks(0.5), 2: asks(1.0)}, rows=4) == [2]  # 2 leaves, the other two pay
-    assert _refused({0: asks(0.25), 1: asks(0.75), 2: asks(1.0)}, rows=4) == [2, 1]  # refusals cascade
-    assert _refused({0: asks(0.5), 1: asks(0.75), 2: asks(1.0)}, rows=4) == [2, 1, 0]
-    forced = ForwardRequest(0, 0, 1)
-    assert _refused({0: forced, 1: asks(0.75)}, rows=4) == [1]
-
-
-def test_a_refused_review_ends_the_level_and_runs_no_pass():
-    """A row whose request is refused gets `None`, drops the sub-draft built for the review and returns its draft;
-    no forward pass runs for it."""
-    from hf_cascade.batch import draft_rows
-    from hf_cascade.cascade import ForwardRequest
-
-    seen = []
-
-    def row_steps():
-        answer = yield ForwardRequest(0, 0, 1, lambda share: False)
-        seen.append(answer)
-        return "ended"
-
-    class NoPass:
-        rows = [0, 1]
-
-        def logits(self, requests):
-            raise AssertionError("no row should be run")
-
-    class Row:
-        ids = [1, 2]
-
-    assert draft_rows({0: row_steps()}, [NoPass()], {0: Row()}) == {0: "ended"}
-    assert seen == [None]
-
-
 @pytest.mark.parametrize("layout", ["packed", "padded"])
-def test_refused_reviews_never_change_the_output(llama, llama_drafters, layout, monkeypatch):
-    """Every review is chosen while all rows take part and refused otherwise: rows part (a draft that reached EOS
-    stops, a row finishes), the refused rows end their level's draft, at both neural levels, and the output stays
-    plain batched greedy's (the rule is patched: the decisions do not depend on timings)."""
-    from hf_cascade.controller import DraftController
+def test_rows_follow_the_batch_plan_and_the_output_stays_greedy(llama, llama_drafters, layout, monkeypatch):
+    """Every row makes the reviews the batch's plan says, whatever it says: plans that skip both drafters, use only
+    the larger one, or have the smaller one build its sub-drafts, step after step while rows part (a draft that
+    reached EOS stops, a row finishes); the output stays plain batched greedy's, and the drafters' passes serve the
+    rows together (fewer passes than the rows took part in)."""
+    from hf_cascade.batch_plan import BatchPlan, BatchPlanner
 
-    monkeypatch.setattr(DraftController, "pays", lambda self, *args, share=1.0, **_: share >= 1.0)
+    plans = [BatchPlan((0, 0), (0,)), BatchPlan((2, 0), (0,)), BatchPlan((1, 0), (2,)), BatchPlan((1, 1), (1,))]
+    chosen = []
+
+    def plan(self, rows, lags):
+        chosen.append(plans[len(chosen) % len(plans)])
+        return chosen[-1]
+
+    monkeypatch.setattr(BatchPlanner, "plan", plan)
     ids, mask = left_pad(rows_of(LENGTHS[:4]))
     eos = early_eos(llama, ids, mask)
     plain = llama.generate(
@@ -579,7 +541,8 @@ def test_refused_reviews_never_change_the_output(llama, llama_drafters, layout, 
     drafters = list(llama_drafters[:2])
     out = cascade(llama, ids, mask, drafters, max_new_tokens=NEW, eos_token_id=eos, cascade_config=config)
     assert torch.equal(out.sequences, plain)
-    levels = out.cascade_stats.levels
-    assert levels[1].refused > 0 and levels[2].refused > 0
+    assert len(chosen) >= len(plans)
+    levels, rows = out.cascade_stats.levels, out.cascade_stats.rows
+    assert levels[1].drafted > 0 and levels[2].drafted > 0 and levels[1].skipped > 0 and levels[2].skipped > 0
     for i in (1, 2):
-        assert levels[i].refused == sum(row.levels[i].refused for row in out.cascade_stats.rows)
+        assert levels[i].forward_passes < sum(row.levels[i].forward_passes for row in rows)

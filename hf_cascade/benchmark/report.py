@@ -212,9 +212,8 @@ def _mean_draft(level: dict[str, Any]) -> float | None:
 
 
 def _skipped(level: dict[str, Any]) -> str:
-    """The skipped column: skips, and in brackets the reviews a batch refused (when any)."""
-    skipped = level.get("skipped", "-")
-    return f"{skipped} ({level['refused']})" if level.get("refused") else str(skipped)
+    """The skipped column (`LevelStats.skipped`)."""
+    return str(level.get("skipped", "-"))
 
 
 def _fitted(cost: list[float] | None) -> str:
@@ -259,7 +258,7 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             if stats.get("draft_cost") is not None:  # MaxGramConfig.measure_cost: fitted to this model's timings
                 fitted.setdefault(name, []).append((stats["draft_cost"], stats["token_cost"]))
             level = levels.setdefault(name, {"forward_passes": 0, "forward_s": 0.0})
-            for key in ("drafts_reviewed", "draft_tokens_reviewed", "skipped", "refused"):  # the controller
+            for key in ("drafts_reviewed", "draft_tokens_reviewed", "skipped"):  # the controller
                 level[key] = level.get(key, 0) + stats.get(key, 0)
             if stats["kind"] == "target":
                 continue
@@ -473,7 +472,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         "model's own timed forward passes (`MaxGramConfig.measure_cost`; median over runs), which sets the length of "
         "the Max-Gram drafts it reviews; mean draft: the mean length of the drafts the model reviewed, and skipped: "
         "the times the draft-length controller skipped the drafter at a level (`CascadeConfig.adaptive_drafters`; in "
-        "brackets, in a batch: reviews refused because too few rows took part in the pass).",
+        "a batch, per row, the steps the batch's plan left it out of).",
         "",
         "| method | model | forward passes | seconds | drafted | accepted | acceptance | fitted cost | mean draft "
         "| skipped |",
