@@ -8,7 +8,7 @@ keeps every row in one cache row and is fed only the real tokens of the rows tha
 are fed every row padded to the widest chunk (`BatchRunner`). With Max-Gram alone drafting for the target, every
 row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded),
 counting each row's tokens by its chance of being the row the batch waits for last (`adaptive.straggler_weights`).
-One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
+With neural drafters every row makes the drafter reviews of one plan per step (`hf_cascade.batch_plan`). One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
 (`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate`
 returns: the left-padded prompts, each row's new tokens, rows that stopped early right-padded with `pad_token_id`.
 """
@@ -356,9 +356,9 @@ def generate_batch(
     do_sample = settings.do_sample
 
     # Max-Gram alone drafts for the target: its drafts are proposed uncut and the rows' drafts are cut together, by
-    # the batch's throughput (`_cut_drafts`). With neural drafters each row's draft-length controller builds the
-    # row's draft (with the row's weight), pricing the target's pass as if the row fed it alone; the batch then
-    # cuts the drafts together too, by the controllers' tracked acceptance.
+    # the batch's throughput (`_cut_drafts`). With neural drafters the rows make the reviews of the batch's plan
+    # (`BatchPlanner`; the last row left, those of its own controller), Max-Gram's tail is cut by each row's controller
+    # (with the row's weight), and the batch then cuts the drafts together too, by the tracked acceptance.
     uncut = settings.use_max_gram and settings.max_gram.adaptive_length and not assistants
     # With `batch_layout="packed"`, rows packed into one cache row feed only their real tokens (`PackedRunner`), where
     # that is exact (`packs`); the other models, and every model by default, run padded (`BatchRunner`).
