@@ -8,7 +8,8 @@ keeps every row in one cache row and is fed only the real tokens of the rows tha
 are fed every row padded to the widest chunk (`BatchRunner`). With Max-Gram alone drafting for the target, every
 row's draft is cut at once by the target pass's cost (`_cut_drafts`: per row when packed, one length when padded),
 counting each row's tokens by its chance of being the row the batch waits for last (`adaptive.straggler_weights`).
-With neural drafters every row makes the drafter reviews of one plan per step (`hf_cascade.batch_plan`). One batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
+With neural drafters every row makes the drafter reviews of one plan per step (`hf_cascade.batch_plan`). One
+batched target forward then scores every unfinished row, and each row is reviewed, cut and committed alone
 (`hf_cascade.step.target_step`). Finished rows leave every cache. The output is what plain batched `generate`
 returns: the left-padded prompts, each row's new tokens, rows that stopped early right-padded with `pad_token_id`.
 """
@@ -35,7 +36,7 @@ from transformers.generation.stopping_criteria import StoppingCriteriaList
 from .adaptive import batch_draft_length, max_gram_tracker, packed_draft_lengths, straggler_weights
 from .batch_plan import BatchPlanner
 from .batch_runner import BatchRunner, relative_positions
-from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, encode, load_bigram
+from .cascade import CascadeDrafter, Drafting, DraftSettings, ForwardRequest, catch_up_tokens, encode, load_bigram
 from .cost import forward_cost_model
 from .errors import CascadeValueError
 from .memory import MaxGramMemory
@@ -245,10 +246,10 @@ def draft_rows(
 
 def _lags(
     drafters: Mapping[int, CascadeDrafter], runners: Sequence[BatchRunner | PackedRunner], active: Sequence[int]
-) -> list[int]:
-    """Per neural drafter, the most tokens a row's cache of it lags behind the row's committed sequence (read again,
-    or for the first time after skipped steps, by the drafter's next pass)."""
-    return [max(max(drafters[r].committed - 1 - runner.cached_length(r), 0) for r in active) for runner in runners]
+) -> list[list[int]]:
+    """Per neural drafter, the tokens each row's cache of it lags behind the row's committed sequence (read by the
+    drafter's next pass, after skipped steps; `cascade.catch_up_tokens`)."""
+    return [[catch_up_tokens(drafters[r].committed, runner.cached_length(r)) for r in active] for runner in runners]
 
 
 def _cut_drafts(
@@ -260,8 +261,8 @@ def _cut_drafts(
 ) -> dict[int, tuple[list[int], torch.Tensor | None]]:
     """Cut every row's draft so that the batch's expected tokens per cost of the target forward pass are largest,
     by each token's chance of acceptance (`CascadeDrafter.draft_chances`: an uncut Max-Gram draft's own, or the
-    draft-length controller's tracked acceptance of the drafters, whose per-row decisions priced the target's pass
-    as if the row fed it alone): padded (`BatchRunner`), all rows are fed as wide as the longest draft and share one length
+    draft-length controller's tracked acceptance of the drafters, whose draft lengths the batch's plan set without
+    looking at this step's tokens): padded (`BatchRunner`), all rows are fed as wide as the longest draft and share one length
     (`batch_draft_length`); `packed` (`PackedRunner`), the pass costs the draft tokens in all and each row gets its own
     length (`packed_draft_lengths`). A row's tokens count by its chance of being the row the batch waits for last
     (`straggler_weights`): a pass is not widened for a row that is ahead of the others.

@@ -51,6 +51,7 @@ __all__ = [
     "DraftedPosition",
     "Drafting",
     "ForwardRequest",
+    "catch_up_tokens",
     "drive",
     "encode",
     "eos_token_ids",
@@ -120,6 +121,13 @@ def load_bigram(table: BigramTable | str | None, vocab_size: int | None) -> Bigr
             f"{vocab_size}; build the table for this vocabulary (BigramTable.from_model or from_corpus)."
         )
     return bigram
+
+
+def catch_up_tokens(length: int, cached: int) -> int:
+    """Tokens a drafter whose cache holds `cached` tokens reads first in a pass at the end of a `length`-token
+    sequence, after skipped steps. None for a cache never filled: any use of the drafter reads the prompt once, and
+    pricing it would keep a drafter that pays from ever starting."""
+    return max(length - 1 - cached, 0) if cached else 0
 
 
 class ForwardRequest(NamedTuple):
@@ -665,7 +673,7 @@ class CascadeDrafter:
             own, room = len(self.buffer) - column_start, bound - len(owners)
             # The review's pass starts at the token before its sub-draft; a drafter skipped for some steps reads the
             # tokens it missed first.
-            lag = max(len(self.buffer) - 1 - self.runners[c].cached_length(), 0)
+            lag = catch_up_tokens(len(self.buffer), self.runners[c].cached_length())
             pays = self.controller.extend(level, c, owners, own, room, catch_up=lag)  # the rule, or a forced review
         else:
             return True

@@ -52,8 +52,8 @@ class LevelStats:
             on average.
         skipped (`int`): times the draft-length controller skipped this drafter at a level because even its first
             review there did not pay for its time (`CascadeConfig.adaptive_drafters`); smaller drafters drafted
-            for that level instead. In a batch, the steps the batch's plan left it out of, per row
-            (`hf_cascade.batch_plan`).
+            for that level instead. In a batch, per row, the drafts the batch's plan left it out of
+            (`hf_cascade.batch_plan`; at a sub-level, one per review of the drafter above).
     """
 
     name: str

@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from hf_cascade import cost
-from hf_cascade.batch_plan import BatchPlan, BatchPlanner, best_plan, plan_rate
+from hf_cascade.batch_plan import BatchPlan, BatchPlanner, best_plan, force, plan_rate
 from hf_cascade.controller import PROBE_EVERY, DraftController, expected_accepted
 from hf_cascade.cost import ForwardCostModel
 
@@ -105,9 +105,51 @@ def test_forced_drafters_review_once_and_ties_go_to_fewer_reviews():
     def rate(p):
         return plan_rate(p, lambda *_: 0.9, seconds_of(target, drafter), 4, (False, False))
 
-    assert best_plan(BatchPlan((8,), ()), rate).level0 == (0,)
-    assert best_plan(BatchPlan((8,), ()), rate, forced=[0]).level0 == (1,)
-    assert best_plan(BatchPlan((8,), ()), lambda p: 1.0).level0 == (0,)
+    bounds = BatchPlan((8,), ())
+    assert best_plan(bounds, rate).level0 == (0,)
+    assert force(best_plan(bounds, rate), bounds, [0]).level0 == (1,)
+    assert best_plan(bounds, lambda p: 1.0).level0 == (0,)
+
+
+def test_a_forced_drafter_is_used_where_the_plan_would_use_it():
+    """Below the drafter above it when that one reviews (its sub-drafts), for the target otherwise; never past its
+    bounds."""
+    bounds = BatchPlan((8, 8), (8,))
+    assert force(BatchPlan((3, 0), (0,)), bounds, [1]) == BatchPlan((3, 0), (1,))
+    assert force(BatchPlan((0, 0), (0,)), bounds, [1]) == BatchPlan((0, 1), (0,))
+    assert force(BatchPlan((0, 0), (0,)), bounds, [0, 1]) == BatchPlan((1, 0), (1,))
+    assert force(BatchPlan((0, 0), (0,)), BatchPlan((0, 0), (0,)), [0, 1]) == BatchPlan((0, 0), (0,))
+
+
+def test_a_drafter_that_pays_only_with_sub_drafts_is_found():
+    """A middle drafter as slow as the target pays only when a cheap smaller drafter, accepted by the middle one but
+    seldom by the target, builds its sub-drafts: no single entry changed from the empty plan shows it (a coordinate
+    search from there misses it)."""
+    target, middle, small = linear(1.0, 0.0), linear(0.9, 0.0), linear(0.01, 0.0)
+    seconds = seconds_of(target, middle, small)
+
+    def rate(p):
+        return plan_rate(p, lambda level, c: 0.2 if (level, c) == (0, 1) else 0.9, seconds, 4, (False,) * 3)
+
+    plan = best_plan(BatchPlan((8, 8), (8,)), rate)
+    assert plan.level0[0] >= 1 and plan.sub[0] >= 4
+    assert rate(plan) > 2 * rate(BatchPlan((0, 0), (0,)))
+
+
+def test_the_k_matrix_goals_cap_the_tokens_a_plan_is_credited_with():
+    """The draft stops at the k-matrix's (cumulative) goal, so reviews that keep several tokens each are credited only
+    up to it; the planner's goals are cumulative along level 0."""
+    target, middle, small = linear(1.0, 0.1), linear(0.2, 0.0), linear(0.01, 0.0)
+    seconds = seconds_of(target, middle, small)
+    plan = BatchPlan((4, 0), (4,))
+    capped = plan_rate(plan, lambda *_: 0.9, seconds, 4, (False,) * 3, goals=BatchPlan((2, 2), (1,)))
+    y = 1 + 0.9  # a review keeps its one sub-draft token (0.9 accepted) and one of its own
+    reviews = 2 / y  # the reviews that fit in the level's goal of 2 tokens
+    assert capped == pytest.approx((1 + expected_accepted(0.9, 2)) / (reviews * (0.01 + 0.2) + target(3)))
+    assert plan_rate(plan, lambda *_: 0.9, seconds, 4, (False,) * 3) > capped
+    ctl = DraftController([untimed(1.0, 0.3, 0.1), untimed(0.5, 0.0, 0.0), untimed(0.1, 0.0, 0.0)], [True, True, False])
+    planner = BatchPlanner(ctl, [[8, 0, 2], [0, 8, 2], [0, 0, 16]], [False] * 3)
+    assert planner.goals == BatchPlan((8, 8), (8,))
 
 
 def test_plan_reviews_and_uses():
@@ -127,12 +169,22 @@ def test_a_skipped_drafter_is_probed_after_probe_every_steps_then_ever_less_ofte
     each time the probe did not bring it back."""
     ctl = DraftController([untimed(1.0, 0.3, 0.1), untimed(0.95, 0.0, 0.0)], [False, False])
     planner = BatchPlanner(ctl, [[8]], [False, False])
-    used = [i for i in range(8 * PROBE_EVERY) if planner.plan(4, [0]).uses(0)]
+    used = [i for i in range(8 * PROBE_EVERY) if planner.plan(4, [[0] * 4]).uses(0)]
     assert used == [PROBE_EVERY, 3 * PROBE_EVERY + 1, 7 * PROBE_EVERY + 2]
 
 
 def test_a_drafter_that_pays_is_planned_every_step():
     ctl = DraftController([untimed(1.0, 0.0, 0.02), untimed(0.05, 0.0, 0.0)], [False, False])
     planner = BatchPlanner(ctl, [[8]], [False, False])
-    plans = [planner.plan(4, [0]) for _ in range(3)]
+    plans = [planner.plan(4, [[0] * 4]) for _ in range(3)]
     assert all(plan.level0[0] >= 3 for plan in plans)
+
+
+def test_a_lagging_drafter_pays_its_catch_up_as_wide_as_the_rows_feed_it():
+    """Padded, the catch-up pass is as wide as the most any row lags; packed, it feeds every row's lag."""
+    ctl = DraftController([untimed(1.0, 0.0, 0.02), untimed(0.05, 0.0, 0.5)], [False, False])
+    padded = BatchPlanner(ctl, [[8]], [False, False])
+    packed = BatchPlanner(ctl, [[8]], [False, True])
+    assert padded.plan(4, [[0] * 4]).level0[0] > 0
+    assert padded.plan(4, [[60, 0, 0, 0]]).level0[0] > 0  # a 61-token pass
+    assert packed.plan(4, [[60] * 4]).level0[0] == 0  # 240 tokens to read: more than the step gains
