@@ -29,6 +29,7 @@ timing enters (the cost curves are priors) and a seeded call is reproducible.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -221,7 +222,6 @@ class BatchPlanner:
             tuple(sum(int(k) for k in k_matrix[0][: c + 1]) for c in range(n)),
             tuple(int(k_matrix[c + 1][c + 1]) for c in range(n - 1)),
         )
-        self.bounds = self.goals
         self.packed = list(packed)
         self._skipped = [0] * n  # steps each drafter has not reviewed since it last did
         self._probe_after = [PROBE_EVERY] * n  # doubles after each probe that did not bring the drafter back
@@ -239,16 +239,19 @@ class BatchPlanner:
         ctl = self.controller
         untried = [c for c in range(len(self._skipped)) if ctl.untried(c)]
         probes = [c for c in range(len(self._skipped)) if self._skipped[c] >= self._probe_after[c]]
-        catch_up = []
-        for c, row_lags in enumerate(lags):
-            width = 1 + (sum(row_lags) if self.packed[c + 1] else max(row_lags, default=0))
-            catch_up.append(max(ctl.seconds(c + 1, width) - ctl.seconds(c + 1, 1), 0.0))
+        catch_up = [
+            ctl.catch_up_seconds(c, sum(row_lags) if self.packed[c + 1] else max(row_lags, default=0))
+            for c, row_lags in enumerate(lags)
+        ]
+        # Fixed for the whole search (every plan asks for the same few rates and sizes).
+        n = len(self._skipped)
+        rates = {(level, c): ctl.acceptance.rate((level, c)) for level in range(n + 1) for c in range(n)}
+        seconds = functools.cache(ctl.seconds)
 
         def rate(plan: BatchPlan) -> float:
-            alpha = lambda level, c: ctl.acceptance.rate((level, c))  # noqa: E731
-            return plan_rate(plan, alpha, ctl.seconds, rows, self.packed, catch_up, self.goals)
+            return plan_rate(plan, lambda level, c: rates[level, c], seconds, rows, self.packed, catch_up, self.goals)
 
-        plan = force(best_plan(self.bounds, rate), self.bounds, sorted({*untried, *probes}))
+        plan = force(best_plan(self.goals, rate), self.goals, sorted({*untried, *probes}))
         for c in range(len(self._skipped)):
             used = plan.uses(c)
             if c in untried and used:

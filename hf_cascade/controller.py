@@ -259,6 +259,13 @@ class DraftController:
         self._tries[drafter] = self._tries.get(drafter, 0) + 1
         return True
 
+    def catch_up_seconds(self, drafter: int, tokens: float) -> float:
+        """`F = S_{c+1}(1 + tokens) - S_{c+1}(1)`: what a pass of `drafter` costs more for reading `tokens` tokens its
+        cache missed first (see the module docstring; 0 when none)."""
+        if tokens <= 0:
+            return 0.0
+        return max(self.seconds(drafter + 1, 1 + tokens) - self.seconds(drafter + 1, 1), 0.0)
+
     def survival(self, level: int, owners: Sequence[int]) -> float:
         """Probability that a draft at `level` by `owners` (one per token) is accepted whole."""
         return math.prod(self.acceptance.rate((level, owner)) for owner in owners)
@@ -286,7 +293,6 @@ class DraftController:
                 next review reads first (`F` in the module docstring).
         """
         tokens, seconds = self.review_rate(drafter + 1)
-        catching_up = self.seconds(drafter + 1, 1 + catch_up) - self.seconds(drafter + 1, 1) if catch_up > 0 else 0.0
         return extension_pays(
             self.acceptance.rate((level, drafter)),
             self.weight * self.survival(level, owners),
@@ -296,7 +302,7 @@ class DraftController:
             len(owners),
             self.throughput(level),
             math.ceil(room / max(tokens, 1.0)),
-            max(catching_up, 0.0),
+            self.catch_up_seconds(drafter, catch_up),
         )
 
     def extend(
