@@ -34,6 +34,9 @@ MAX_NGRAM_SIZE_LIMIT = 64
 # without it (fixed lengths, `benchmarks/results/k_defaults.md`).
 ADAPTIVE_NEURAL_TOKENS = 8
 _FIXED_NEURAL_TOKENS = 4
+# Max-Gram's entries above the smallest neural drafter without `adaptive_drafters` (with it: `num_pred_tokens`, a
+# bound the controller cuts).
+_FIXED_TAIL_TOKENS = 2
 # `CascadeConfig.batch_layout` values: rows in their own cache rows, or packed into one (`hf_cascade.packed_runner`).
 BATCH_LAYOUTS = ("padded", "packed")
 _VERSION_KEY = "hf_cascade_version"  # recorded by to_dict, read only to explain unknown keys on load
@@ -206,7 +209,11 @@ class MaxGramConfig:
 
 
 def default_k_matrix(
-    num_assistants: int, use_max_gram: bool, max_gram_tokens: int = 16, neural_tokens: int = _FIXED_NEURAL_TOKENS
+    num_assistants: int,
+    use_max_gram: bool,
+    max_gram_tokens: int = 16,
+    neural_tokens: int = _FIXED_NEURAL_TOKENS,
+    tail_tokens: int = _FIXED_TAIL_TOKENS,
 ) -> list[list[int]]:
     """The k-matrix used when `CascadeConfig.k_matrix` is `None`.
 
@@ -218,14 +225,18 @@ def default_k_matrix(
       `CascadeConfig.adaptive_drafters`). It builds them by reviewing the levels below, so no neural model decodes
       alone.
     - Max-Gram, when on, adds up to `max_gram_tokens` at the level of the smallest neural drafter (its only
-      reviewer) and 2 more unreviewed tokens at every level above, the horizontal cascade's cheap tail.
+      reviewer) and up to `tail_tokens` more unreviewed tokens at every level above, the horizontal cascade's cheap
+      tail: 2 with fixed lengths; `max_gram_tokens` with `CascadeConfig.adaptive_drafters`, whose controller cuts
+      the tail on the reviewer's cost curve (`hf_cascade.controller.tail_length`), so that a copy the smallest
+      drafter confirmed goes on into the target's draft past the drafter's tokens.
     - Other neural columns are 0: a deeper neural drafter reaches the target only through the levels between.
 
     Max-Gram entries are upper bounds: with `MaxGramConfig.adaptive_length` (the default) each proposal is cut to the
     tokens likely enough to be accepted. `max_gram_tokens` is `MaxGramConfig.num_pred_tokens` (default 16).
 
     Example: one assistant with Max-Gram gives `[[4, 2], [0, 16]]`; two assistants give
-    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]` (with `neural_tokens=8`: `[[8, 2], [0, 16]]`, ...). See `docs/concepts.md` for the rule and
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]` (with `neural_tokens=8, tail_tokens=16`, the default with
+    `adaptive_drafters`: `[[8, 16], [0, 16]]`, ...). See `docs/concepts.md` for the rule and
     `benchmarks/results/k_defaults.md` for the measurements behind it.
 
     Args:
@@ -233,6 +244,8 @@ def default_k_matrix(
         use_max_gram (`bool`): whether Max-Gram is the last drafter.
         max_gram_tokens (`int`, *optional*, defaults to 16): the largest Max-Gram proposal.
         neural_tokens (`int`, *optional*, defaults to 4): the diagonal entries.
+        tail_tokens (`int`, *optional*, defaults to 2): Max-Gram's entries at the levels above the smallest neural
+            drafter.
 
     Returns:
         `list[list[int]]` of shape `(n, n)` with `n = num_assistants + use_max_gram`.
@@ -246,7 +259,7 @@ def default_k_matrix(
     for r in range(num_assistants):
         k[r][r] = neural_tokens
         if use_max_gram:
-            k[r][n - 1] = 2
+            k[r][n - 1] = tail_tokens
     if use_max_gram:
         k[n - 1][n - 1] = max_gram_tokens
     return k
@@ -266,7 +279,8 @@ class CascadeConfig(PushToHubMixin):
             level `r`; drafter `c` produces them with the sub-cascade `k_matrix[c+1:, c+1:]` below it (vertical
             cascade), and earlier columns fill earlier draft positions (horizontal cascade). Entries are
             per-drafter increments, not the paper's cumulative lengths. `None` uses `default_k_matrix` (neural
-            entries 8 with `adaptive_drafters`, 4 without). With `adaptive_drafters` every entry is an upper bound:
+            entries 8 and Max-Gram entries `max_gram.num_pred_tokens` with `adaptive_drafters`; 4, and 2 above the
+            smallest drafter, without). With `adaptive_drafters` every entry is an upper bound:
             the controller drafts fewer tokens, or none, where more do not pay; a column's unused budget passes to
             the next (smaller) drafter of the same row, as the cumulative goal of the horizontal cascade.
         lenience (`float`, *optional*, defaults to 1.0):
@@ -364,8 +378,10 @@ class CascadeConfig(PushToHubMixin):
         """
         n = num_assistants + int(self.use_max_gram)
         if self.k_matrix is None:
-            neural = ADAPTIVE_NEURAL_TOKENS if self.adaptive_drafters else _FIXED_NEURAL_TOKENS
-            return default_k_matrix(num_assistants, self.use_max_gram, self.max_gram.num_pred_tokens, neural)
+            tokens = self.max_gram.num_pred_tokens
+            if self.adaptive_drafters:
+                return default_k_matrix(num_assistants, self.use_max_gram, tokens, ADAPTIVE_NEURAL_TOKENS, tokens)
+            return default_k_matrix(num_assistants, self.use_max_gram, tokens)
         if len(self.k_matrix) != n:
             drafters = f"{num_assistants} assistant model(s)" + (" + Max-Gram" if self.use_max_gram else "")
             raise CascadeValueError(

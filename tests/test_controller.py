@@ -300,7 +300,7 @@ def test_adaptive_drafters_config():
     assert hf_cascade.CascadeConfig.from_dict(config.to_dict()) == config
     assert hf_cascade.CascadeConfig.from_dict(json.loads(config.to_json_string())) == config
     assert config.resolved_k_matrix(1) == default_k_matrix(1, True) == [[4, 2], [0, 16]]
-    assert hf_cascade.CascadeConfig().resolved_k_matrix(2) == [[8, 0, 2], [0, 8, 2], [0, 0, 16]]
+    assert hf_cascade.CascadeConfig().resolved_k_matrix(2) == [[8, 0, 16], [0, 8, 16], [0, 0, 16]]
     assert ADAPTIVE_NEURAL_TOKENS == 8
 
 
