@@ -125,7 +125,7 @@ def load_bigram(table: BigramTable | str | None, vocab_size: int | None) -> Bigr
 
 def catch_up_tokens(length: int, cached: int) -> int:
     """Tokens a drafter whose cache holds `cached` tokens reads first in a pass at the end of a `length`-token
-    sequence, after skipped steps. None for a cache never filled: any use of the drafter reads the prompt once, and
+    sequence, after skipped steps; 0 for a cache never filled: any use of the drafter reads the prompt once, and
     pricing it would keep a drafter that pays from ever starting."""
     return max(length - 1 - cached, 0) if cached else 0
 
