@@ -7,6 +7,7 @@ statistical drafter draft in a vertical and horizontal cascade; the target revie
 from .candidate_generator import CascadeCandidateGenerator, MaxGramCandidateGenerator
 from .config import CascadeConfig, MaxGramConfig, default_k_matrix
 from .cpu import use_onednn_linear
+from .drafter_packing import forget_packed_drafter, pack_drafter
 from .errors import CascadeError, CascadeTypeError, CascadeValueError
 from .generation import CascadeDecoderOnlyOutput, CascadeEncoderDecoderOutput, disable, enable, generate
 from .loading import default_model_path, load_model_and_tokenizer
@@ -36,8 +37,10 @@ __all__ = [
     "default_model_path",
     "disable",
     "enable",
+    "forget_packed_drafter",
     "generate",
     "load_model_and_tokenizer",
+    "pack_drafter",
     "tune",
     "use_onednn_linear",
 ]

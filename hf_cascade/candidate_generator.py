@@ -27,6 +27,10 @@ class CascadeCandidateGenerator(CandidateGenerator):
     (`log q`, `-inf` where `q = 0`), so any verifier following transformers' contract stays exact. The committed
     sequence is read from `input_ids` on each call, so `update_candidate_strategy` has nothing to do.
 
+    The drafters run as given: `CascadeConfig.pack_drafters` needs the end of the call to put the drafters' own layers
+    back, which this contract does not signal, so here it does nothing; pack a drafter for good with
+    `hf_cascade.use_onednn_linear(model)` instead.
+
     Args:
         input_ids (`torch.LongTensor` of shape `(1, sequence_length)`): the prompt (decoder ids for encoder-decoders).
         assistant_models (`Sequence[PreTrainedModel]`): neural drafters, largest first.

@@ -319,6 +319,16 @@ class CascadeConfig(PushToHubMixin):
             run padded. Packed passes cost the real tokens in the linear layers but attend over every row's cache, so
             they gain with few rows or idle rows and lose with many rows (see `docs/concepts.md`, "Batches").
             Output never changes.
+        pack_drafters (`bool`, *optional*, defaults to `True`):
+            Run each neural drafter on CPU with its linear layers' weights packed for oneDNN while the call runs
+            (`hf_cascade.drafter_packing`): with PyTorch's default kernels a drafter's 2-token forward costs about
+            twice a 1-token one, packed about the same, so it reviews Max-Gram's drafts at little extra cost. The
+            user's modules are swapped back when the call returns; the packed copies are kept on the model for later
+            calls (memory: a second copy of the drafter's linear weights; `hf_cascade.forget_packed_drafter(model)`
+            frees it, `hf_cascade.pack_drafter(model)` packs at load time). Drafters off CPU, placed by accelerate,
+            already packed or sharing modules with the target are left as they are (`LevelStats.packing` says
+            why). The target is never packed. Output never changes (greedy); sampled text follows the target's
+            distribution either way, but a seeded sampled call gives other text with and without packing.
     """
 
     k_matrix: list[list[int]] | None = None
@@ -328,6 +338,7 @@ class CascadeConfig(PushToHubMixin):
     confidence_threshold: float = 0.0
     adaptive_drafters: bool = True
     batch_layout: str = "padded"
+    pack_drafters: bool = True
 
     def __post_init__(self) -> None:
         if self.max_gram is None:
@@ -345,7 +356,7 @@ class CascadeConfig(PushToHubMixin):
     def validate(self) -> None:
         """Raise `CascadeValueError`/`CascadeTypeError` naming the field when the configuration is invalid."""
         self.lenience = _check_float("CascadeConfig.lenience", self.lenience, 1, meaning="1 means exact reviews")
-        for name in ("use_max_gram", "adaptive_drafters"):
+        for name in ("use_max_gram", "adaptive_drafters", "pack_drafters"):
             if not isinstance(getattr(self, name), bool):
                 raise CascadeTypeError(f"CascadeConfig.{name} must be a bool, got {_short(getattr(self, name))}.")
         self.confidence_threshold = _check_float(

@@ -20,7 +20,14 @@ from torch import nn
 
 from .errors import CascadeTypeError, CascadeValueError
 
-__all__ = ["OneDNNLinear", "count_parameters", "onednn_linear_available", "use_onednn_linear"]
+__all__ = [
+    "OneDNNLinear",
+    "count_parameters",
+    "onednn_linear_available",
+    "packable_linears",
+    "packing_problem",
+    "use_onednn_linear",
+]
 
 
 def onednn_linear_available() -> bool:
@@ -45,13 +52,20 @@ class OneDNNLinear(nn.Module):
         linear (`nn.Linear`): the layer to replace; its weight is reordered (copied) and not referenced afterwards.
         tied (`bool`): whether the weight is also a parameter of another module (e.g. `lm_head` tied to the input
             embeddings), so `count_parameters` does not count it twice.
+        keep_weight (`bool`, *optional*, defaults to `False`): keep a reference to `linear.weight` as the plain
+            attribute `weight` (not a parameter: `parameters()` and `count_parameters` are unchanged), for model code
+            that reads a linear layer's `weight` (T5's feed-forward casts its input to `wo.weight.dtype`). Costs no
+            memory where the original layer is kept anyway (`hf_cascade.drafter_packing`); without it the original
+            weight is freed with its layer.
     """
 
-    def __init__(self, linear: nn.Linear, tied: bool = False):
+    def __init__(self, linear: nn.Linear, tied: bool = False, keep_weight: bool = False):
         super().__init__()
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.tied = tied
+        if keep_weight:
+            self.__dict__["weight"] = linear.weight  # bypasses nn.Module.__setattr__: not registered as a parameter
         # Opaque oneDNN tensors: not parameters (no autograd, no state_dict), so hold them as plain attributes.
         self.packed_weight = _reorder(linear.weight.detach())
         self.bias = None if linear.bias is None else linear.bias.detach().clone()
@@ -79,33 +93,57 @@ def count_parameters(model: nn.Module) -> int:
     return total
 
 
-def _check_packable(model: nn.Module) -> None:
-    if not isinstance(model, nn.Module):
-        raise CascadeTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+def packing_problem(model: nn.Module) -> str | None:
+    """Why `use_onednn_linear` cannot pack `model`, or `None` when it can (no oneDNN in this build, parameters off
+    CPU, mixed or unsupported linear dtypes); the message names the fix. Probes the dtype without touching the model.
+
+    Args:
+        model (`torch.nn.Module`): the model to pack.
+
+    Returns:
+        `str` or `None`.
+    """
     if not onednn_linear_available():
-        raise CascadeValueError(
-            f"use_onednn_linear: this PyTorch build ({torch.__version__}) lacks oneDNN or its packed-linear ops; "
-            "use the model as it is."
+        return (
+            f"this PyTorch build ({torch.__version__}) lacks oneDNN or its packed-linear ops; use the model as it is."
         )
     devices = {p.device.type for p in model.parameters()}
     if devices - {"cpu"}:
-        raise CascadeValueError(
-            f"use_onednn_linear: the model has parameters on {sorted(devices)}; oneDNN packing is for models on "
-            "CPU only. Load the model with device='cpu' (and no offloading device_map), or skip the packing on GPU."
+        return (
+            f"the model has parameters on {sorted(devices)}; oneDNN packing is for models on CPU only. Load the model "
+            "with device='cpu' (and no offloading device_map), or skip the packing on GPU."
         )
     dtypes = {m.weight.dtype for m in model.modules() if type(m) is nn.Linear}
     if len(dtypes) > 1:
-        raise CascadeValueError(
-            f"use_onednn_linear: linear layers have mixed dtypes {sorted(map(str, dtypes))}; use one."
-        )
+        return f"linear layers have mixed dtypes {sorted(map(str, dtypes))}; use one."
     dtype = dtypes.pop() if dtypes else torch.float32
     try:  # Probe before touching the model, so an unsupported dtype leaves it unchanged.
         _reorder(torch.zeros(1, 1, dtype=dtype))
     except RuntimeError as e:
-        raise CascadeValueError(
-            f"use_onednn_linear: dtype {dtype} is not supported by oneDNN on this CPU ({e}). "
-            "Load the model with dtype=torch.float32."
-        ) from e
+        return f"dtype {dtype} is not supported by oneDNN on this CPU ({e}). Load the model with dtype=torch.float32."
+    return None
+
+
+def packable_linears(model: nn.Module, exclude: frozenset[int] = frozenset()) -> list[tuple[str, nn.Module, str, bool]]:
+    """The layers `use_onednn_linear` replaces: every `nn.Linear` of exactly that type (subclasses such as quantized
+    or LoRA layers have their own forward) whose id is not in `exclude`.
+
+    Args:
+        model (`torch.nn.Module`): the model.
+        exclude (`frozenset[int]`, *optional*): `id()`s of modules to leave as they are (shared with another model).
+
+    Returns:
+        `list[tuple[str, nn.Module, str, bool]]`: `(qualified name, parent module, attribute name, tied)` per layer,
+        `tied` when its weight is also a parameter of a module that stays (an `lm_head` tied to the embeddings).
+    """
+    # Parameters held by modules that stay (embeddings, norms): a linear weight among them is tied.
+    kept = {id(p) for m in model.modules() if type(m) is not nn.Linear for p in m.parameters(recurse=False)}
+    return [
+        (f"{prefix}.{name}" if prefix else name, parent, name, id(child.weight) in kept)
+        for prefix, parent in model.named_modules()
+        for name, child in parent.named_children()
+        if type(child) is nn.Linear and id(child) not in exclude
+    ]
 
 
 def use_onednn_linear(model: nn.Module) -> int:
@@ -125,13 +163,12 @@ def use_onednn_linear(model: nn.Module) -> int:
     Raises:
         ValueError: the PyTorch build lacks oneDNN, the model is not on CPU, or its dtype is not supported here.
     """
-    _check_packable(model)
-    # Parameters held by modules that stay (embeddings, norms): a linear weight among them is tied.
-    kept = {id(p) for m in model.modules() if type(m) is not nn.Linear for p in m.parameters(recurse=False)}
-    replaced = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:  # exact type: subclasses (quantized, LoRA) have their own forward
-                setattr(parent, name, OneDNNLinear(child, tied=id(child.weight) in kept))
-                replaced += 1
-    return replaced
+    if not isinstance(model, nn.Module):
+        raise CascadeTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}.")
+    problem = packing_problem(model)
+    if problem is not None:
+        raise CascadeValueError(f"use_onednn_linear: {problem}")
+    layers = packable_linears(model)
+    for _, parent, name, tied in layers:
+        setattr(parent, name, OneDNNLinear(getattr(parent, name), tied=tied))
+    return len(layers)

@@ -27,6 +27,7 @@ from .cascade import CascadeDrafter, DraftSettings
 from .checks import check_assistants, check_cascade_config, check_generation, vocab_size
 from .config import CascadeConfig
 from .cost import forward_cost_model
+from .drafter_packing import DrafterPacking, packed_drafters
 from .errors import CascadeTypeError, CascadeValueError
 from .memory import MaxGramMemory, check_memory
 from .runner import ModelRunner
@@ -145,94 +146,110 @@ def generate(
             "The cascade has no drafter: pass assistant_models=[...] or keep CascadeConfig.use_max_gram=True."
         )
 
-    vocab = vocab_size(model)
-    memory = check_memory(max_gram_memory, config.use_max_gram, vocab)
-    settings = DraftSettings.from_config(
-        config, len(assistants), generation_config, logits_processor, vocab, input_ids.device
-    )
-    other_criteria = StoppingCriteriaList(
-        c for c in stopping_criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))
-    )
-    return_dict = generation_config.return_dict_in_generate
-    output_cls = CascadeEncoderDecoderOutput if is_encoder_decoder else CascadeDecoderOnlyOutput
-    if is_batch(input_ids, model_kwargs, is_encoder_decoder):
-        check_batch(
-            model, assistants, generation_config, model_kwargs, streamer, input_ids.shape[0], settings, other_criteria
+    with packed_drafters(assistants, model, config.pack_drafters) as packing:
+        vocab = vocab_size(model)
+        memory = check_memory(max_gram_memory, config.use_max_gram, vocab)
+        settings = DraftSettings.from_config(
+            config, len(assistants), generation_config, logits_processor, vocab, input_ids.device
         )
-        sequences, stats = generate_batch(
+        other_criteria = StoppingCriteriaList(
+            c for c in stopping_criteria if not isinstance(c, (MaxLengthCriteria, EosTokenCriteria))
+        )
+        return_dict = generation_config.return_dict_in_generate
+        output_cls = CascadeEncoderDecoderOutput if is_encoder_decoder else CascadeDecoderOnlyOutput
+        if is_batch(input_ids, model_kwargs, is_encoder_decoder):
+            check_batch(
+                model,
+                assistants,
+                generation_config,
+                model_kwargs,
+                streamer,
+                input_ids.shape[0],
+                settings,
+                other_criteria,
+            )
+            sequences, stats = generate_batch(
+                model,
+                input_ids,
+                assistants,
+                settings,
+                generation_config,
+                other_criteria,
+                model_kwargs,
+                inputs_tensor=inputs_tensor if is_encoder_decoder else None,
+                memory=memory,
+            )
+            _record_packing(stats, packing)
+            return output_cls(sequences=sequences, cascade_stats=stats) if return_dict else sequences
+
+        encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
+        target_stats = LevelStats("target", "target")
+        target = ModelRunner(
             model,
+            target_stats,
+            cache=model_kwargs.get("cache"),  # reused and returned like plain generate's (a new one when None)
+            encoder_outputs=model_kwargs.get("encoder_outputs"),
+            encoder_attention_mask=encoder_mask,
+            cost=forward_cost_model(model, config.max_gram, bool(generation_config.do_sample)),
+        )
+        drafter = CascadeDrafter.build(
             input_ids,
             assistants,
             settings,
-            generation_config,
-            other_criteria,
-            model_kwargs,
             inputs_tensor=inputs_tensor if is_encoder_decoder else None,
+            encoder_attention_mask=encoder_mask,
+            target_cost=target.cost,
             memory=memory,
         )
-        return output_cls(sequences=sequences, cascade_stats=stats) if return_dict else sequences
+        stats = CascadeStats(levels=[target_stats, *drafter.stats])
+        _record_packing(stats, packing)
+        do_sample = bool(generation_config.do_sample)
+        max_length = generation_config.max_length
+        scores: list[torch.Tensor] | None = [] if return_dict and generation_config.output_scores else None
+        raw_logits: list[torch.Tensor] | None = [] if return_dict and generation_config.output_logits else None
+        if streamer is not None and not prompt_streamed:
+            streamer.put(input_ids.cpu())
 
-    encoder_mask = model_kwargs.get("attention_mask") if is_encoder_decoder else None
-    target_stats = LevelStats("target", "target")
-    target = ModelRunner(
-        model,
-        target_stats,
-        cache=model_kwargs.get("cache"),  # reused and returned like plain generate's (a new one when None)
-        encoder_outputs=model_kwargs.get("encoder_outputs"),
-        encoder_attention_mask=encoder_mask,
-        cost=forward_cost_model(model, config.max_gram, bool(generation_config.do_sample)),
-    )
-    drafter = CascadeDrafter.build(
-        input_ids,
-        assistants,
-        settings,
-        inputs_tensor=inputs_tensor if is_encoder_decoder else None,
-        encoder_attention_mask=encoder_mask,
-        target_cost=target.cost,
-        memory=memory,
-    )
-    stats = CascadeStats(levels=[target_stats, *drafter.stats])
-    do_sample = bool(generation_config.do_sample)
-    max_length = generation_config.max_length
-    scores: list[torch.Tensor] | None = [] if return_dict and generation_config.output_scores else None
-    raw_logits: list[torch.Tensor] | None = [] if return_dict and generation_config.output_logits else None
-    if streamer is not None and not prompt_streamed:
-        streamer.put(input_ids.cpu())
+        prompt_length = input_ids.shape[1]
+        finished = len(drafter.ids) >= max_length
+        while not finished:
+            start = len(drafter.ids)
+            draft, q = drafter.draft(cap=max_length - 1)  # the target adds one token: stay within max_length
+            logits = target.logits(drafter.ids, start - 1, start + len(draft))
+            kept, step_scores, finished = target_step(
+                drafter, target, logits, draft, q, do_sample, other_criteria, max_length
+            )
+            if scores is not None:
+                scores.extend(step_scores[i : i + 1] for i in range(len(kept)))
+            if raw_logits is not None:
+                raw_logits.extend(logits[i : i + 1].float() for i in range(len(kept)))
+            if streamer is not None:
+                streamer.put(torch.tensor(kept))
 
-    prompt_length = input_ids.shape[1]
-    finished = len(drafter.ids) >= max_length
-    while not finished:
-        start = len(drafter.ids)
-        draft, q = drafter.draft(cap=max_length - 1)  # the target adds one token: stay within max_length
-        logits = target.logits(drafter.ids, start - 1, start + len(draft))
-        kept, step_scores, finished = target_step(
-            drafter, target, logits, draft, q, do_sample, other_criteria, max_length
-        )
-        if scores is not None:
-            scores.extend(step_scores[i : i + 1] for i in range(len(kept)))
-        if raw_logits is not None:
-            raw_logits.extend(logits[i : i + 1].float() for i in range(len(kept)))
         if streamer is not None:
-            streamer.put(torch.tensor(kept))
+            streamer.end()
+        sequences = torch.tensor([drafter.ids], dtype=input_ids.dtype, device=input_ids.device)
+        # The cache as plain generate leaves it (the caller's own when passed): every token but the last, none rejected.
+        cache = target.release(sequences.shape[1] - 1)
+        stats.new_tokens = sequences.shape[1] - prompt_length
+        if memory is not None:
+            memory.add(drafter.ids[prompt_length:])
+        stats.wall_time_s = time.perf_counter() - t0
+        if not return_dict:
+            return sequences
+        return output_cls(
+            sequences=sequences,
+            scores=tuple(scores) if scores is not None else None,
+            logits=tuple(raw_logits) if raw_logits is not None else None,
+            cache=cache,
+            cascade_stats=stats,
+        )
 
-    if streamer is not None:
-        streamer.end()
-    sequences = torch.tensor([drafter.ids], dtype=input_ids.dtype, device=input_ids.device)
-    # The cache as plain generate leaves it (the caller's own when passed): every token but the last, none rejected.
-    cache = target.release(sequences.shape[1] - 1)
-    stats.new_tokens = sequences.shape[1] - prompt_length
-    if memory is not None:
-        memory.add(drafter.ids[prompt_length:])
-    stats.wall_time_s = time.perf_counter() - t0
-    if not return_dict:
-        return sequences
-    return output_cls(
-        sequences=sequences,
-        scores=tuple(scores) if scores is not None else None,
-        logits=tuple(raw_logits) if raw_logits is not None else None,
-        cache=cache,
-        cascade_stats=stats,
-    )
+
+def _record_packing(stats: CascadeStats, packing: list[DrafterPacking]) -> None:
+    """Copy what `packed_drafters` did into the assistants' `LevelStats` (`packed_layers`, `packing`, `packing_s`)."""
+    for level, record in zip(stats.levels[1 : 1 + len(packing)], packing, strict=True):
+        level.packed_layers, level.packing, level.packing_s = record.layers, record.note, record.seconds
 
 
 def check_call_arguments(

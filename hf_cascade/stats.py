@@ -54,6 +54,13 @@ class LevelStats:
             review there did not pay for its time (`CascadeConfig.adaptive_drafters`); smaller drafters drafted
             for that level instead. In a batch, per row, the drafts the batch's plan left it out of
             (`hf_cascade.batch_plan`; at a sub-level, one per review of the drafter above).
+        packed_layers (`int`): for an assistant, the linear layers the call ran on oneDNN-packed copies
+            (`CascadeConfig.pack_drafters`, `hf_cascade.drafter_packing`); 0 when not packed by the cascade.
+        packing (`str`, *optional*): for an assistant, `"packed"` or why the cascade did not pack it (`"off"`,
+            `"already packed"` by the user, not on CPU, placed by accelerate, ...); `None` for the target and
+            Max-Gram.
+        packing_s (`float`): seconds the call spent packing this assistant (0 when its copies were kept from an
+            earlier call or `pack_drafter`).
     """
 
     name: str
@@ -76,6 +83,9 @@ class LevelStats:
     drafts_reviewed: int = 0
     draft_tokens_reviewed: int = 0
     skipped: int = 0
+    packed_layers: int = 0
+    packing: str | None = None
+    packing_s: float = 0.0
 
     @property
     def acceptance_rate(self) -> float | None:
@@ -169,6 +179,12 @@ class CascadeStats:
                 "fitted extra cost of reviewing a k-token Max-Gram draft, in one-token forwards: " + "; ".join(fitted)
             )
         rows.extend(_control_rows(self.levels))
+        rows.extend(
+            f"{s.name}: ran on oneDNN-packed copies of {s.packed_layers} linear layers (pack_drafters; "
+            + (f"packed in {s.packing_s:.2f} s)" if s.packing_s else "kept from an earlier call)")
+            for s in self.levels
+            if s.packing == "packed"
+        )
         rows.extend(
             f"{s.name}: {s.nonfinite_drafts} review(s) dropped for non-finite scores (NaN/inf logits)"
             for s in self.levels

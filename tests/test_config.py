@@ -137,6 +137,7 @@ def _custom_config(bigram_table=None) -> CascadeConfig:
         max_gram=MaxGramConfig(max_ngram_size=5, min_ngram_size=2, num_pred_tokens=7, bigram_table=bigram_table),
         confidence_threshold=0.4,
         batch_layout="packed",
+        pack_drafters=False,
     )
 
 
@@ -160,6 +161,7 @@ def test_to_dict_is_plain_json():
         "confidence_threshold": 0.4,
         "adaptive_drafters": True,
         "batch_layout": "packed",
+        "pack_drafters": False,
         "hf_cascade_version": hf_cascade.__version__,
     }
     assert json.loads(json.dumps(d)) == d
@@ -247,6 +249,7 @@ def test_saved_file_is_readable_json(tmp_path):
         "confidence_threshold",
         "adaptive_drafters",
         "batch_layout",
+        "pack_drafters",
         "hf_cascade_version",
     }
 

@@ -380,6 +380,28 @@ def _packing(settings: dict) -> str:
     return " (linear layers packed for oneDNN, all methods)" if settings.get("onednn_linear") else ""
 
 
+def drafter_packing_lines(result: BenchmarkResult) -> list[str]:
+    """A line per cascade method whose drafters the cascade ran on oneDNN-packed copies (`CascadeConfig.pack_drafters`),
+    naming them and the layers packed; none when no run packed one."""
+    lines = []
+    for method in result.methods:
+        names = _level_names(result, method.label) if method.kind == "cascade" else {}
+        packed = {
+            names.get(level["name"], level["name"]): level.get("packed_layers", 0)
+            for p in result.prompts
+            for run in p.runs.get(method.label, [])
+            for level in run.levels
+            if level.get("packing") == "packed"
+        }
+        if packed:
+            which = ", ".join(f"`{name}` ({layers} linear layers)" for name, layers in packed.items())
+            lines.append(
+                f"- `{method.label}` ran its drafters {which} on oneDNN-packed copies (`CascadeConfig.pack_drafters`; "
+                "other methods use them as loaded)"
+            )
+    return lines
+
+
 def summary_table(rows: list[SummaryRow], rate: str = "tok/s") -> list[str]:
     """The Markdown table of `summarize` rows (category, method, tok/s, speedup, forwards, SWI, identical), as lines;
     `rate` heads the tok/s column (`THROUGHPUT` for batches)."""
@@ -436,6 +458,7 @@ def to_markdown(result: BenchmarkResult, command: str | None = None) -> str:
         f"chat template {'on' if s.get('chat_template', True) else 'off'}; {s.get('repeats')} interleaved timed "
         f"repeat(s) per prompt after a warm-up, medians; {sum(p.prompt_count for p in result.prompts)} prompts; "
         f"benchmark wall time {_duration(result.wall_time_s)}",
+        *drafter_packing_lines(result),
         *(
             [f"- warm start: the methods that remember started from the Max-Gram memory `{s['memory']}`"]
             if s.get("memory")

@@ -14,7 +14,9 @@ from typing import Any
 
 import torch
 
+from ..config import CascadeConfig
 from ..cpu import count_parameters
+from ..drafter_packing import packed_drafters
 from ..errors import CascadeValueError
 from ..memory import MaxGramMemory
 from ..runner import accepts_logits_to_keep, new_cache
@@ -278,6 +280,11 @@ def batch_groups(prompts: list[Prompt], batch_size: int) -> list[list[int]]:
     return [items[i : i + batch_size] for items in by_category.values() for i in range(0, len(items), batch_size)]
 
 
+def _packs_drafters(method: Method) -> bool:
+    """Whether `method` is a cascade that runs its drafters packed for oneDNN (`CascadeConfig.pack_drafters`)."""
+    return method.kind == "cascade" and (method.cascade_config or CascadeConfig()).pack_drafters
+
+
 def run_benchmark(
     target: torch.nn.Module,
     encoded: list[tuple[Prompt, dict[str, torch.Tensor]]],
@@ -371,6 +378,13 @@ def run_benchmark(
         for i, (name, model) in enumerate(models.items(), 1):
             say(f"measuring forward-pass cost {i}/{len(models)}: {name} ({', '.join(map(str, COST_KS))} tokens)")
             costs[name] = measure_cost(model, context)
+        for name, model in drafters.items():
+            if any(name in m.drafters and _packs_drafters(m) for m in methods):
+                # As the cascade runs it (`CascadeConfig.pack_drafters`); this also packs it before the timed runs.
+                with packed_drafters([model], target) as (record,):
+                    if record.layers:
+                        say(f"measuring forward-pass cost: {name} packed for oneDNN, as the cascade runs it")
+                        costs[f"{name} (packed)"] = measure_cost(model, context)
 
     batches = (
         [[encoded[i] for i in g] for g in batch_groups([p for p, _ in encoded], batch_size)] if batch_size > 1 else []

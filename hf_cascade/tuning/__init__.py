@@ -25,6 +25,7 @@ import torch
 from ..benchmark import Method, ModelCost, Prompt, run_benchmark, summarize
 from ..benchmark.runner import BenchmarkResult
 from ..config import CascadeConfig
+from ..drafter_packing import packed_drafters
 from ..errors import CascadeTypeError, CascadeValueError
 from .bound import BOUND_MAX_NEURAL, Bound, compute_bound
 from .ewif import MAX_GRAM_GRID, CostCurve, Prediction, search_k_matrices
@@ -92,6 +93,8 @@ class TuneResult:
             sampling, and outputs were not compared.
         bound (`Bound`, *optional*): the best predicted speedups of any fixed k-matrix of a generous grid and of a
             per-step oracle (`hf_cascade.tuning.bound`).
+        drafter_packing (`dict[str, str]`): per drafter, `"packed"` when its costs were timed on the oneDNN-packed
+            copies the cascade runs it on (`CascadeConfig.pack_drafters`), else why not (`LevelStats.packing`).
     """
 
     config: CascadeConfig
@@ -108,6 +111,7 @@ class TuneResult:
     settings: dict[str, Any] = field(default_factory=dict)
     sampled: bool = False
     bound: Bound | None = None
+    drafter_packing: dict[str, str] = field(default_factory=dict)
 
     def save(self, out_dir: str, command: str | None = None) -> list[str]:
         """Write `cascade_config.json`, `tune_report.md`, `tune_result.json` (the candidates and the bound) and
@@ -242,7 +246,9 @@ def tune(
                     cascade_config=result.config)
     ```
 
-    The models are used as they are: nothing is moved, cast or packed (the oneDNN probe packs a copy).
+    The models are used as they are: nothing is moved or cast, and nothing is packed for good (the oneDNN probe
+    packs a copy of the target; drafters are timed on the packed copies the cascade runs them on, as
+    `CascadeConfig.pack_drafters` says).
 
     Args:
         target (`PreTrainedModel`): the target.
@@ -314,7 +320,9 @@ def tune(
     inputs = [e[1] for e in encoded]
     context = inputs[0]["input_ids"]
 
-    costs = measure_costs({"target": target, **drafters}, context, repeats=cost_repeats, status=say)
+    with packed_drafters(list(drafters.values()), target, config.pack_drafters) as packing:  # as the calls run them
+        costs = measure_costs({"target": target, **drafters}, context, repeats=cost_repeats, status=say)
+    drafter_packing = {name: record.note for name, record in zip(drafters, packing, strict=True)}
     onednn = {}
     if onednn_probe:
         say("timing forwards of a copy of the target packed for oneDNN (use_onednn_linear)")
@@ -375,6 +383,7 @@ def tune(
         settings=dict(settings or {}),
         sampled=sampling,
         bound=bound,
+        drafter_packing=drafter_packing,
     )
     result.notes = placement_notes(result, target, packed=is_packed(target), used=_used_columns(chosen.k_matrix))
     return result

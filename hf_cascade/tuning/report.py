@@ -101,7 +101,8 @@ def placement_notes(result: TuneResult, target: torch.nn.Module, *, packed: bool
     for column, name in enumerate(result.drafters):
         cost = result.costs[name]
         relative = cost.forward_s[1] / target_cost.forward_s[1]
-        line = f"{_curve(name, cost)}; its 1-token forward costs {relative:.2f}x the target's."
+        packed = " (packed for oneDNN, as the cascade runs it)" if result.drafter_packing.get(name) == "packed" else ""
+        line = f"{_curve(name, cost)}{packed}; its 1-token forward costs {relative:.2f}x the target's."
         if column not in used:
             counts = result.acceptance.get(result.config.lenience) or next(iter(result.acceptance.values()))
             a = counts.get((0, column))
