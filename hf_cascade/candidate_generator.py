@@ -74,6 +74,14 @@ class CascadeCandidateGenerator(CandidateGenerator):
             target_cost=target_cost,
         )
         self.stats = self.drafter.stats
+        # The longest draft one `get_candidates` can return: the target level's row of the k-matrix (upper bounds).
+        self._max_draft = sum(config.resolved_k_matrix(len(assistant_models))[0])
+
+    @property
+    def num_drafting_tokens(self) -> int:
+        """The most new tokens one `get_candidates` call drafts (the sum of the k-matrix's first row). transformers >=
+        5.25 reads it before its assisted loop (`Cache.activate_past_recording`) to size recurrent-state history."""
+        return self._max_draft
 
     def get_candidates(
         self, input_ids: torch.LongTensor, **kwargs: Any

@@ -580,3 +580,19 @@ def test_earliest_occurrence_option():
     assert latest.propose_with_match(seq, 1)[0] == [4] and earliest.propose_with_match(seq, 1)[0] == [3]
     with pytest.raises(ValueError, match="occurrence must be 'latest' or 'earliest'"):
         MaxGramIndex(2, occurrence="first")
+
+
+def test_num_drafting_tokens_is_the_longest_draft(llama, prompt):
+    """transformers >= 5.25 reads `num_drafting_tokens` before its assisted loop: the most tokens one call drafts."""
+    from transformers import GenerationConfig
+
+    assert MaxGramCandidateGenerator(prompt, num_output_tokens=7).num_drafting_tokens == 7
+    generator = hf_cascade.CascadeCandidateGenerator(
+        prompt,
+        [llama],
+        hf_cascade.CascadeConfig(k_matrix=[[3, 5], [0, 2]]),
+        GenerationConfig(max_length=40),
+        None,
+        VOCAB,
+    )
+    assert generator.num_drafting_tokens == 8
