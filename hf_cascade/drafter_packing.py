@@ -172,7 +172,7 @@ def packed_drafters(
     records = [DrafterPacking() for _ in drafters]
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
-        if enabled:
+        if enabled and drafters:  # Max-Gram-only calls skip the walk over the target's modules
             exclude = frozenset(id(m) for m in target.modules())
             for drafter, record in zip(drafters, records, strict=True):
                 t0 = time.perf_counter()
