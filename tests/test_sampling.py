@@ -7,6 +7,7 @@ drafter's distribution, so it has the power to catch a sampler that leaks drafte
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from transformers import LlamaForCausalLM
 
 import hf_cascade
+from hf_cascade import cpu
 from hf_cascade.verification import sampling_review
 
 from conftest import build, llama_config, nonfinite_copy, perturbed
@@ -92,6 +94,23 @@ CASES = {
 }
 
 
+def cascade_counts(target, drafters, config, samples: int = SAMPLES) -> torch.Tensor:
+    """Outcome counts of `samples` sampled cascade calls (`NEW` tokens after `PROMPT`)."""
+    counts = torch.zeros(V**NEW, dtype=torch.float64)
+    for _ in range(samples):
+        out = target.generate(
+            PROMPT,
+            max_new_tokens=NEW,
+            custom_generate=hf_cascade.generate,
+            assistant_models=drafters,
+            cascade_config=config,
+            pad_token_id=0,
+            **SAMPLING,
+        )
+        counts[outcome_index(out[0, PROMPT.shape[1] :].tolist())] += 1
+    return counts
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_cascade_samples_follow_target_distribution(tiny, case):
     n_assistants, lenience, k_matrix, *threshold = CASES[case]
@@ -106,23 +125,34 @@ def test_cascade_samples_follow_target_distribution(tiny, case):
     config = hf_cascade.CascadeConfig(
         k_matrix=k_matrix, lenience=lenience, confidence_threshold=sum(threshold), adaptive_drafters=False
     )
-    counts = torch.zeros(V**NEW, dtype=torch.float64)
-    for _ in range(SAMPLES):
-        out = target.generate(
-            PROMPT,
-            max_new_tokens=NEW,
-            custom_generate=hf_cascade.generate,
-            assistant_models=[d1, d2][:n_assistants],
-            cascade_config=config,
-            pad_token_id=0,
-            **SAMPLING,
-        )
-        counts[outcome_index(out[0, PROMPT.shape[1] :].tolist())] += 1
+    counts = cascade_counts(target, [d1, d2][:n_assistants], config)
     assert chi_square_p_value(counts, p) > 1e-3
 
     # Power: the same test rejects samples drawn from the largest drafter instead of the target.
     drafter_counts = torch.bincount(torch.multinomial(q1, SAMPLES, replacement=True), minlength=V**NEW).double()
     assert chi_square_p_value(drafter_counts, p) < 1e-6
+
+
+@pytest.mark.skipif(not cpu.onednn_linear_available(), reason="this torch build lacks oneDNN linear ops")
+def test_samples_follow_target_distribution_with_a_packed_drafter(tiny):
+    """`pack_drafters` (the default) changes the drafter's q by rounding during the call: the target's distribution
+    must come out unchanged. float32 copies, since oneDNN does not pack the float64 models above."""
+    target, d1, _ = (copy.deepcopy(m).to(torch.float32) for m in tiny)
+    p = exact_distribution(target)
+    torch.manual_seed(0)
+    config = hf_cascade.CascadeConfig(k_matrix=[[2, 1], [0, 3]], lenience=10.0, adaptive_drafters=False)
+    out = target.generate(
+        PROMPT,
+        max_new_tokens=NEW,
+        custom_generate=hf_cascade.generate,
+        assistant_models=[d1],
+        cascade_config=config,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+        **SAMPLING,
+    )
+    assert out.cascade_stats.levels[1].packing == "packed" and out.cascade_stats.levels[1].drafted > 0
+    assert chi_square_p_value(cascade_counts(target, [d1], config), p) > 1e-3
 
 
 @pytest.mark.parametrize("fill", ["nan", "inf"])
