@@ -165,8 +165,13 @@ class AcceptanceTracker:
         rate = self._prior_rate(key) if callable(self._prior_rate) else self._prior_rate
         return [self._strength * rate, self._strength * (1 - rate)]
 
-    def rate(self, key: Hashable) -> float:
+    def counts(self, key: Hashable) -> tuple[float, float]:
+        """`(accepted, rejected)` recorded for `key`, prior included (the prior alone for an unseen key)."""
         accepted, rejected = self._counts.get(key) or self._prior(key)
+        return accepted, rejected
+
+    def rate(self, key: Hashable) -> float:
+        accepted, rejected = self.counts(key)
         return accepted / (accepted + rejected)
 
     def update(self, key: Hashable, accepted: int, rejected: bool) -> None:

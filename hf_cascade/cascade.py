@@ -55,9 +55,11 @@ __all__ = [
     "drive",
     "encode",
     "eos_token_ids",
+    "first_below",
     "first_unsure",
     "hard_constraints",
     "load_bigram",
+    "token_probabilities",
 ]
 
 # Processors that forbid tokens outright (score -inf) whatever the logits are. Max-Gram consults only these: warpers
@@ -83,6 +85,28 @@ def hard_constraints(processors: LogitsProcessorList | None) -> LogitsProcessorL
     return LogitsProcessorList([p for p in processors or () if isinstance(p, _HARD_CONSTRAINTS)])
 
 
+def token_probabilities(scores: torch.Tensor, tokens: Sequence[int]) -> list[float]:
+    """Probability of each token under `softmax` of its row of `scores` (a drafter's confidence in what it kept).
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(m, vocab_size)`): processed logits, row `i` for `tokens[i]`.
+        tokens (`Sequence[int]`): `m` tokens.
+
+    Returns:
+        `list[float]` of length `m`.
+    """
+    if not tokens:
+        return []
+    rows = torch.arange(len(tokens), device=scores.device)
+    index = torch.tensor(tokens, dtype=torch.long, device=scores.device)
+    return torch.softmax(scores, dim=-1)[rows, index].tolist()
+
+
+def first_below(probabilities: Sequence[float | None], threshold: float) -> int | None:
+    """Index of the first probability below `threshold` (`None` entries never are), or `None`."""
+    return next((i for i, p in enumerate(probabilities) if p is not None and p < threshold), None)
+
+
 def first_unsure(scores: torch.Tensor, tokens: Sequence[int], threshold: float) -> int | None:
     """Index of the first token whose probability under `softmax(scores)` is below `threshold`, or `None`.
 
@@ -91,13 +115,7 @@ def first_unsure(scores: torch.Tensor, tokens: Sequence[int], threshold: float) 
         tokens (`Sequence[int]`): `m` tokens.
         threshold (`float`): the confidence threshold.
     """
-    if not tokens:
-        return None
-    rows = torch.arange(len(tokens), device=scores.device)
-    index = torch.tensor(tokens, dtype=torch.long, device=scores.device)
-    p = torch.softmax(scores, dim=-1)[rows, index]
-    unsure = torch.nonzero(p < threshold)
-    return int(unsure[0, 0]) if unsure.numel() else None
+    return first_below(token_probabilities(scores, tokens), threshold)
 
 
 def eos_token_ids(generation_config: GenerationConfig) -> frozenset[int]:
@@ -175,11 +193,15 @@ class DraftedPosition(NamedTuple):
         owner (`int`): index of the drafter that produced it (its `LevelStats` in `CascadeDrafter.stats`).
         tag (`tuple`, *optional*): for a Max-Gram token, the `(level, match bucket[, MEMORY])` key its acceptance is
             tracked under (`hf_cascade.adaptive`).
+        confidence (`float`, *optional*): for a neural drafter's token, the probability the drafter gave it (its
+            processed scores), which the draft-length controller prices its acceptance by
+            (`hf_cascade.controller.confidence_bucket`); `None` when not computed (no controller) or for Max-Gram.
     """
 
     q: torch.Tensor | None
     owner: int
     tag: tuple[int, ...] | None = None
+    confidence: float | None = None
 
 
 @dataclass
@@ -218,25 +240,38 @@ class DraftBuffer:
         q_rows: Sequence[torch.Tensor | None],
         owner: int,
         tag: tuple[int, ...] | None = None,
+        confidences: Sequence[float | None] | None = None,
     ) -> None:
-        """Append draft `tokens`, token `i` drawn from `q_rows[i]` by drafter `owner`."""
+        """Append draft `tokens`, token `i` drawn from `q_rows[i]` by drafter `owner`, which gave it probability
+        `confidences[i]` (all `None` when not given)."""
         if len(q_rows) != len(tokens):
             raise CascadeValueError(
                 f"DraftBuffer.append got {len(tokens)} tokens but {len(q_rows)} q rows; pass one q row (None for a "
                 "one-hot draft) per token."
             )
+        confidences = confidences if confidences is not None else [None] * len(tokens)
         self.ids.extend(tokens)
-        self.positions.extend(DraftedPosition(q, owner, tag) for q in q_rows)
+        self.positions.extend(DraftedPosition(q, owner, tag, p) for q, p in zip(q_rows, confidences, strict=True))
 
-    def assign(self, start: int, q_rows: Sequence[torch.Tensor | None], owner: int) -> None:
-        """Re-attribute the draft from `start` on to drafter `owner`, which emitted its tokens from `q_rows` (the
-        tokens a reviewing drafter kept are its own contribution to the level above)."""
+    def assign(
+        self,
+        start: int,
+        q_rows: Sequence[torch.Tensor | None],
+        owner: int,
+        confidences: Sequence[float | None] | None = None,
+    ) -> None:
+        """Re-attribute the draft from `start` on to drafter `owner`, which emitted its tokens from `q_rows` and gave
+        them probabilities `confidences` (the tokens a reviewing drafter kept are its own contribution to the level
+        above)."""
         if len(q_rows) != len(self.ids) - start:
             raise CascadeValueError(
                 f"DraftBuffer.assign got {len(q_rows)} q rows for {len(self.ids) - start} tokens from position {start}; "
                 "truncate the draft to what the reviewer kept first."
             )
-        self.positions[start - self.committed :] = [DraftedPosition(q, owner) for q in q_rows]
+        confidences = confidences if confidences is not None else [None] * len(q_rows)
+        self.positions[start - self.committed :] = [
+            DraftedPosition(q, owner, None, p) for q, p in zip(q_rows, confidences, strict=True)
+        ]
 
     def truncate(self, length: int) -> None:
         """Cut the draft to `length` tokens of sequence (`length >= committed`)."""
@@ -542,7 +577,7 @@ class CascadeDrafter:
             return None
         chances, p = [], 1.0
         for position in self.buffer.drafted(self.committed):
-            p *= self.controller.acceptance.rate((0, position.owner))
+            p *= self.controller.token_rate(0, position.owner, position.confidence)
             chances.append(p)
         return chances
 
@@ -669,12 +704,13 @@ class CascadeDrafter:
         if self.plan is not None:  # the batch decided for every row (`hf_cascade.batch_plan`)
             pays = reviews < self.plan.reviews(level, c)
         elif self.controller is not None:
-            owners = [position.owner for position in self.buffer.drafted(start)]
+            owners, confidences = self._owners(start)
             own, room = len(self.buffer) - column_start, bound - len(owners)
             # The review's pass starts at the token before its sub-draft; a drafter skipped for some steps reads the
             # tokens it missed first.
             lag = catch_up_tokens(len(self.buffer), self.runners[c].cached_length())
-            pays = self.controller.extend(level, c, owners, own, room, catch_up=lag)  # the rule, or a forced review
+            # The rule, or a forced review.
+            pays = self.controller.extend(level, c, owners, own, room, catch_up=lag, confidences=confidences)
         else:
             return True
         if not pays and not reviews:
@@ -714,27 +750,39 @@ class CascadeDrafter:
         self.truncate(start + n)  # drop the rejected tail
         # The kept tokens are now drafter c's contribution, drawn from the distributions the review emitted.
         rows: list[torch.Tensor | None] = list(emitted) if emitted is not None else [None] * (n + 1)
-        self.buffer.assign(start, rows[:n], owner=c)
+        confidences = self._confidences(scores, [*draft[:n], next_token])
+        self.buffer.assign(start, rows[:n], owner=c, confidences=confidences[:n])
         if not (n == len(draft) and n > 0 and draft[-1] in self.eos):  # nothing follows an accepted EOS
-            self.buffer.append([next_token], rows[n : n + 1], owner=c)
-        sure = self._cut_unsure(scores, start)
+            self.buffer.append([next_token], rows[n : n + 1], owner=c, confidences=confidences[n:])
+        sure = self._cut_unsure(confidences, start)
         if self.controller is not None:
             self.controller.record_review(c + 1, started, len(self.buffer) - start)
         return sure
 
-    def _cut_unsure(self, scores: torch.Tensor, start: int) -> bool:
-        """Cut the tokens a review kept from `start` on after the first one the reviewing drafter gives probability
-        below `confidence_threshold` (`scores`: its processed logits, row `i` for position `start + i`); `False` when
-        it cut."""
+    def _confidences(self, scores: torch.Tensor, kept: list[int]) -> list[float | None]:
+        """The reviewing drafter's probability of each token it kept (`scores`: its processed logits, row `i` for
+        `kept[i]`), when the controller or `confidence_threshold` uses them; `None`s otherwise (no softmax)."""
+        if self.controller is None and self.settings.confidence_threshold <= 0:
+            return [None] * len(kept)
+        return token_probabilities(scores[: len(kept)], kept)
+
+    def _cut_unsure(self, confidences: Sequence[float | None], start: int) -> bool:
+        """Cut the tokens a review kept from `start` on after the first one the reviewing drafter gave probability
+        below `confidence_threshold` (`confidences`, one per kept token); `False` when it cut."""
         threshold = self.settings.confidence_threshold
         if threshold <= 0:
             return True
-        kept = self.ids[start:]
-        unsure = first_unsure(scores[: len(kept)], kept, threshold)
+        unsure = first_below(confidences[: len(self.ids) - start], threshold)
         if unsure is None:
             return True
         self.truncate(start + unsure + 1)
         return False
+
+    def _owners(self, start: int) -> tuple[list[int], list[float | None]]:
+        """The drafter of each draft token from `start` on, and the probability it gave the token (see
+        `DraftedPosition`)."""
+        drafted = self.buffer.drafted(start)
+        return [position.owner for position in drafted], [position.confidence for position in drafted]
 
     def _propose_max_gram(self, num_tokens: int, level: int, start: int) -> None:
         """Append a Max-Gram proposal of at most `num_tokens` tokens to the draft at `level` begun at `start`.
@@ -752,8 +800,8 @@ class CascadeDrafter:
             self.index, self.ids, num_tokens, level, self.tracker, costs, self.bigram, self.memory
         )
         if controlled:  # with a tracker, scored_proposal always returns the chances
-            owners = [position.owner for position in self.buffer.drafted(start)]
-            tokens = tokens[: self.controller.tail_length(level, owners, chances)]
+            owners, confidences = self._owners(start)
+            tokens = tokens[: self.controller.tail_length(level, owners, chances, confidences)]
         tokens = self._admissible_prefix(tokens)
         if uncut:
             self.target_chances = chances[: len(tokens)] if chances is not None else None
@@ -788,7 +836,8 @@ class CascadeDrafter:
         reviewer of `level`."""
         reviewed = self.buffer.drafted(start)
         if self.controller is not None:
-            self.controller.record_acceptance(level, [position.owner for position in reviewed], n_accepted)
+            owners, confidences = self._owners(start)
+            self.controller.record_acceptance(level, owners, n_accepted, confidences)
         for i, position in enumerate(reviewed):
             stats = self.stats[position.owner]
             remembered = position.tag is not None and position.tag[-1] == MEMORY

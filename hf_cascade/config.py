@@ -31,8 +31,10 @@ CONFIG_NAME = "cascade_config.json"
 # practice are the same repeated passage, so a larger bound costs much and gains nothing.
 MAX_NGRAM_SIZE_LIMIT = 64
 # The neural entries of the default k-matrix with `adaptive_drafters` (upper bounds: the controller cuts), and
-# without it (fixed lengths, `benchmarks/results/k_defaults.md`).
-ADAPTIVE_NEURAL_TOKENS = 8
+# without it (fixed lengths, `benchmarks/results/k_defaults.md`). 16: where verification is flat (a target streamed
+# from disk) the controller, pricing drafts by the drafter's confidence, wanted more than 8; where each token costs
+# a good part of a forward it stops well before (`benchmarks/results/qwen-coder-1.5b-0.5b-cpu-confidence/`).
+ADAPTIVE_NEURAL_TOKENS = 16
 _FIXED_NEURAL_TOKENS = 4
 # Max-Gram's entries above the smallest neural drafter without `adaptive_drafters` (with it: `num_pred_tokens`, a
 # bound the controller cuts).
@@ -221,7 +223,7 @@ def default_k_matrix(
 
     - Max-Gram only (`num_assistants == 0`): `[[max_gram_tokens]]`.
     - Each neural drafter adds `neural_tokens` tokens at the level directly above it (diagonal entries `K[r][r]`:
-      4 with fixed lengths, `ADAPTIVE_NEURAL_TOKENS = 8` as the upper bound the draft-length controller cuts with
+      4 with fixed lengths, `ADAPTIVE_NEURAL_TOKENS = 16` as the upper bound the draft-length controller cuts with
       `CascadeConfig.adaptive_drafters`). It builds them by reviewing the levels below, so no neural model decodes
       alone.
     - Max-Gram, when on, adds up to `max_gram_tokens` at the level of the smallest neural drafter (its only
@@ -235,8 +237,8 @@ def default_k_matrix(
     tokens likely enough to be accepted. `max_gram_tokens` is `MaxGramConfig.num_pred_tokens` (default 16).
 
     Example: one assistant with Max-Gram gives `[[4, 2], [0, 16]]`; two assistants give
-    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]` (with `neural_tokens=8, tail_tokens=16`, the default with
-    `adaptive_drafters`: `[[8, 16], [0, 16]]`, ...). See `docs/concepts.md` for the rule and
+    `[[4, 0, 2], [0, 4, 2], [0, 0, 16]]` (with `neural_tokens=16, tail_tokens=16`, the default with
+    `adaptive_drafters`: `[[16, 16], [0, 16]]`, ...). See `docs/concepts.md` for the rule and
     `benchmarks/results/k_defaults.md` for the measurements behind it.
 
     Args:
@@ -279,7 +281,7 @@ class CascadeConfig(PushToHubMixin):
             level `r`; drafter `c` produces them with the sub-cascade `k_matrix[c+1:, c+1:]` below it (vertical
             cascade), and earlier columns fill earlier draft positions (horizontal cascade). Entries are
             per-drafter increments, not the paper's cumulative lengths. `None` uses `default_k_matrix` (neural
-            entries 8 and Max-Gram entries `max_gram.num_pred_tokens` with `adaptive_drafters`; 4, and 2 above the
+            entries 16 and Max-Gram entries `max_gram.num_pred_tokens` with `adaptive_drafters`; 4, and 2 above the
             smallest drafter, without). With `adaptive_drafters` every entry is an upper bound:
             the controller drafts fewer tokens, or none, where more do not pay; a column's unused budget passes to
             the next (smaller) drafter of the same row, as the cumulative goal of the horizontal cascade.

@@ -90,8 +90,8 @@ def test_default_k_matrix_returns_fresh_lists():
 
 def test_resolved_k_matrix_default():
     # Upper bounds the draft-length controller cuts (adaptive_drafters, the default), fixed lengths without it.
-    assert CascadeConfig().resolved_k_matrix(2) == [[8, 0, 16], [0, 8, 16], [0, 0, 16]]
-    assert CascadeConfig(max_gram={"num_pred_tokens": 6}).resolved_k_matrix(1) == [[8, 6], [0, 6]]
+    assert CascadeConfig().resolved_k_matrix(2) == [[16, 0, 16], [0, 16, 16], [0, 0, 16]]
+    assert CascadeConfig(max_gram={"num_pred_tokens": 6}).resolved_k_matrix(1) == [[16, 6], [0, 6]]
     assert default_k_matrix(1, True, 5, 8, tail_tokens=3) == [[8, 3], [0, 5]]
     assert CascadeConfig(adaptive_drafters=False).resolved_k_matrix(2) == [[4, 0, 2], [0, 4, 2], [0, 0, 16]]
     assert CascadeConfig(max_gram={"num_pred_tokens": 9}).resolved_k_matrix(0) == [[9]]

@@ -35,8 +35,11 @@ from hf_cascade.cli._args import device_map_arg, max_memory_arg
 from hf_cascade.config import ADAPTIVE_NEURAL_TOKENS, default_k_matrix
 from hf_cascade.controller import (
     ACCEPTANCE_PRIOR,
+    CONFIDENCE_EDGES,
+    PRIOR_STRENGTH,
     PROBE_EVERY,
     DraftController,
+    confidence_bucket,
     expected_accepted,
     extension_pays,
     tail_length,
@@ -93,6 +96,78 @@ def test_recovers_when_acceptance_rises():
     for _ in range(40):
         ctl.record_acceptance(0, [0] * 6, accepted=5)  # now 5 of 6 accepted in a row
     assert level_length(ctl) > max(low, 3)
+
+
+def test_confidence_buckets():
+    assert [confidence_bucket(p) for p in (0.0, 0.39, 0.4, 0.69, 0.7, 0.89, 0.9, 0.979, 0.98, 1.0)] == [
+        0, 0, 1, 1, 2, 2, 3, 3, 4, 4,
+    ]  # fmt: skip
+    assert confidence_bucket(CONFIDENCE_EDGES[-1]) == len(CONFIDENCE_EDGES)
+
+
+def test_confidence_buckets_start_at_the_drafter_rate_and_part_from_it():
+    """A bucket's rate is its counts shrunk to the drafter's rate by PRIOR_STRENGTH tokens: unseen it is the drafter's
+    rate; after sure tokens accepted and unsure ones rejected, sure > drafter > unsure."""
+    ctl = DraftController([curve(1.0, 0.3, 0.05), curve(0.1, 0.0, 0.005)], [False, False])
+    assert ctl.token_rate(0, 0, 0.99) == ctl.token_rate(0, 0, 0.1) == ctl.token_rate(0, 0) == ACCEPTANCE_PRIOR
+    for _ in range(10):
+        # Four sure tokens accepted, then an unsure one rejected; the token after it was never judged.
+        ctl.record_acceptance(0, [0] * 6, accepted=4, confidences=[0.99] * 4 + [0.3, 0.99])
+    sure, unsure, rate = ctl.token_rate(0, 0, 0.99), ctl.token_rate(0, 0, 0.3), ctl.token_rate(0, 0)
+    assert sure > rate > unsure
+    assert sure == pytest.approx((40 + PRIOR_STRENGTH * rate) / (40 + PRIOR_STRENGTH))  # 40 seen, none rejected
+    assert unsure == pytest.approx(PRIOR_STRENGTH * rate / (10 + PRIOR_STRENGTH))  # 10 seen, all rejected
+    assert ctl.survival(0, [0, 0], [0.99, 0.3]) == pytest.approx(sure * unsure)
+    assert ctl.survival(0, [0, 0], [None, 0.99]) == pytest.approx(rate * sure)  # no confidence: the drafter's rate
+    assert ctl.survival(0, [0, 0]) == pytest.approx(rate**2)
+    other = DraftController([curve(1.0, 0.3, 0.05), curve(0.1, 0.0, 0.005)], [False, False])
+    other.share(ctl)
+    assert other.token_rate(0, 0, 0.99) == sure  # a batch's rows share the buckets too
+
+
+def test_sure_tokens_keep_a_draft_going_and_unsure_ones_end_it():
+    """The same drafter, the same draft length: after sure tokens the draft is worth extending, after unsure ones it
+    is not (one average rate would decide both alike)."""
+    ctl = DraftController([curve(1.0, 0.3, 0.1), curve(0.1, 0.0, 0.005)], [False, False])
+    for _ in range(30):
+        ctl.record_acceptance(0, [0] * 4, accepted=3, confidences=[0.99, 0.99, 0.99, 0.5])
+    owners = [0] * 5
+    assert ctl.extend(0, 0, owners, len(owners), 3, confidences=[0.99] * 5)
+    assert not ctl.extend(0, 0, owners, len(owners), 3, confidences=[0.5] * 5)
+    chances = [0.9**k for k in range(1, 9)]
+    assert ctl.tail_length(0, owners, chances, [0.99] * 5) > ctl.tail_length(0, owners, chances, [0.5] * 5)
+
+
+def test_a_call_prices_its_drafts_by_the_drafter_confidence(llama, llama_drafters, prompt):
+    """In a call: every token a neural drafter kept carries its probability under the drafter, Max-Gram's none, and
+    the target's review feeds the confidence buckets."""
+    from transformers import GenerationConfig
+
+    from hf_cascade.cascade import CascadeDrafter, DraftSettings
+
+    exact = llama_drafters[0]
+    config = hf_cascade.CascadeConfig(k_matrix=[[8, 8], [0, 8]], pack_drafters=False)
+    generation = GenerationConfig(do_sample=False, eos_token_id=None)
+    settings = DraftSettings.from_config(config, 1, generation, None, llama.config.vocab_size, prompt.device)
+    drafter = CascadeDrafter.build(prompt, [exact], settings)
+    assert drafter.controller is not None
+    tokens, _ = drafter.draft(cap=prompt.shape[1] + 16)
+    drafted = drafter.buffer.drafted(drafter.committed)
+    assert tokens and len(drafted) == len(tokens)
+    with torch.no_grad():
+        logits = exact(torch.tensor([drafter.ids])).logits[0].float()
+    probabilities = torch.softmax(logits, dim=-1)
+    for i, position in enumerate(drafted):
+        if position.owner == 0:
+            expected = probabilities[prompt.shape[1] - 1 + i, tokens[i]].item()
+            assert position.confidence == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        else:
+            assert position.owner == 1 and position.confidence is None  # Max-Gram's tail
+    assert any(position.owner == 0 for position in drafted)
+    before = {b: drafter.controller.confident.counts((0, 0, b)) for b in range(len(CONFIDENCE_EDGES) + 1)}
+    drafter.advance([(tokens[0] + 1) % llama.config.vocab_size])  # the target rejects the first token
+    after = {b: drafter.controller.confident.counts((0, 0, b)) for b in before}
+    assert after != before
 
 
 def test_running_throughput_raises_the_bar():
@@ -300,8 +375,8 @@ def test_adaptive_drafters_config():
     assert hf_cascade.CascadeConfig.from_dict(config.to_dict()) == config
     assert hf_cascade.CascadeConfig.from_dict(json.loads(config.to_json_string())) == config
     assert config.resolved_k_matrix(1) == default_k_matrix(1, True) == [[4, 2], [0, 16]]
-    assert hf_cascade.CascadeConfig().resolved_k_matrix(2) == [[8, 0, 16], [0, 8, 16], [0, 0, 16]]
-    assert ADAPTIVE_NEURAL_TOKENS == 8
+    assert hf_cascade.CascadeConfig().resolved_k_matrix(2) == [[16, 0, 16], [0, 16, 16], [0, 0, 16]]
+    assert ADAPTIVE_NEURAL_TOKENS == 16
 
 
 @pytest.mark.parametrize("value", [1, "yes", None])

@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria, T5ForConditionalGeneration
 
 import hf_cascade
-from hf_cascade.cascade import DraftBuffer, DraftedPosition, first_unsure
+from hf_cascade.cascade import DraftBuffer, DraftedPosition, first_below, first_unsure, token_probabilities
 
 from conftest import nonfinite_copy, perturbed, rolled_copy
 
@@ -85,6 +85,15 @@ def test_confidence_threshold_stops_drafts_early(llama, llama_drafters, prompt):
     assert full.cascade_stats.levels[1].drafted > drafted
 
 
+def test_token_probabilities_and_first_below():
+    scores = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]))
+    assert token_probabilities(scores, [0, 2]) == pytest.approx([0.7, 0.8])
+    assert token_probabilities(scores, [1, 0]) == pytest.approx([0.2, 0.1])
+    assert token_probabilities(scores[:0], []) == []
+    assert first_below([0.9, None, 0.3, 0.1], 0.5) == 2  # None (not computed) is never below
+    assert first_below([0.9, None], 0.5) is None
+
+
 def test_first_unsure():
     scores = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
     assert first_unsure(scores, [0, 0, 2], 0.4) is None
@@ -106,8 +115,8 @@ def test_draft_buffer_keeps_one_record_per_draft_token():
     assert torch.equal(dense, torch.stack([q, torch.tensor([0.0, 0.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])]))
     buffer.truncate(3)  # a review rejected the last two tokens
     assert buffer.ids == [7, 8, 1] and len(buffer.drafted(2)) == 1
-    buffer.assign(2, [None], owner=0)  # the reviewer kept token 1: now its own contribution
-    assert buffer.drafted(2) == [DraftedPosition(None, 0)]
+    buffer.assign(2, [None], owner=0, confidences=[0.75])  # the reviewer kept token 1: now its own contribution
+    assert buffer.drafted(2) == [DraftedPosition(None, 0, None, 0.75)]
     buffer.commit([5])
     assert (buffer.ids, buffer.committed, buffer.drafted(5)) == ([7, 8, 1, 5], 4, [])
     assert not buffer.ends_with(frozenset({5}))  # committed tokens are no draft
