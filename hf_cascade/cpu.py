@@ -15,6 +15,8 @@ packed model (as `hf-cascade bench --onednn-linear` does).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 
@@ -22,6 +24,7 @@ from .errors import CascadeTypeError, CascadeValueError
 
 __all__ = [
     "OneDNNLinear",
+    "PackedWeightInfo",
     "count_parameters",
     "onednn_linear_available",
     "packable_linears",
@@ -45,6 +48,22 @@ def _reorder(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, None)
 
 
+class PackedWeightInfo(NamedTuple):
+    """What a `OneDNNLinear` that dropped its original weight still tells of it, as its `weight` attribute: model code
+    that reads a linear layer's `weight.dtype` or `weight.shape` works; code that computes with the weight fails with
+    a `TypeError` (it is no tensor) instead of computing with something else.
+
+    Args:
+        shape (`torch.Size`): `(out_features, in_features)`.
+        dtype (`torch.dtype`): the weight's dtype (also the packed weight's).
+        device (`torch.device`): the CPU.
+    """
+
+    shape: torch.Size
+    dtype: torch.dtype
+    device: torch.device
+
+
 class OneDNNLinear(nn.Module):
     """Inference-only replacement of an `nn.Linear` whose weight is stored in oneDNN's blocked layout.
 
@@ -53,10 +72,14 @@ class OneDNNLinear(nn.Module):
         tied (`bool`): whether the weight is also a parameter of another module (e.g. `lm_head` tied to the input
             embeddings), so `count_parameters` does not count it twice.
         keep_weight (`bool`, *optional*, defaults to `False`): keep a reference to `linear.weight` as the plain
-            attribute `weight` (not a parameter: `parameters()` and `count_parameters` are unchanged), for model code
-            that reads a linear layer's `weight` (T5's feed-forward casts its input to `wo.weight.dtype`). Costs no
-            memory where the original layer is kept anyway (`hf_cascade.drafter_packing`); without it the original
-            weight is freed with its layer.
+            attribute `weight` (not a parameter: `parameters()` and `count_parameters` are unchanged). Costs no memory
+            where the original layer is kept anyway (`hf_cascade.drafter_packing`) or the weight is tied; otherwise
+            `weight` is a `PackedWeightInfo` and the original is freed with its layer.
+
+    Attributes:
+        weight (`torch.Tensor` or `PackedWeightInfo`): for model code that reads a linear layer's `weight` (T5's
+            feed-forward checks `wo.weight.dtype`): the original weight (`keep_weight`, or tied), else its shape,
+            dtype and device. Not a parameter.
     """
 
     def __init__(self, linear: nn.Linear, tied: bool = False, keep_weight: bool = False):
@@ -64,8 +87,13 @@ class OneDNNLinear(nn.Module):
         self.in_features = linear.in_features
         self.out_features = linear.out_features
         self.tied = tied
-        if keep_weight:
-            self.__dict__["weight"] = linear.weight  # bypasses nn.Module.__setattr__: not registered as a parameter
+        # Plain attribute (bypasses nn.Module.__setattr__: not a parameter). Keeping an untied weight would double the
+        # layer's memory, so it is described instead; not as a meta tensor, which torch silently multiplies as garbage.
+        original = linear.weight
+        keep = keep_weight or tied
+        self.__dict__["weight"] = (
+            original if keep else PackedWeightInfo(original.shape, original.dtype, original.device)
+        )
         # Opaque oneDNN tensors: not parameters (no autograd, no state_dict), so hold them as plain attributes.
         self.packed_weight = _reorder(linear.weight.detach())
         self.bias = None if linear.bias is None else linear.bias.detach().clone()

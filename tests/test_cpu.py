@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
 import hf_cascade
 from hf_cascade import cpu
-from hf_cascade.cpu import OneDNNLinear, count_parameters, use_onednn_linear
+from hf_cascade.cpu import OneDNNLinear, PackedWeightInfo, count_parameters, use_onednn_linear
 
 from conftest import build, llama_config
 
@@ -37,6 +37,30 @@ def test_packed_model_computes_the_same_function(tied, prompt):
     # Same parameters counted (a tied lm_head once), same function up to float rounding.
     assert count_parameters(model) == n_params
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    if tied:  # the tied weight stays referenced (it is the embeddings', no extra memory)
+        assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+def test_packed_t5_reads_the_weight_dtype(prompt):
+    """T5's feed-forward reads `wo.weight.dtype`: a packed layer answers it from a `PackedWeightInfo` (no second copy
+    of the weight), and code computing with it fails loudly (a meta tensor would be multiplied as garbage)."""
+    config = T5Config(
+        vocab_size=96, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, decoder_start_token_id=0,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+    )  # fmt: skip
+    model = build(T5ForConditionalGeneration, config, seed=0, dtype=torch.float32)
+    decoder_ids = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():
+        before = model(input_ids=prompt, decoder_input_ids=decoder_ids).logits
+        use_onednn_linear(model)
+        after = model(input_ids=prompt, decoder_input_ids=decoder_ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    wo = model.decoder.block[0].layer[2].DenseReluDense.wo
+    assert isinstance(wo, OneDNNLinear) and isinstance(wo.weight, PackedWeightInfo)
+    assert (wo.weight.dtype, tuple(wo.weight.shape), wo.weight.device) == (torch.float32, (32, 64), torch.device("cpu"))
+    assert "weight" not in dict(wo.named_parameters())
+    with pytest.raises(TypeError, match="weight"):
+        torch.nn.functional.linear(torch.ones(1, 64), wo.weight)
 
 
 def test_leaves_other_layer_types(prompt):
