@@ -15,6 +15,7 @@ tokens before it were). float32, chat template on.
 from __future__ import annotations
 
 import argparse
+import pathlib
 
 import torch
 
@@ -82,11 +83,9 @@ def main() -> None:
     for name, (positions, same) in zip(bucket_names(), counts, strict=True):
         share = f"{same / positions:.2f}" if positions else "-"
         lines.append(f"| {name} | {positions} | {same} | {share} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
+    print(*lines, sep="\n")
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        pathlib.Path(args.out).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
