@@ -484,6 +484,32 @@ def test_swi_and_speedup_arithmetic():
     assert cs.tokens_per_target_forward == pytest.approx(2.5)
 
 
+def test_swi_latency_prices_a_packed_drafter_as_it_ran():
+    """A cascade run that packed its drafter (`LevelStats.packing`) is priced at the drafter's `NAME (packed)` latency;
+    a run that did not, at the drafter as loaded."""
+    from hf_cascade.stats import LevelStats
+
+    def run(packing):
+        levels = [
+            {**asdict(LevelStats("target", "target", forward_passes=4)), "acceptance_rate": None},
+            {
+                **asdict(LevelStats("assistant_0", "assistant", forward_passes=8, packing=packing)),
+                "acceptance_rate": None,
+            },
+        ]
+        return Run(1.0, 10, list(range(10)), {"target": 4, "d": 8}, {"target": 0.5, "d": 0.3}, levels)
+
+    greedy = Run(2.0, 10, list(range(10)), {"target": 10}, {"target": 1.8})
+    prompt = PromptResult(
+        Prompt("a", "c", "x"), 5, {"greedy": [greedy], "packed": [run("packed")], "off": [run("off")]}
+    )
+    methods = [Method("greedy", "greedy"), Method("packed", "cascade", ("d",)), Method("off", "cascade", ("d",))]
+    costs = {"target": ModelCost(100, {1: 0.2}), "d": ModelCost(10, {1: 0.05}), "d (packed)": ModelCost(10, {1: 0.02})}
+    _, packed, off = summarize(BenchmarkResult(methods, [prompt], costs, {}, {}))
+    assert packed.swi_latency == pytest.approx(2.0 / (0.8 + 8 * 0.02))
+    assert off.swi_latency == pytest.approx(2.0 / (0.8 + 8 * 0.05))
+
+
 def test_memory_drafts_are_reported_apart():
     """A Max-Gram level's memory counters add up over prompts, show as `max_gram (memory)` and survive the JSON."""
     from hf_cascade.stats import LevelStats

@@ -6,7 +6,8 @@ Definitions (all per prompt, then aggregated over the prompts of a category):
 - speedup: a method's tokens/s over greedy's on the same prompt; categories report the geometric mean.
 - SWI (standardized walltime improvement, the CS Drafting paper's metric): greedy's cost over the method's cost,
   where a cost is the sum over models of forward passes x a fixed cost per pass: the parameter count (`swi_params`)
-  or the measured 1-token forward latency (`swi_latency`). It ignores that a k-token pass costs more than a 1-token
+  or the measured 1-token forward latency (`swi_latency`; of a drafter as the run ran it: its `NAME (packed)` cost
+  for a cascade run that packed it, `CascadeConfig.pack_drafters`). It ignores that a k-token pass costs more than a 1-token
   pass and every cost outside forward passes: the measured speedup is the number that counts.
 - outside-forward fraction: wall time outside any model's forward pass (drafting logic, Max-Gram, Python) / wall time.
 - acceptance: for cascade levels, draft tokens the reviewer accepted / draft tokens proposed (bonus and correction
@@ -224,6 +225,13 @@ def _cost(run: Any, costs: dict[str, float]) -> float:
     return sum(passes * costs[name] for name, passes in run.forward_passes.items())
 
 
+def _as_run(costs: dict[str, Any], run: Any, names: dict[str, str]) -> dict[str, Any]:
+    """`costs` with each drafter the run packed (`LevelStats.packing`) priced at its `NAME (packed)` entry, where
+    the benchmark measured one."""
+    packed = {names.get(level["name"], level["name"]) for level in run.levels if level.get("packing") == "packed"}
+    return {name: costs.get(f"{name} (packed)", cost) if name in packed else cost for name, cost in costs.items()}
+
+
 def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: list[PromptResult]) -> SummaryRow:
     reference = result.methods[0].label
     names = _level_names(result, label)
@@ -247,8 +255,9 @@ def _summary_row(result: BenchmarkResult, label: str, category: str, prompts: li
             speedups.append((run.new_tokens / run.seconds) / (ref.new_tokens / ref.seconds))
         if params and _cost(run, params):
             swi_params.append(_cost(ref, params) / _cost(run, params))
-        if latency and all(v is not None for v in latency.values()) and _cost(run, latency):
-            swi_latency.append(_cost(ref, latency) / _cost(run, latency))
+        run_latency = _as_run(latency, run, names)
+        if latency and all(v is not None for v in latency.values()) and _cost(run, run_latency):
+            swi_latency.append(_cost(ref, latency) / _cost(run, run_latency))
         for name, passes in run.forward_passes.items():
             level = levels.setdefault(name, {"forward_passes": 0, "forward_s": 0.0})
             level["forward_passes"] += passes
