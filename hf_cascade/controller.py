@@ -25,16 +25,18 @@ built at level `c + 1` and keeps the accepted prefix plus one token of its own.
   at the drafter's rate and parts from it as the call shows how the drafter's confidence relates to its reviewer's
   verdicts (a drafter of the target's family is close to calibrated: on the 1.5B's greedy answers to six GSM8K
   problems, 232 of the 233 tokens Qwen2.5-Coder-0.5B gave >= 0.9 were the 1.5B's, 57 of the 88 it gave < 0.7,
-  `benchmarks/drafter_calibration.py`; a drafter whose confidence means nothing keeps every bucket at its rate). A draft's survival is priced per token: a run of sure
-  tokens keeps a long draft worth extending, an unsure one ends it, where one average rate would price both alike.
+  `benchmarks/drafter_calibration.py`; a drafter whose confidence means nothing keeps every bucket at its rate). A
+  draft's survival is priced per token: a run of sure tokens keeps a long draft worth extending, an unsure one ends
+  it, where one average rate would price both alike.
 - `y`, `tau`: tokens one review by drafter `c` yields and the seconds it takes on average (its own forward and the
   forwards of the sub-draft it reviewed), tracked from the call's reviews (prior: one review of a one-token
   sub-draft when a drafter is below `c`, one plain forward otherwise).
 - `T_m`: the throughput of model `m`'s reviews: the tokens they kept per second spent building and reviewing their
   drafts, and at least its plain decoding rate `1 / S_m(1)`. `T_0` is the call's throughput.
 - `L` and `s`: the length of level `r`'s draft so far and the probability that all of it survives the review,
-  `s = prod_i a(r, owner_i, b_i)` (`a(r, owner_i)` for a token without a confidence: Max-Gram's), times the row's `weight` in a batch (1 alone): a batch takes as many passes as its
-  last row needs, so a row ahead of the others gains the batch nothing by drafting (`adaptive.straggler_weights`).
+  `s = prod_i a(r, owner_i, b_i)` (`a(r, owner_i)` for a token without a confidence: Max-Gram's), times the row's
+  `weight` in a batch (1 alone): a batch takes as many passes as its last row needs, so a row ahead of the others
+  gains the batch nothing by drafting (`adaptive.straggler_weights`).
 
 Rule. `j` more reviews by drafter `c` add `j y` tokens; the `i`-th new token is accepted with probability
 `s a^i`, so their expected accepted tokens and their time are
