@@ -56,7 +56,6 @@ __all__ = [
     "encode",
     "eos_token_ids",
     "first_below",
-    "first_unsure",
     "hard_constraints",
     "load_bigram",
     "token_probabilities",
@@ -105,17 +104,6 @@ def token_probabilities(scores: torch.Tensor, tokens: Sequence[int]) -> list[flo
 def first_below(probabilities: Sequence[float | None], threshold: float) -> int | None:
     """Index of the first probability below `threshold` (`None` entries never are), or `None`."""
     return next((i for i, p in enumerate(probabilities) if p is not None and p < threshold), None)
-
-
-def first_unsure(scores: torch.Tensor, tokens: Sequence[int], threshold: float) -> int | None:
-    """Index of the first token whose probability under `softmax(scores)` is below `threshold`, or `None`.
-
-    Args:
-        scores (`torch.FloatTensor` of shape `(m, vocab_size)`): processed logits, row `i` for `tokens[i]`.
-        tokens (`Sequence[int]`): `m` tokens.
-        threshold (`float`): the confidence threshold.
-    """
-    return first_below(token_probabilities(scores, tokens), threshold)
 
 
 def eos_token_ids(generation_config: GenerationConfig) -> frozenset[int]:

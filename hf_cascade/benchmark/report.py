@@ -7,8 +7,8 @@ Definitions (all per prompt, then aggregated over the prompts of a category):
 - SWI (standardized walltime improvement, the CS Drafting paper's metric): greedy's cost over the method's cost,
   where a cost is the sum over models of forward passes x a fixed cost per pass: the parameter count (`swi_params`)
   or the measured 1-token forward latency (`swi_latency`; of a drafter as the run ran it: its `NAME (packed)` cost
-  for a cascade run that packed it, `CascadeConfig.pack_drafters`). It ignores that a k-token pass costs more than a 1-token
-  pass and every cost outside forward passes: the measured speedup is the number that counts.
+  for a cascade run that packed it, `CascadeConfig.pack_drafters`). It ignores that a k-token pass costs more than a
+  1-token pass and every cost outside forward passes: the measured speedup is the number that counts.
 - outside-forward fraction: wall time outside any model's forward pass (drafting logic, Max-Gram, Python) / wall time.
 - acceptance: for cascade levels, draft tokens the reviewer accepted / draft tokens proposed (bonus and correction
   tokens are not counted as accepted); `max_gram (memory)`: the same for the Max-Gram tokens copied from a
@@ -225,10 +225,19 @@ def _cost(run: Any, costs: dict[str, float]) -> float:
     return sum(passes * costs[name] for name, passes in run.forward_passes.items())
 
 
+def _packed_drafters(run: Any, names: dict[str, str]) -> dict[str, int]:
+    """The drafters `run` ran on oneDNN-packed copies (`LevelStats.packing`), by report name, with the layers packed."""
+    return {
+        names.get(level["name"], level["name"]): level.get("packed_layers", 0)
+        for level in run.levels
+        if level.get("packing") == "packed"
+    }
+
+
 def _as_run(costs: dict[str, Any], run: Any, names: dict[str, str]) -> dict[str, Any]:
-    """`costs` with each drafter the run packed (`LevelStats.packing`) priced at its `NAME (packed)` entry, where
-    the benchmark measured one."""
-    packed = {names.get(level["name"], level["name"]) for level in run.levels if level.get("packing") == "packed"}
+    """`costs` with each drafter the run packed priced at its `NAME (packed)` entry, where the benchmark measured
+    one."""
+    packed = _packed_drafters(run, names)
     return {name: costs.get(f"{name} (packed)", cost) if name in packed else cost for name, cost in costs.items()}
 
 
@@ -396,11 +405,10 @@ def drafter_packing_lines(result: BenchmarkResult) -> list[str]:
     for method in result.methods:
         names = _level_names(result, method.label) if method.kind == "cascade" else {}
         packed = {
-            names.get(level["name"], level["name"]): level.get("packed_layers", 0)
+            name: layers
             for p in result.prompts
             for run in p.runs.get(method.label, [])
-            for level in run.levels
-            if level.get("packing") == "packed"
+            for name, layers in _packed_drafters(run, names).items()
         }
         if packed:
             which = ", ".join(f"`{name}` ({layers} linear layers)" for name, layers in packed.items())
